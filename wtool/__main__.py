@@ -1,0 +1,3 @@
+from wtool.cli import main
+
+main()
