@@ -1,0 +1,37 @@
+# wtool: `make demo` and `make test` work on a fresh machine with only Python, pip and gcc.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench samples clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@bash scripts/demo.sh $(VENV)/bin/wtool
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not tf and not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check wtool tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+samples: $(STAMP)
+	$(PY) scripts/make_samples.py sample_models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,146 @@
+"""Re-create sample_models/ deterministically (`make samples`).
+
+Small models in every format wtool reads, plus small .npz data sets that fit them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def save_all(model: keras.Model, stem: str, formats: tuple[str, ...] = ("keras", "h5", "weights.h5")) -> None:
+    for fmt in formats:
+        path = OUT / f"{stem}.{fmt}"
+        if path.exists():
+            path.unlink()
+        if fmt == "weights.h5":
+            model.save_weights(path)
+        else:
+            model.save(path)
+
+
+def xor() -> None:
+    # The classic example: 2 inputs, 3 sigmoid hidden units, 1 sigmoid output, no biases.
+    model = keras.Sequential(
+        [
+            keras.Input((2,), name="x"),
+            keras.layers.Dense(3, activation="sigmoid", use_bias=False, name="hidden"),
+            keras.layers.Dense(1, activation="sigmoid", use_bias=False, name="out"),
+        ],
+        name="xor",
+    )
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss="mse")
+    save_all(model, "xor")
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype="float32")
+    y = np.array([[0], [1], [1], [0]], dtype="float32")
+    np.savez(OUT / "xor.npz", x=x, y=y)
+
+
+def mlp(rng: np.random.Generator) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((784,), name="pixels"),
+            keras.layers.Dense(64, activation="relu", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
+        name="mlp",
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_all(model, "mlp")
+    # A learnable synthetic digit-like task: the class decides which block of pixels is bright.
+    n = 600
+    y = rng.integers(0, 10, size=n)
+    x = rng.random((n, 784), dtype=np.float32) * 0.3
+    for i, label in enumerate(y):
+        x[i, label * 78 : label * 78 + 78] += 0.7
+    np.savez(OUT / "mlp.npz", x=x.astype("float32"), y=y.astype("int64"))
+
+
+def cnn(rng: np.random.Generator) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(16, 3, activation="relu", name="conv2"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dropout(0.25, name="drop"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
+        name="cnn",
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # Give BatchNormalization non-trivial moving statistics so inference mode is visible.
+    bn = model.get_layer("bn1")
+    bn.moving_mean.assign(rng.normal(0, 0.1, 8).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 1.5, 8).astype("float32"))
+    save_all(model, "cnn")
+    n = 256
+    y = rng.integers(0, 10, size=n)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    np.savez(OUT / "cnn.npz", x=x, y=y.astype("int64"))
+
+
+def nested(rng: np.random.Generator) -> None:
+    features = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(32, activation="relu", name="d1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(16, activation="relu", name="d2"),
+        ],
+        name="features",
+    )
+    inputs = keras.Input((16,), name="x")
+    outputs = keras.layers.Dense(4, activation="softmax", name="classifier")(features(inputs))
+    model = keras.Model(inputs, outputs, name="nested")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_all(model, "nested")
+    n = 400
+    x = rng.normal(size=(n, 16)).astype("float32")
+    y = (np.argmax(x[:, :4], axis=1)).astype("int64")
+    np.savez(OUT / "nested.npz", x=x, y=y)
+
+
+def lstm(rng: np.random.Generator) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((20,), dtype="int32", name="tokens"),
+            keras.layers.Embedding(100, 16, name="embed"),
+            keras.layers.LSTM(12, name="lstm"),
+            keras.layers.Dense(1, activation="sigmoid", name="out"),
+        ],
+        name="lstm_text",
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    save_all(model, "lstm")
+    n = 300
+    x = rng.integers(1, 100, size=(n, 20))
+    y = (x[:, :5].mean(axis=1) > 50).astype("float32").reshape(-1, 1)
+    np.savez(OUT / "lstm.npz", x=x.astype("int32"), y=y)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    xor()
+    mlp(rng)
+    cnn(rng)
+    nested(rng)
+    lstm(rng)
+    print(f"sample models written to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
