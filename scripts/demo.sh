@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `make demo`: a short walk through wtool on the bundled sample models.
+set -euo pipefail
+WTOOL=${1:-wtool}
+S=sample_models
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
+have() { "$WTOOL" --help | grep -q "^  $1 "; }
+
+step "What is inside a model file" "$WTOOL" inspect $S/nested.keras
+step "Weight statistics of one layer" "$WTOOL" inspect $S/mlp.keras --layer hidden --stats
+step "The same model saved as .keras and .h5 compares equal" "$WTOOL" diff $S/cnn.keras $S/cnn.h5
