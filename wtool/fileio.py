@@ -12,6 +12,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from wtool.errors import InputError, UsageError
 
@@ -59,24 +60,67 @@ def atomic_output(target: str | os.PathLike[str], suffix: str | None = None) -> 
         raise
 
 
-def check_input_file(path: str | os.PathLike[str]) -> Path:
-    """Refuse anything but an existing regular file, without blocking on FIFOs or devices."""
-    text = os.fspath(path)
-    if text.lower().startswith(REMOTE_PREFIXES) or "://" in text:
+def _refuse_remote(text: str) -> None:
+    lowered = text.strip().lower()
+    if lowered.startswith(REMOTE_PREFIXES) or "://" in lowered:
         raise InputError(f"{text}: remote paths are not supported", "download the file first")
-    p = Path(text)
+
+
+def open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open an input for reading, refusing anything but a regular file, without ever blocking.
+
+    The path is stat-ed first (a FIFO, device, socket or directory, or a symlink to one,
+    is refused before it is opened), then opened with O_NONBLOCK|O_NOCTTY and checked
+    again on the open descriptor (same inode, still a regular file), so a file swapped
+    for a FIFO between the two steps cannot hang the tool. Returns a binary file object.
+    """
+    text = os.fspath(path)
+    _refuse_remote(text)
+    st = _stat_regular(text)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        st = os.stat(p)
+        fd = os.open(text, flags)
+    except OSError as exc:
+        raise InputError(f"{text}: cannot read ({exc.strerror})") from None
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise InputError(f"{text}: not a regular file (it changed while being opened)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _stat_regular(text: str) -> os.stat_result:
+    try:
+        st = os.stat(text)
     except FileNotFoundError:
         raise InputError(f"{text}: no such file") from None
     except OSError as exc:
         raise InputError(f"{text}: cannot read ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{text}: is a directory, not a model file")
+        raise InputError(f"{text}: is a directory, not a model file",
+                         "wtool reads single files (.keras, .h5, .weights.h5), not unpacked model folders")
+    if stat.S_ISFIFO(st.st_mode):
+        raise InputError(f"{text}: is a named pipe (FIFO), not a regular file")
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        raise InputError(f"{text}: is a device, not a regular file")
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{text}: not a regular file")
     if st.st_size == 0:
         raise InputError(f"{text}: empty file")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{text}: permission denied")
-    return p
+    return st
+
+
+def check_input_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse anything but an existing, readable, non-empty regular file, without blocking on FIFOs or devices.
+
+    Remote paths (URLs, gs://, s3://, ...) are refused: Keras would hand them to tf.io.gfile.
+    The file is opened once (non-blocking) to prove it is readable and still regular.
+    """
+    with open_input(path):
+        pass
+    return Path(os.fspath(path))
