@@ -1,0 +1,811 @@
+"""Writing weights back into model files at the HDF5 level, without TensorFlow.
+
+The output starts as a byte copy of the input (kernel `copy_file_range`, as fast as `cp`).
+Every assigned weight whose dataset is stored contiguously and unfiltered is then
+overwritten in place, at its byte offset: from an in-memory array, or straight from
+another file's bytes when the source dataset has the same layout. What cannot be
+spliced (chunked or compressed datasets, dropping the optimizer state, editing the
+saved config for `--freeze`) goes through h5py on the copy.
+
+`.keras` archives: when `model.weights.h5` is stored uncompressed (Keras always does
+that) and only dataset values change, the archive is patched in place and the
+member's CRC-32 is recomputed arithmetically (old CRC xor the shifted CRC of what
+changed), so a one-layer edit of a 400 MB archive reads only that layer. Anything
+else rewrites the archive: every other member (config.json, metadata.json, assets)
+is copied unchanged, except config.json when `--freeze` edits it.
+
+Output formats: the input's own format; `.keras` -> `.weights.h5` by extracting the
+archive's weights file. Other conversions need the graph and go through Keras
+(`wtool.model`), after the HDF5-level edit.
+
+After writing, every assigned dataset is read back and compared with what was meant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
+from wtool.fileio import atomic_output
+
+WEIGHTS_MEMBER = "model.weights.h5"
+CONFIG_MEMBER = "config.json"
+# Bytes moved per step when a value has to pass through Python (casts, chunked datasets).
+SLAB_BYTES = 16 << 20
+# Groups that hold optimizer state, per layout.
+OPTIMIZER_GROUPS = ("optimizer_weights", "optimizer")
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def format_of_name(path: str | os.PathLike[str]) -> str:
+    """The format an output file gets from its name: keras, weights.h5 or h5."""
+    name = os.fspath(path).lower()
+    if name.endswith(".keras"):
+        return "keras"
+    if name.endswith(".weights.h5"):
+        return "weights.h5"
+    if name.endswith((".h5", ".hdf5")):
+        return "h5"
+    raise UsageError(
+        f"{os.fspath(path)}: cannot tell the output format from the name",
+        "name the output .keras, .h5 or .weights.h5",
+    )
+
+
+def has_config(fmt: str) -> bool:
+    return fmt in ("keras", "h5")
+
+
+# --------------------------------------------------------------------------- CRC-32 arithmetic
+# A port of zlib's crc32_combine (multmodp / x2nmodp): shifting a CRC over n zero bytes.
+
+_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table() -> list[int]:
+    table = []
+    p = 1 << 30  # x^1
+    table.append(p)
+    for _ in range(1, 32):
+        p = _multmodp(p, p)
+        table.append(p)
+    return table
+
+
+_X2N = _x2n_table()
+
+
+def _x2nmodp(n: int, k: int) -> int:
+    p = 1 << 31  # x^0
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc32(A), crc32(B) and len(B), like zlib's crc32_combine."""
+    return _multmodp(_x2nmodp(len2, 3), crc1) ^ (crc2 & 0xFFFFFFFF)
+
+
+def crc32_of(buf: Any, start: int, stop: int, crc: int = 0) -> int:
+    """CRC-32 of buf[start:stop] (a mmap or bytes-like), in steps to bound temporary views."""
+    step = 64 << 20
+    with memoryview(buf) as view:
+        for lo in range(start, stop, step):
+            with view[lo : min(stop, lo + step)] as part:
+                crc = zlib.crc32(part, crc)
+    return crc
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    name: str
+    header_offset: int   # local file header
+    data_offset: int     # first byte of the member's data
+    size: int            # compressed size (= size when stored)
+    crc: int
+    stored: bool
+    descriptor: bool     # a data descriptor follows the data
+    central_offset: int  # this member's central directory entry
+
+
+@dataclass(frozen=True)
+class H5Image:
+    """Where an HDF5 image lives: a whole file, or an uncompressed member of a .keras archive."""
+
+    path: Path
+    format: str
+    offset: int = 0
+    length: int = 0
+    member: ZipMember | None = None
+
+    @property
+    def in_archive(self) -> bool:
+        return self.member is not None
+
+
+def _zip_members(path: Path) -> dict[str, ZipMember]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{path}: not a readable .keras archive ({exc})") from None
+    members: dict[str, ZipMember] = {}
+    with zf, open(path, "rb") as fh:
+        central = {}
+        pos = zf.start_dir  # type: ignore[attr-defined]
+        for _ in zf.infolist():
+            head = os.pread(fh.fileno(), 46, pos)
+            if len(head) < 46 or head[:4] != b"PK\x01\x02":
+                raise InputError(f"{path}: corrupt central directory")
+            nlen, xlen, clen = struct.unpack("<HHH", head[28:34])
+            name = os.pread(fh.fileno(), nlen, pos + 46)
+            central[name] = pos
+            pos += 46 + nlen + xlen + clen
+        for info in zf.infolist():
+            head = os.pread(fh.fileno(), 30, info.header_offset)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise InputError(f"{path}: corrupt local header for {info.filename}")
+            nlen, xlen = struct.unpack("<HH", head[26:30])
+            raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+            members[info.filename] = ZipMember(
+                name=info.filename,
+                header_offset=info.header_offset,
+                data_offset=info.header_offset + 30 + nlen + xlen,
+                size=info.compress_size,
+                crc=info.CRC,
+                stored=info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1,
+                descriptor=bool(info.flag_bits & 0x8),
+                central_offset=central.get(raw_name, -1),
+            )
+    return members
+
+
+def locate_image(path: str | os.PathLike[str], fmt: str) -> H5Image:
+    """Find the HDF5 image of a model file. A compressed .keras member has no offset (length 0)."""
+    path = Path(path)
+    if fmt != "keras":
+        return H5Image(path, fmt, 0, path.stat().st_size)
+    members = _zip_members(path)
+    member = members.get(WEIGHTS_MEMBER)
+    if member is None:
+        raise InputError(f"{path}: the archive has no {WEIGHTS_MEMBER}")
+    if not member.stored:
+        return H5Image(path, fmt, 0, 0, member)
+    return H5Image(path, fmt, member.data_offset, member.size, member)
+
+
+class _Window(io.RawIOBase):
+    """A read-only file object over bytes [start, start+length) of an open file."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._start, self._length, self._pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._length - self._pos))
+        data = os.pread(self._fd, n, self._start + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+@contextlib.contextmanager
+def open_image(image: H5Image) -> Iterator[h5py.File]:
+    """Open an image read-only with h5py (a member of an archive through a window)."""
+    if image.member is None:
+        with h5py.File(image.path, "r") as h5:
+            yield h5
+        return
+    if not image.member.stored:
+        with zipfile.ZipFile(image.path) as zf, zf.open(WEIGHTS_MEMBER) as member:
+            with h5py.File(member, "r") as h5:
+                yield h5
+        return
+    fd = os.open(image.path, os.O_RDONLY)
+    try:
+        window = _Window(fd, image.offset, image.length)
+        h5 = h5py.File(window, "r")
+        try:
+            yield h5
+        finally:
+            h5.close()  # before the window goes: h5py must not outlive its file object
+    finally:
+        os.close(fd)
+
+
+def dataset_extent(ds: h5py.Dataset) -> tuple[int, int] | None:
+    """(offset, nbytes) of a dataset stored as one contiguous, unfiltered, allocated byte range."""
+    try:
+        dcpl = ds.id.get_create_plist()
+        if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters() or dcpl.get_external_count():
+            return None
+        offset = ds.id.get_offset()
+        nbytes = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+        if offset is None or ds.id.get_storage_size() != nbytes or ds.dtype.hasobject:
+            return None
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    return int(offset), nbytes
+
+
+# --------------------------------------------------------------------------- write requests
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A weight taken from another model file."""
+
+    path: Path
+    format: str
+    h5_name: str
+
+
+@dataclass
+class WeightWrite:
+    """Assign one dataset of the target: from an array, or from a dataset of another file."""
+
+    h5_name: str
+    value: np.ndarray | None = None
+    source: WeightSource | None = None
+
+
+@dataclass
+class WriteResult:
+    output: str
+    format: str
+    method: str                      # splice | rewrite | keras
+    written: int = 0                 # datasets assigned
+    bytes_written: int = 0
+    verified: int = 0
+    optimizer: str = "none"          # kept | dropped | none
+    frozen: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Target:
+    write: WeightWrite
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    extent: tuple[int, int] | None   # in the input image
+    src_image: H5Image | None = None
+    src_extent: tuple[int, int] | None = None   # raw-copyable source bytes, absolute in src file
+
+
+def _check_against(ds: h5py.Dataset, write: WeightWrite) -> None:
+    if write.value is not None and tuple(write.value.shape) != tuple(ds.shape):
+        raise IncompatibleError(f"{write.h5_name}: expected shape {ds.shape}, received {write.value.shape}")
+
+
+# --------------------------------------------------------------------------- byte moving
+
+
+def copy_bytes(src_fd: int, dst_fd: int, count: int, src_off: int, dst_off: int) -> None:
+    """Copy a byte range between files in the kernel (copy_file_range), else through a buffer."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < count:
+                n = os.copy_file_range(src_fd, dst_fd, count - done, src_off + done, dst_off + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            pass
+    while done < count:
+        chunk = os.pread(src_fd, min(SLAB_BYTES, count - done), src_off + done)
+        if not chunk:
+            raise InputError("unexpected end of file while copying")
+        os.pwrite(dst_fd, chunk, dst_off + done)
+        done += len(chunk)
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done : done + (256 << 20)], offset + done)
+
+
+def _row_slabs(shape: tuple[int, ...], itemsize: int) -> Iterator[tuple[int, int]]:
+    """Split axis 0 into [lo, hi) ranges of about SLAB_BYTES each."""
+    if not shape:
+        yield 0, 1
+        return
+    row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    step = max(1, SLAB_BYTES // row)
+    for lo in range(0, shape[0], step):
+        yield lo, min(shape[0], lo + step)
+
+
+def _read_slab(ds: h5py.Dataset, lo: int, hi: int) -> np.ndarray:
+    return np.asarray(ds[()]) if ds.shape == () else np.asarray(ds[lo:hi])
+
+
+# --------------------------------------------------------------------------- config edits
+
+
+def _layer_list(cfg: Any) -> list[Any] | None:
+    """The sub-layer list of a layer/model config, in Keras 1/2/3 shapes."""
+    if isinstance(cfg, dict):
+        inner = cfg.get("config", cfg)
+        if isinstance(inner, list):  # Keras 1/2 Sequential: config is the list
+            return inner
+        if isinstance(inner, dict):
+            layers = inner.get("layers")
+            if isinstance(layers, list):
+                return layers
+            if isinstance(inner.get("layer"), dict):  # wrappers: Bidirectional, TimeDistributed
+                return [inner["layer"]]
+    return None
+
+
+def _layer_name(cfg: Any) -> str | None:
+    if not isinstance(cfg, dict):
+        return None
+    inner = cfg.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+        return str(inner["name"])
+    return cfg.get("name") if isinstance(cfg.get("name"), str) else None
+
+
+def set_trainable(config: dict[str, Any], layer_paths: Sequence[str], trainable: bool = False) -> list[str]:
+    """Set `trainable` of the layers at these paths in a saved model config. Returns the paths not found.
+
+    A path `features/d1` walks into the layer `features` and then `d1`; when a path goes
+    deeper than the config does (a wrapper's inner layer), the deepest layer found is set.
+    """
+    missing = []
+    for path in layer_paths:
+        parts = [p for p in path.split("/") if p]
+        node: Any = config
+        found = None
+        for part in parts:
+            layers = _layer_list(node)
+            if layers is None:
+                break
+            match = next((layer for layer in layers if _layer_name(layer) == part), None)
+            if match is None:
+                break
+            node = found = match
+        if found is None or not isinstance(found.get("config"), dict):
+            missing.append(path)
+            continue
+        found["config"]["trainable"] = trainable
+    return missing
+
+
+def _decode_attr(value: Any) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def write_weights(
+    source: str | os.PathLike[str],
+    source_format: str,
+    out: str | os.PathLike[str],
+    writes: Sequence[WeightWrite],
+    *,
+    reset_optimizer: bool = False,
+    freeze: Sequence[str] = (),
+    out_format: str | None = None,
+) -> WriteResult:
+    """Write a copy of `source` to `out` (atomically) with the given datasets assigned.
+
+    The caller (surgery) has validated names, shapes, dtypes and values; this checks the
+    shapes again against the file and raises before the output appears if anything is off.
+    """
+    source, out = Path(source), Path(out)
+    out_format = out_format or format_of_name(out)
+    if freeze and not has_config(out_format):
+        raise UsageError(f"{out}: a .weights.h5 file has no config to record frozen layers in",
+                         "write a .keras or .h5 file, or drop --freeze")
+    if out_format == source_format or (source_format == "keras" and out_format == "weights.h5"):
+        with atomic_output(out) as tmp:
+            return _write_direct(source, source_format, tmp, out_format, writes,
+                                 reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
+    return _write_via_keras(source, source_format, out, out_format, writes,
+                            reset_optimizer=reset_optimizer, freeze=freeze)
+
+
+def _write_via_keras(source: Path, source_format: str, out: Path, out_format: str,
+                     writes: Sequence[WeightWrite], *, reset_optimizer: bool,
+                     freeze: Sequence[str]) -> WriteResult:
+    """Edit at the HDF5 level in the source's format, then let Keras rebuild the graph and save."""
+    if source_format == "weights.h5":
+        raise IncompatibleError(f"{source}: a weights-only file has no architecture to save as .{out_format}",
+                                "write a .weights.h5 output, or start from a .keras or .h5 model")
+    from wtool.model import import_keras, load_model, save_model
+
+    suffix = ".keras" if source_format == "keras" else ".h5"
+    with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
+        staged = Path(tmpdir) / f"staged{suffix}"
+        result = _write_direct(source, source_format, staged, source_format, writes,
+                               reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
+        import_keras()
+        model = load_model(staged, compile=not reset_optimizer)
+        save_model(model, out, include_optimizer=not reset_optimizer)
+    result.output = str(out)
+    result.format = out_format
+    result.method = "keras"
+    if result.optimizer == "kept":
+        result.optimizer = "dropped"
+        result.notes.append(f"converting .{source_format} to .{out_format} goes through Keras; "
+                            "the optimizer state is not carried over")
+    return result
+
+
+def _write_direct(source: Path, source_format: str, tmp: Path, out_format: str,
+                  writes: Sequence[WeightWrite], *, reset_optimizer: bool, freeze: Sequence[str],
+                  final_name: Path) -> WriteResult:
+    image = locate_image(source, source_format)
+    extract = source_format == "keras" and out_format == "weights.h5"
+    result = WriteResult(output=str(final_name), format=out_format, method="splice")
+
+    with open_image(image) as h5:
+        targets = _plan_targets(h5, writes)
+        has_opt = any(g in h5 for g in OPTIMIZER_GROUPS)
+        config_attr = h5.attrs.get("model_config") if source_format == "h5" else None
+    result.optimizer = ("dropped" if reset_optimizer else "kept") if has_opt else "none"
+    result.written = len(targets)
+
+    needs_h5py = any(t.extent is None for t in targets) or (reset_optimizer and has_opt) or (
+        bool(freeze) and source_format == "h5")
+    if freeze and source_format == "h5" and config_attr is None:
+        raise IncompatibleError(f"{source}: the file has no model_config to record frozen layers in")
+
+    if source_format == "keras" and not extract:
+        zip_needs_rewrite = needs_h5py or bool(freeze) or not image.member or not image.member.stored
+        if zip_needs_rewrite:
+            result.method = "rewrite"
+            _rewrite_archive(source, image, tmp, targets, reset_optimizer=reset_optimizer,
+                             freeze=freeze, result=result)
+        else:
+            _splice_archive(source, image, tmp, targets, result)
+    else:
+        # Bare HDF5 output: a copy of the image (the whole file, or the archive's member).
+        _copy_image(image, tmp)
+        _splice_bare(tmp, targets, result, needs_h5py=needs_h5py,
+                     reset_optimizer=reset_optimizer,
+                     freeze=freeze if source_format == "h5" else ())
+        _verify(H5Image(tmp, out_format, 0, tmp.stat().st_size), targets, result)
+    return result
+
+
+def _plan_targets(h5: h5py.File, writes: Sequence[WeightWrite]) -> list[_Target]:
+    targets = []
+    src_images: dict[tuple[Path, str], H5Image] = {}
+    for write in writes:
+        ds = h5.get(write.h5_name)
+        if not isinstance(ds, h5py.Dataset):
+            raise IncompatibleError(f"{write.h5_name}: no such dataset in the target file")
+        _check_against(ds, write)
+        target = _Target(write, tuple(ds.shape), ds.dtype, dataset_extent(ds))
+        if write.source is not None:
+            key = (write.source.path, write.source.format)
+            if key not in src_images:
+                src_images[key] = locate_image(write.source.path, write.source.format)
+            target.src_image = src_images[key]
+        targets.append(target)
+    # Raw-copyable sources: same dtype (byte order included), shape and a contiguous extent.
+    by_image: dict[H5Image, list[_Target]] = {}
+    for t in targets:
+        if t.src_image is not None:
+            by_image.setdefault(t.src_image, []).append(t)
+    for img, group in by_image.items():
+        with open_image(img) as src:
+            for t in group:
+                assert t.write.source is not None
+                sds = src.get(t.write.source.h5_name)
+                if not isinstance(sds, h5py.Dataset):
+                    raise IncompatibleError(f"{img.path}: no dataset {t.write.source.h5_name}")
+                if tuple(sds.shape) != t.shape:
+                    raise IncompatibleError(f"{t.write.h5_name}: expected shape {t.shape}, "
+                                            f"received {tuple(sds.shape)} from {img.path}")
+                ext = dataset_extent(sds) if img.length else None
+                if ext is not None and sds.dtype == t.dtype:
+                    t.src_extent = (img.offset + ext[0], ext[1])
+    return targets
+
+
+def _copy_image(image: H5Image, tmp: Path) -> None:
+    """Write the bytes of the image (whole file or archive member) to tmp."""
+    if image.member is not None and not image.member.stored:
+        with zipfile.ZipFile(image.path) as zf, zf.open(WEIGHTS_MEMBER) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, SLAB_BYTES)
+        return
+    with open(image.path, "rb") as src, open(tmp, "wb") as dst:
+        copy_bytes(src.fileno(), dst.fileno(), image.length, image.offset, 0)
+
+
+def _write_one(t: _Target, dst_fd: int, base: int, src_fds: dict[Path, int]) -> int:
+    """Splice one target at `base` + its extent. Returns bytes written."""
+    assert t.extent is not None
+    offset, nbytes = t.extent
+    if t.write.value is not None:
+        value = np.ascontiguousarray(t.write.value, dtype=t.dtype)
+        _pwrite_all(dst_fd, value, base + offset)
+        return nbytes
+    assert t.write.source is not None and t.src_image is not None
+    if t.src_extent is not None:
+        copy_bytes(src_fds[t.src_image.path], dst_fd, nbytes, t.src_extent[0], base + offset)
+        return nbytes
+    # Cast or re-layout through Python, one slab at a time.
+    row = int(np.prod(t.shape[1:], dtype=np.int64)) * t.dtype.itemsize if t.shape else nbytes
+    with open_image(t.src_image) as src:
+        sds = src[t.write.source.h5_name]
+        for lo, hi in _row_slabs(t.shape, t.dtype.itemsize):
+            slab = np.ascontiguousarray(_read_slab(sds, lo, hi), dtype=t.dtype)
+            _pwrite_all(dst_fd, slab, base + offset + lo * row)
+    return nbytes
+
+
+def _h5py_assign(h5: h5py.File, t: _Target) -> None:
+    ds = h5[t.write.h5_name]
+    if t.write.value is not None:
+        ds[...] = np.asarray(t.write.value, dtype=t.dtype)
+        return
+    assert t.write.source is not None and t.src_image is not None
+    with open_image(t.src_image) as src:
+        sds = src[t.write.source.h5_name]
+        if not t.shape:
+            ds[()] = np.asarray(sds[()], dtype=t.dtype)
+            return
+        for lo, hi in _row_slabs(t.shape, t.dtype.itemsize):
+            ds[lo:hi] = np.asarray(sds[lo:hi], dtype=t.dtype)
+
+
+def _open_sources(targets: Sequence[_Target], stack: contextlib.ExitStack) -> dict[Path, int]:
+    fds: dict[Path, int] = {}
+    for t in targets:
+        if t.src_extent is not None and t.src_image is not None and t.src_image.path not in fds:
+            fd = os.open(t.src_image.path, os.O_RDONLY)
+            stack.callback(os.close, fd)
+            fds[t.src_image.path] = fd
+    return fds
+
+
+def _splice_bare(tmp: Path, targets: Sequence[_Target], result: WriteResult, *,
+                 needs_h5py: bool, reset_optimizer: bool, freeze: Sequence[str]) -> None:
+    with contextlib.ExitStack() as stack:
+        src_fds = _open_sources(targets, stack)
+        fd = os.open(tmp, os.O_RDWR)
+        stack.callback(os.close, fd)
+        for t in targets:
+            if t.extent is not None:
+                result.bytes_written += _write_one(t, fd, 0, src_fds)
+    if needs_h5py:
+        with h5py.File(tmp, "r+") as h5:
+            for t in targets:
+                if t.extent is None:
+                    _h5py_assign(h5, t)
+                    result.bytes_written += t.dtype.itemsize * int(np.prod(t.shape, dtype=np.int64))
+            if reset_optimizer:
+                for group in OPTIMIZER_GROUPS:
+                    if group in h5:
+                        del h5[group]
+            if freeze:
+                _freeze_h5_attr(h5, freeze, result)
+
+
+def _freeze_h5_attr(h5: h5py.File, freeze: Sequence[str], result: WriteResult) -> None:
+    raw = h5.attrs["model_config"]
+    config = json.loads(_decode_attr(raw))
+    missing = set(set_trainable(config, freeze))
+    text = json.dumps(config)
+    h5.attrs["model_config"] = text.encode("utf-8") if isinstance(raw, bytes | np.bytes_) else text
+    result.frozen = [p for p in freeze if p not in missing]
+    if missing:
+        result.notes.append("not found in the saved config (not frozen): " + ", ".join(sorted(missing)))
+
+
+def _splice_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[_Target],
+                    result: WriteResult) -> None:
+    """Copy the archive and overwrite datasets inside its stored weights member; fix the CRC."""
+    member = image.member
+    assert member is not None
+    size = source.stat().st_size
+    with contextlib.ExitStack() as stack:
+        src_fds = _open_sources(targets, stack)
+        in_fd = os.open(source, os.O_RDONLY)
+        stack.callback(os.close, in_fd)
+        fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
+        stack.callback(os.close, fd)
+        copy_bytes(in_fd, fd, size, 0, 0)
+        for t in targets:
+            result.bytes_written += _write_one(t, fd, image.offset, src_fds)
+        crc = _member_crc_after(in_fd, fd, image, targets)
+        _patch_crc(fd, member, crc)
+    _verify(image_of_copy(tmp, image), targets, result)
+
+
+def image_of_copy(tmp: Path, image: H5Image) -> H5Image:
+    return H5Image(tmp, image.format, image.offset, image.length, image.member)
+
+
+def _member_crc_after(in_fd: int, out_fd: int, image: H5Image, targets: Sequence[_Target]) -> int:
+    """The member's CRC-32 after the splice, reading whichever is less: the changed ranges or all of it."""
+    member = image.member
+    assert member is not None
+    ranges = sorted((image.offset + t.extent[0], t.extent[1]) for t in targets if t.extent and t.extent[1])
+    changed = sum(n for _, n in ranges)
+    end = image.offset + image.length
+    if image.length == 0:
+        return zlib.crc32(b"")
+    with contextlib.ExitStack() as stack:
+        out_map = stack.enter_context(mmap.mmap(out_fd, 0, access=mmap.ACCESS_READ))
+        if 2 * changed >= image.length:
+            return crc32_of(out_map, image.offset, end)
+        in_map = stack.enter_context(mmap.mmap(in_fd, 0, access=mmap.ACCESS_READ))
+        crc = member.crc
+        for start, n in ranges:
+            delta = crc32_of(in_map, start, start + n) ^ crc32_of(out_map, start, start + n)
+            crc ^= crc32_combine(delta, 0, end - (start + n))
+        return crc
+
+
+def _patch_crc(fd: int, member: ZipMember, crc: int) -> None:
+    packed = struct.pack("<I", crc & 0xFFFFFFFF)
+    os.pwrite(fd, packed, member.header_offset + 14)
+    if member.central_offset >= 0:
+        os.pwrite(fd, packed, member.central_offset + 16)
+    if member.descriptor:
+        sig = os.pread(fd, 4, member.data_offset + member.size)
+        os.pwrite(fd, packed, member.data_offset + member.size + (4 if sig == b"PK\x07\x08" else 0))
+
+
+def _rewrite_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[_Target], *,
+                     reset_optimizer: bool, freeze: Sequence[str], result: WriteResult) -> None:
+    """Rebuild the archive: the weights member edited through a bare temporary copy, the rest kept."""
+    with tempfile.TemporaryDirectory(prefix=".wtool-", dir=tmp.parent) as tmpdir:
+        h5_path = Path(tmpdir) / WEIGHTS_MEMBER
+        _copy_image(image, h5_path)
+        needs_h5py = any(t.extent is None for t in targets) or reset_optimizer
+        _splice_bare(h5_path, targets, result, needs_h5py=needs_h5py,
+                     reset_optimizer=reset_optimizer, freeze=())
+        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(tmp, "w", allowZip64=True) as zout:
+            for info in zin.infolist():
+                new_info = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                new_info.compress_type = info.compress_type
+                new_info.external_attr = info.external_attr
+                if info.filename == WEIGHTS_MEMBER:
+                    with open(h5_path, "rb") as src, zout.open(new_info, "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst, SLAB_BYTES)
+                elif info.filename == CONFIG_MEMBER and freeze:
+                    config = json.loads(zin.read(info).decode("utf-8"))
+                    missing = set(set_trainable(config, freeze))
+                    result.frozen = [p for p in freeze if p not in missing]
+                    if missing:
+                        result.notes.append("not found in the saved config (not frozen): "
+                                            + ", ".join(sorted(missing)))
+                    zout.writestr(new_info, json.dumps(config, indent=None))
+                else:
+                    with zin.open(info) as src, zout.open(new_info, "w", force_zip64=info.file_size > 1 << 30) as dst:
+                        shutil.copyfileobj(src, dst, SLAB_BYTES)
+    _verify(locate_image(tmp, "keras"), targets, result)
+
+
+# --------------------------------------------------------------------------- read-back
+
+
+def _verify(out_image: H5Image, targets: Sequence[_Target], result: WriteResult) -> None:
+    """Read every assigned dataset back from the output and compare it with what was meant.
+
+    Values from arrays are compared in full through h5py. Weights copied byte for byte are
+    compared byte for byte, plus their first row through h5py (so a wrong offset shows).
+    """
+    bad: list[str] = []
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open_image(out_image))
+        maps: dict[Path, mmap.mmap] = {}
+
+        def mapped(path: Path) -> mmap.mmap:
+            if path not in maps:
+                maps[path] = stack.enter_context(_mapped(path))
+            return maps[path]
+
+        for t in targets:
+            if not _verify_one(out, out_image, t, mapped):
+                bad.append(t.write.h5_name)
+    if bad:
+        raise InternalError("read-back check failed: the output does not hold the assigned values for "
+                            + ", ".join(bad), "this is a bug in wtool; nothing was written")
+    result.verified = len(targets)
+
+
+def _verify_one(out: h5py.File, out_image: H5Image, t: _Target, mapped: Any) -> bool:
+    ds = out.get(t.write.h5_name)
+    if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != t.shape:
+        return False
+    if t.write.value is not None:
+        want = np.asarray(t.write.value, dtype=t.dtype)
+        return bool(np.array_equal(np.asarray(ds[()]), want, equal_nan=want.dtype.kind in "fc"))
+    assert t.write.source is not None and t.src_image is not None
+    ext = dataset_extent(ds) if out_image.length else None
+    with open_image(t.src_image) as src:
+        sds = src[t.write.source.h5_name]
+        if t.src_extent is not None and ext is not None:
+            if not _same_bytes(mapped(t.src_image.path), t.src_extent[0],
+                               mapped(out_image.path), out_image.offset + ext[0], ext[1]):
+                return False
+            hi = min(1, t.shape[0]) if t.shape else 1
+            return bool(np.array_equal(_read_slab(ds, 0, hi), _read_slab(sds, 0, hi), equal_nan=True))
+        for lo, hi in _row_slabs(t.shape, t.dtype.itemsize):
+            want = np.asarray(_read_slab(sds, lo, hi), dtype=t.dtype)
+            if not np.array_equal(_read_slab(ds, lo, hi), want, equal_nan=want.dtype.kind in "fc"):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[mmap.mmap]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
+    finally:
+        os.close(fd)
+
+
+def _same_bytes(a: Any, a_off: int, b: Any, b_off: int, n: int) -> bool:
+    step = SLAB_BYTES
+    for lo in range(0, n, step):
+        k = min(step, n - lo)
+        if not np.array_equal(np.frombuffer(a, np.uint8, k, a_off + lo), np.frombuffer(b, np.uint8, k, b_off + lo)):
+            return False
+    return True
