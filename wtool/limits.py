@@ -80,6 +80,11 @@ def set_current(limits: Limits) -> contextvars.Token[Limits]:
     return _current.set(limits)
 
 
+def reset(token: contextvars.Token[Limits]) -> None:
+    """Undo `set_current` (the CLI does this when the command ends)."""
+    _current.reset(token)
+
+
 _SIZE_UNITS = {"": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
                "g": GiB, "gb": GiB, "gib": GiB, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
 _COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
@@ -109,7 +114,7 @@ def parse_size(text: str, option: str) -> int:
 
 def from_options(max_params: str | None = None, max_layers: str | None = None,
                  max_bytes: str | None = None) -> Limits:
-    """Limits with the command-line / environment overrides applied to the defaults."""
+    """The current limits with the command-line / environment overrides applied."""
     changes: dict[str, int] = {}
     if max_params is not None:
         changes["max_params"] = parse_count(max_params, "--max-params")
@@ -117,7 +122,7 @@ def from_options(max_params: str | None = None, max_layers: str | None = None,
         changes["max_layers"] = parse_count(max_layers, "--max-layers")
     if max_bytes is not None:
         changes["max_bytes"] = parse_size(max_bytes, "--max-bytes")
-    return dataclasses.replace(DEFAULT, **changes)
+    return dataclasses.replace(current(), **changes)
 
 
 def fmt_count(n: int) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from wtool import limits
 from wtool.render import Output
 
 
@@ -17,12 +18,23 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout and nothing else there.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr.")
     @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+    @click.option("--max-params", envvar="WTOOL_MAX_PARAMS", metavar="N",
+                  help="Refuse graphs with more parameters than N (default 1e9; README 'Security').")
+    @click.option("--max-layers", envvar="WTOOL_MAX_LAYERS", metavar="N",
+                  help="Refuse graphs with more layers than N (default 10000).")
+    @click.option("--max-bytes", envvar="WTOOL_MAX_BYTES", metavar="SIZE",
+                  help="Refuse inputs that decompress to / declare more than SIZE (default 16G).")
     @functools.wraps(func)
-    def wrapper(*args: Any, json_mode: bool, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, json_mode: bool, quiet: bool, debug: bool, max_params: str | None,
+                max_layers: str | None, max_bytes: str | None, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         if debug:
             ctx.find_root().meta["wtool.debug"] = True
-        return func(*args, out=Output(json_mode=json_mode, quiet=quiet), **kwargs)
+        token = limits.set_current(limits.from_options(max_params, max_layers, max_bytes))
+        try:
+            return func(*args, out=Output(json_mode=json_mode, quiet=quiet), **kwargs)
+        finally:
+            limits.reset(token)
 
     return wrapper
 
