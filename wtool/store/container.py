@@ -1,0 +1,245 @@
+"""Find the HDF5 weights in a file, whatever its name says: detect by magic bytes, open in place.
+
+A `.keras` archive stores `model.weights.h5` uncompressed: it is opened where it
+lies inside the zip (through a file-like window on the archive), never copied into
+memory. A compressed member is extracted to a bounded temporary file instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wtool.errors import InputError
+from wtool.store import safety
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+LFS_MAGIC = b"version https://git-lfs"
+WEIGHTS_MEMBER = "model.weights.h5"
+# HDF5 allows a user block before the superblock: the signature is searched at 0, 512, 1024, ...
+HDF5_SIGNATURE_OFFSETS = (0, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class MemberWindow(io.RawIOBase):
+    """A read-only file-like view of bytes [offset, offset+size) of a file (a stored zip member)."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int, size: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            new = pos
+        elif whence == io.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == io.SEEK_END:
+            new = self._size + pos
+        else:  # pragma: no cover
+            raise ValueError(f"bad whence {whence}")
+        if new < 0:
+            raise OSError("negative seek position")
+        self._pos = new
+        return new
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._fd, n, self._offset + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        super().close()
+
+
+@dataclass
+class Source:
+    """An opened weights file: the h5py.File plus what it came from and what to clean up."""
+
+    kind: str  # "zip" or "hdf5"
+    h5: Any  # h5py.File
+    config: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    zip_members: list[str] = field(default_factory=list)
+    in_place: bool = True
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.h5.close()
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                closer()
+        self._closers.clear()
+
+
+def sniff(path: Path) -> str:
+    """Return "zip" or "hdf5" from the file's bytes, or raise InputError naming what it is instead."""
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+        if head.startswith(HDF5_MAGIC):
+            return "hdf5"
+        if head.startswith(ZIP_MAGICS):
+            return "zip"
+        if head.startswith(LFS_MAGIC):
+            raise InputError(f"{path}: is a Git LFS pointer, not the model file itself",
+                             "run `git lfs pull` in the repository it came from")
+        size = os.fstat(fh.fileno()).st_size
+        for offset in HDF5_SIGNATURE_OFFSETS[1:]:
+            if offset + 8 > size:
+                break
+            fh.seek(offset)
+            if fh.read(8) == HDF5_MAGIC:
+                return "hdf5"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if _looks_like_text(head):
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:40] if head.strip() else ""
+        raise InputError(f"{path}: is a text file, not a Keras model (starts with {first!r})",
+                         "wtool reads .keras, .h5/.hdf5 and .weights.h5 files")
+    raise InputError(f"{path}: not a Keras model file (neither an HDF5 file nor a .keras zip archive)",
+                     "wtool reads .keras, .h5/.hdf5 and .weights.h5 files")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def open_hdf5(path: Path, fileobj: Any = None, where: str | None = None) -> Any:
+    import h5py
+
+    where = where or str(path)
+    try:
+        return h5py.File(fileobj if fileobj is not None else path, "r")
+    except OSError as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text else "corrupt or not HDF5"
+        raise InputError(f"{where}: cannot read the HDF5 data: file is {reason} ({_short(text)})",
+                         "the file may be incomplete: download or save it again") from None
+
+
+def _short(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return line[:160]
+
+
+def open_source(path: Path) -> Source:
+    kind = sniff(path)
+    if kind == "hdf5":
+        return Source(kind="hdf5", h5=open_hdf5(path))
+    return _open_zip(path)
+
+
+def _open_zip(path: Path) -> Source:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt zip archive ({_short(str(exc))})",
+                         "the file may be truncated: download or save it again") from None
+    try:
+        names = zf.namelist()
+        if WEIGHTS_MEMBER not in names:
+            extra = " (it has model.weights.npz: sharded/npz weights are not supported)" \
+                if "model.weights.npz" in names else ""
+            raise InputError(f"{path}: zip archive without {WEIGHTS_MEMBER}{extra}; "
+                             f"members: {', '.join(names[:6]) or 'none'}",
+                             "a .keras file is a zip with config.json, metadata.json and model.weights.h5")
+        config = _read_json(zf, "config.json", path) if "config.json" in names else None
+        metadata = _read_json(zf, "metadata.json", path) if "metadata.json" in names else {}
+        info = zf.getinfo(WEIGHTS_MEMBER)
+        safety.check_zip_member(info, str(path))
+        if info.flag_bits & 0x1:
+            raise InputError(f"{path}: {WEIGHTS_MEMBER} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            offset = _member_data_offset(path, info)
+            window = MemberWindow(path, offset, info.file_size)
+            h5 = open_hdf5(path, fileobj=window, where=f"{path} ({WEIGHTS_MEMBER})")
+            return Source(kind="zip", h5=h5, config=config, metadata=metadata, zip_members=names,
+                          in_place=True, _closers=[window.close])
+        tmpdir = tempfile.mkdtemp(prefix="wtool-")
+        target = Path(tmpdir) / WEIGHTS_MEMBER
+        try:
+            _extract_bounded(zf, info, target, path)
+            h5 = open_hdf5(target, where=f"{path} ({WEIGHTS_MEMBER})")
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        return Source(kind="zip", h5=h5, config=config, metadata=metadata, zip_members=names,
+                      in_place=False, _closers=[lambda: shutil.rmtree(tmpdir, ignore_errors=True)])
+    finally:
+        zf.close()
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start: after its local header (whose extra field may differ)."""
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise InputError(f"{path}: corrupt zip archive (bad local header for {info.filename})")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    offset = info.header_offset + 30 + name_len + extra_len
+    if offset + info.file_size > os.path.getsize(path):
+        raise InputError(f"{path}: truncated zip archive ({info.filename} runs past the end of the file)",
+                         "the file may be incomplete: download or save it again")
+    return offset
+
+
+def _extract_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, path: Path) -> None:
+    written = 0
+    try:
+        with zf.open(info) as src, open(target, "wb") as dst:
+            while True:
+                block = src.read(1 << 20)
+                if not block:
+                    break
+                written += len(block)
+                if written > info.file_size or written > safety.ZIP_MEMBER_MAX_BYTES:
+                    raise InputError(f"{path}: refused: {info.filename} decompresses beyond its declared size")
+                dst.write(block)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{path}: corrupt zip member {info.filename} ({_short(str(exc))})") from None
+
+
+def _read_json(zf: zipfile.ZipFile, name: str, path: Path) -> Any:
+    info = zf.getinfo(name)
+    safety.check_zip_member(info, str(path), limit=safety.ZIP_JSON_MAX_BYTES)
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(safety.ZIP_JSON_MAX_BYTES + 1)
+        return json.loads(data.decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read {name} in the archive ({_short(str(exc))})") from None

@@ -1,0 +1,229 @@
+"""`open_model(path) -> ModelFile`: one interface over .keras, legacy .h5 and .weights.h5."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtool.errors import IncompatibleError, InputError
+from wtool.fileio import check_input_file
+from wtool.store import safety
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+from wtool.store.config import parse_model_config
+from wtool.store.container import Source, open_source
+from wtool.store.keras3 import Keras3Reader
+from wtool.store.legacy import LegacyReader, read_attr_list, read_text_attr
+from wtool.store.types import LayerInfo, WeightInfo
+
+KERAS3_MARKERS = ("layers", "vars", "_layer_checkpoint_dependencies")
+
+
+class ModelFile:
+    """An opened model or weights file. Use as a context manager, or call close()."""
+
+    def __init__(self, path: Path, source: Source, arch_config: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.file_size = path.stat().st_size
+        self._source = source
+        self.h5 = source.h5
+        self.config: dict[str, Any] | None = None
+        self.training_config: dict[str, Any] | None = None
+        self.compile_config: dict[str, Any] | None = None
+        self.keras_version: str | None = None
+        self.backend: str | None = None
+        self.optimizer_weights = 0
+        self.warnings: list[str] = []
+        self.in_place = source.in_place
+        where = str(path)
+        if source.kind == "zip":
+            self.format, self.layout = "keras", "keras3"
+            self._read_zip_metadata()
+        else:
+            self._read_h5_metadata(where)
+        naming_config = self.config if self.config is not None else arch_config
+        root = parse_model_config(naming_config) if naming_config is not None else None
+        reader: Keras3Reader | LegacyReader
+        reader = Keras3Reader(self.h5, root, where) if self.layout == "keras3" else LegacyReader(self.h5, root, where)
+        reader.read()
+        self.weights: list[WeightInfo] = reader.weights
+        self.layers: list[LayerInfo] = reader.layers
+        self.warnings.extend(reader.warnings)
+        self._by_path = {w.path: w for w in self.weights}
+        by_layer: dict[str, LayerInfo] = {layer.path: layer for layer in self.layers}
+        for w in self.weights:
+            layer = by_layer.get(w.layer)
+            if layer is not None:
+                layer.weights.append(w.path)
+                layer.params += w.params
+        self.model_name = root.name if root is not None else None
+        self.model_class = root.class_name if root is not None else None
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def _read_zip_metadata(self) -> None:
+        src = self._source
+        self.config = src.config if isinstance(src.config, dict) else None
+        if self.config is not None and isinstance(self.config.get("compile_config"), dict):
+            self.compile_config = self.config["compile_config"]
+        meta = src.metadata if isinstance(src.metadata, dict) else {}
+        self.keras_version = _str_or_none(meta.get("keras_version"))
+        self.backend = _str_or_none(meta.get("backend"))
+        self.optimizer_weights = _count_datasets(self.h5.get("optimizer"))
+
+    def _read_h5_metadata(self, where: str) -> None:
+        h5 = self.h5
+        is_full = "model_config" in h5.attrs or "model_weights" in h5
+        if is_full:
+            self.format, self.layout = "h5", "legacy"
+        elif read_attr_list(h5, "layer_names", where) is not None:
+            self.format, self.layout = "weights.h5", "legacy"
+        elif any(k in h5 or any(key.startswith(k) for key in h5.keys()) for k in KERAS3_MARKERS):
+            self.format, self.layout = "weights.h5", "keras3"
+        else:
+            raise InputError(f"{where}: an HDF5 file, but not a Keras model or weights file "
+                             f"(top-level groups: {', '.join(list(h5.keys())[:6]) or 'none'})",
+                             "wtool reads .keras, .h5/.hdf5 and .weights.h5 files saved by Keras")
+        text = read_text_attr(h5, "model_config", where)
+        if text is not None:
+            self.config = _parse_json(text, where, "model_config")
+        text = read_text_attr(h5, "training_config", where)
+        if text is not None:
+            self.training_config = _parse_json(text, where, "training_config", strict=False)
+        for group in (h5, h5.get("model_weights")):
+            if group is None or not hasattr(group, "attrs"):
+                continue
+            self.keras_version = self.keras_version or read_text_attr(group, "keras_version", where)
+            self.backend = self.backend or read_text_attr(group, "backend", where)
+        opt = "optimizer_weights" if self.layout == "legacy" else "optimizer"
+        self.optimizer_weights = _count_datasets(h5.get(opt))
+
+    @property
+    def has_optimizer(self) -> bool:
+        return self.optimizer_weights > 0
+
+    @property
+    def has_training_config(self) -> bool:
+        return self.training_config is not None or self.compile_config is not None
+
+    @property
+    def total_params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(w.params for w in self.weights if w.trainable)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(w.nbytes for w in self.weights)
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def weight(self, path: str) -> WeightInfo:
+        try:
+            return self._by_path[path]
+        except KeyError:
+            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
+                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
+
+    def dataset(self, path: str) -> Any:
+        """The h5py dataset behind a weight (for in-place writers), after the safety checks."""
+        info = self.weight(path)
+        ds = self.h5[info.h5_name]
+        safety.check_h5_dataset(ds, str(self.path))
+        return ds
+
+    def read(self, path: str) -> np.ndarray:
+        ds = self.dataset(path)
+        try:
+            return np.asarray(ds[()])
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
+                             "the file may be truncated or corrupt") from None
+
+    def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
+        ds = self.dataset(path)
+        try:
+            return np.asarray(ds[index] if index else ds[()])
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
+                             "the file may be truncated or corrupt") from None
+
+    def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
+        """The weight's values in C-ordered blocks of at most `max_elements` elements."""
+        ds = self.dataset(path)
+        for index in iter_blocks(tuple(ds.shape), max_elements):
+            try:
+                yield np.asarray(ds[index] if index else ds[()])
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
+                                 "the file may be truncated or corrupt") from None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> ModelFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ModelFile {self.path} format={self.format} layout={self.layout} weights={len(self.weights)}>"
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if strict:
+            raise InputError(f"{where}: the {name} attribute is not valid JSON",
+                             "the file may be corrupt") from None
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _count_datasets(group: Any) -> int:
+    if group is None or not hasattr(group, "visititems"):
+        return 0
+    import h5py
+
+    count = 0
+
+    def visit(_name: str, obj: Any) -> None:
+        nonlocal count
+        if isinstance(obj, h5py.Dataset):
+            count += 1
+
+    group.visititems(visit)
+    return count
+
+
+def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | None = None) -> ModelFile:
+    """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name).
+
+    `arch_config` (a model config, e.g. another ModelFile's `.config`) names the layers and
+    variables of a weights-only file that has no config of its own.
+    """
+    p = check_input_file(path)
+    source = open_source(p)
+    try:
+        return ModelFile(p, source, arch_config=arch_config)
+    except BaseException:
+        source.close()
+        raise

@@ -1,0 +1,49 @@
+"""What the store returns: one record per weight and per layer, format-independent."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """One saved weight array, named by its canonical path `LAYER[/SUB]/VAR`.
+
+    `layer` is the path of the layer that owns it (a key of `ModelFile.layers`),
+    `name` the rest (`kernel`, or `forward_lstm/kernel` under a wrapper), so
+    `path == layer + "/" + name`. `h5_name` is the dataset's full name inside
+    the HDF5 file, so a writer can overwrite it in place.
+    """
+
+    path: str
+    layer: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    trainable: bool
+    h5_name: str
+
+    @property
+    def params(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        import numpy as np
+
+        return self.params * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class LayerInfo:
+    """One layer as saved: nested layers have `depth` > 0 and a path `outer/inner`."""
+
+    path: str
+    name: str
+    class_name: str | None
+    depth: int
+    trainable: bool
+    weights: list[str] = field(default_factory=list)
+    params: int = 0
+    missing: bool = False  # listed in the file but its group is absent (broken legacy files)
