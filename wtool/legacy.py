@@ -239,6 +239,11 @@ class _Context:
     custom_classes: list[str]
 
     @property
+    def native(self) -> bool:
+        """Saved by Keras 3 (its configs need no node-index or Lambda translation)."""
+        return bool(self.keras_version) and str(self.keras_version).startswith("3")
+
+    @property
     def keras1(self) -> bool:
         return bool(self.keras_version) and str(self.keras_version).startswith("1")
 
@@ -264,6 +269,13 @@ def translate(model_config: dict[str, Any], keras_version: str | None = None,
 
 def _model(entry: dict[str, Any], ctx: _Context, top: bool = False) -> dict[str, Any]:
     class_name = entry["class_name"]
+    if class_name not in MODEL_CLASSES:
+        # a subclassed model (or a bare layer): its structure lives in its code
+        name = entry.get("registered_name") or class_name
+        ctx.custom_classes.append(str(name))
+        ctx.problems.append(Problem("code", "", f"the model is an instance of the custom class `{name}`, "
+                                    "whose code is not in the file"))
+        return dict(entry)
     if class_name == "Sequential":
         return _sequential(entry, ctx)
     return _functional(entry, ctx)
@@ -317,7 +329,7 @@ def _functional(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         lname = old.get("name") or _layer_name(old)
         cls = CLASS_ALIASES.get(old.get("class_name", ""), old.get("class_name", ""))
         kinds[lname] = cls
-        if cls in ("Functional", "Sequential") and _has_own_node(old):
+        if cls in ("Functional", "Sequential") and not ctx.native and _has_own_node(old):
             node_offset[lname] = 1
     if node_offset:
         ctx.change("node indices of nested models shifted (Keras 2 counted the model's own node)")
@@ -479,9 +491,7 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         return {"module": "keras.layers", "class_name": old_class, "config": config, "registered_name": None}
     if old_class == "Lambda":
         ctx.lambdas.append(lname)
-        ctx.problems.append(Problem("code", lname, "Lambda layer runs Python code stored in the file "
-                                    "(needs --unsafe)"))
-        _lambda_check(config, lname, ctx)
+        ctx.problems.append(_lambda_problem(config, lname, ctx))
         return {"module": "keras.layers", "class_name": "Lambda", "config": _strip_input_args(config),
                 "registered_name": None}
     if old_class == "Merge":
@@ -513,12 +523,21 @@ def _strip_input_args(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _INPUT_ARGS}
 
 
-def _lambda_check(config: dict[str, Any], lname: str, ctx: _Context) -> None:
+def _lambda_problem(config: dict[str, Any], lname: str, ctx: _Context) -> Problem:
     function = config.get("function")
-    if isinstance(function, list) and ctx.keras_version and not str(ctx.keras_version).startswith("3"):
-        if ctx.keras1:
-            ctx.problems.append(Problem("incompatible", lname, "Lambda holds Keras 1 Python bytecode, "
-                                        "which no current Python can run"))
+    if ctx.native:
+        if isinstance(function, dict) and function.get("class_name") != "__lambda__":
+            name = function.get("config")
+            return Problem("code", lname, f"Lambda layer calls the Python function `{name}`, whose code is "
+                           "not in the file (needs --unsafe and the function installed)")
+        return Problem("code", lname, "Lambda layer runs Python code stored in the file (needs --unsafe)")
+    saved_by = f"Keras {ctx.keras_version}" if ctx.keras_version else "an old Keras"
+    if config.get("function_type") == "function":
+        what = f"calls the Python function {config.get('function')!r}, which is not in the file"
+    else:
+        what = (f"holds Python bytecode written by {saved_by}; bytecode does not carry across "
+                "Python versions, so it cannot run here even with --unsafe")
+    return Problem("incompatible", lname, f"Lambda layer {what}")
 
 
 def _merge(config: dict[str, Any], lname: str, ctx: _Context) -> dict[str, Any]:
