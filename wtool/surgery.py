@@ -578,6 +578,7 @@ class TransferPlan:
     dry_run: bool = False
     has_optimizer: bool = False
     reset_optimizer: bool = False
+    unsafe: bool = False
     result: store_write.WriteResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -694,6 +695,7 @@ def plan_transfer(
     freeze: bool = False,
     reset_optimizer: bool = False,
     dry_run: bool = False,
+    unsafe: bool = False,
 ) -> TransferPlan:
     """Match SOURCE's weights to TARGET's, check every pair, and return the plan (nothing written)."""
     if by not in ("name", "order"):
@@ -707,7 +709,8 @@ def plan_transfer(
     with _open(source_path) as src, _open(target_path) as dst:
         plan = TransferPlan(str(source_path), str(target_path), out, by, src.format, dst.format,
                             skip_mismatch=skip_mismatch, allow_empty=allow_empty, dry_run=dry_run,
-                            has_optimizer=bool(dst.has_optimizer), reset_optimizer=reset_optimizer)
+                            has_optimizer=bool(dst.has_optimizer), reset_optimizer=reset_optimizer,
+                            unsafe=unsafe)
         src_by_layer: dict[str, list[Any]] = {}
         for w in src.weights:
             src_by_layer.setdefault(w.layer, []).append(w)
@@ -742,11 +745,9 @@ def plan_transfer(
         paired_dst: set[str] = set()
         for s_layer, d_layer in layer_pairs:
             plan.layer_pairs.append((s_layer, d_layer))
+            paired_src.update(w.path for w in src_by_layer[s_layer])
+            paired_dst.update(w.path for w in dst_by_layer[d_layer])
             for pair in _pair_weights(src_by_layer[s_layer], dst_by_layer[d_layer], s_layer, d_layer):
-                if pair.source:
-                    paired_src.add(pair.source)
-                if pair.target:
-                    paired_dst.add(pair.target)
                 if not selected(pair.source, pair.target):
                     continue
                 if pair.source is None:
@@ -789,15 +790,13 @@ def _pair_weights(src_ws: Sequence[Any], dst_ws: Sequence[Any], s_layer: str, d_
     if unique and set(s_names) & set(d_names):
         # e.g. a kernel-only layer into one with a bias: pair the kernels, report the rest.
         return _pair_named(src_ws, dst_ws, s_names, d_names)
-    detail = f"{s_layer} has {len(src_ws)} weights, {d_layer} has {len(dst_ws)}"
-    pairs: list[Pair] = []
-    for i in range(max(len(src_ws), len(dst_ws))):
-        s = src_ws[i] if i < len(src_ws) else None
-        d = dst_ws[i] if i < len(dst_ws) else None
-        pairs.append(Pair(s.path if s else None, d.path if d else None, tuple(s.shape) if s else None,
-                          tuple(d.shape) if d else None, "skipped", "count", detail, d_layer,
-                          s.h5_name if s else "", d.h5_name if d else ""))
-    return pairs
+    detail = (f"{s_layer} has {len(src_ws)} weights {_shapes(src_ws)}, "
+              f"{d_layer} has {len(dst_ws)} {_shapes(dst_ws)}")
+    return [Pair(s_layer, d_layer, None, None, "skipped", "count", detail, d_layer)]
+
+
+def _shapes(ws: Sequence[Any]) -> str:
+    return "[" + ", ".join(_shape(w.shape) for w in ws) + "]"
 
 
 def _pair_named(src_ws: Sequence[Any], dst_ws: Sequence[Any], s_names: list[str], d_names: list[str]) -> list[Pair]:
@@ -832,7 +831,7 @@ def _skip_message(p: Pair) -> str:
                 f"target shape {_shape(p.target_shape)}")
     if p.reason == "dtype":
         return f"{p.source} -> {p.target}: {p.detail}"
-    return f"{p.source or '-'} -> {p.target or '-'}: {p.detail}"
+    return f"{p.source} -> {p.target}: {p.detail}"
 
 
 def _empty_message(plan: TransferPlan, src_layers: Sequence[str], dst_layers: Sequence[str]) -> str:
@@ -865,5 +864,117 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
     writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
         Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
     plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
-                                            reset_optimizer=plan.reset_optimizer, freeze=plan.freeze)
+                                            reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
+                                            unsafe=plan.unsafe)
     return plan
+
+
+# --------------------------------------------------------------------------- new head (needs the graph)
+
+
+@dataclass
+class HeadReport:
+    base: str
+    output: str
+    replaced: str
+    replaced_class: str
+    old_units: int | None
+    units: int
+    activation: str
+    dropped: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    kept_weights: int = 0
+    new_weights: list[str] = field(default_factory=list)
+    compiled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "output": self.output,
+                "head": {"replaced": self.replaced, "class": self.replaced_class, "old_units": self.old_units,
+                         "units": self.units, "activation": self.activation, "new_weights": self.new_weights},
+                "dropped_layers": self.dropped, "frozen": self.frozen,
+                "counts": {"kept_weights": self.kept_weights, "new_weights": len(self.new_weights)},
+                "compiled": self.compiled, "notes": self.notes}
+
+
+def replace_head(base: str, output: str, *, units: int, activation: str | None = None,
+                 head_layer: str | None = None, freeze: bool = False, seed: int | None = None,
+                 unsafe: bool = False) -> HeadReport:
+    """BASE with its last weight-bearing layer (or `head_layer`) replaced by a fresh Dense(units).
+
+    Layers after the replaced one are dropped (listed in the report). With `freeze`, every
+    other layer that holds weights is marked non-trainable. The compile settings (loss,
+    metrics, optimizer kind) are kept with a fresh optimizer; the old optimizer state is not.
+    """
+    if units < 1:
+        raise UsageError(f"--replace-head needs a positive number of units (not {units})")
+    out = _check_output(output, False, [base])
+    from wtool.model import import_keras, load_model, save_model
+
+    keras = import_keras()
+    try:
+        model = load_model(base, unsafe=unsafe, compile=True)
+        compile_config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    except (IncompatibleError, UsageError):
+        raise
+    except Exception:  # noqa: BLE001 - a compile config Keras cannot rebuild: go on without it
+        model = load_model(base, unsafe=unsafe, compile=False)
+        compile_config = None
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if head_layer is not None:
+        names = [layer.name for layer in layers]
+        if head_layer not in names:
+            near = closest(head_layer, names)
+            raise IncompatibleError(f"--head-layer {head_layer}: no such top-level layer in {base}"
+                                    + (f" (closest: {', '.join(near)})" if near else ""),
+                                    f"layers: {', '.join(names)}")
+        head = layers[names.index(head_layer)]
+    else:
+        with_weights = [layer for layer in layers if layer.weights]
+        if not with_weights:
+            raise IncompatibleError(f"{base}: no layer with weights to replace")
+        head = with_weights[-1]
+    index = layers.index(head)
+    dropped = [layer.name for layer in layers[index + 1 :]]
+    if activation is None:
+        act = getattr(head, "activation", None)
+        activation = keras.activations.serialize(act) if act is not None and head.__class__.__name__ == "Dense" \
+            else "softmax"
+        if isinstance(activation, dict):
+            activation = activation.get("config", {}).get("name", "softmax") if "config" in activation else "softmax"
+    try:
+        keras.activations.get(activation)
+    except (ValueError, TypeError):
+        raise UsageError(f"--head-activation: unknown activation {activation!r}") from None
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    dense = keras.layers.Dense(units, activation=activation, name=head.name,
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
+    old_units = getattr(head, "units", None)
+    if isinstance(model, keras.Sequential):
+        new = keras.Sequential([keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype),
+                                *layers[:index], dense], name=model.name)
+    else:
+        try:
+            head_input = head.input
+        except (AttributeError, ValueError):
+            raise IncompatibleError(f"{head.name}: the layer is used more than once; cannot replace it") from None
+        new = keras.Model(model.inputs, dense(head_input), name=model.name)
+    report = HeadReport(str(base), out, head.name, head.__class__.__name__, old_units, units, str(activation),
+                        dropped=dropped)
+    report.new_weights = [f"{head.name}/{v.name.split('/')[-1].split(':')[0]}" for v in dense.weights]
+    if freeze:
+        for layer in new.layers:
+            if layer is not dense and layer.weights:
+                layer.trainable = False
+                report.frozen.append(layer.name)
+    report.kept_weights = sum(len(layer.weights) for layer in new.layers if layer is not dense)
+    if compile_config is not None:
+        try:
+            new.compile_from_config(compile_config)
+            report.compiled = True
+        except Exception as exc:  # noqa: BLE001 - keep the model, say what was lost
+            report.notes.append(f"compile settings not kept ({type(exc).__name__}); wtool train sets them")
+    report.notes.append("the new head starts from fresh values; the old optimizer state is not kept")
+    save_model(new, out)
+    return report

@@ -444,6 +444,7 @@ def write_weights(
     reset_optimizer: bool = False,
     freeze: Sequence[str] = (),
     out_format: str | None = None,
+    unsafe: bool = False,
 ) -> WriteResult:
     """Write a copy of `source` to `out` (atomically) with the given datasets assigned.
 
@@ -460,12 +461,12 @@ def write_weights(
             return _write_direct(source, source_format, tmp, out_format, writes,
                                  reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
     return _write_via_keras(source, source_format, out, out_format, writes,
-                            reset_optimizer=reset_optimizer, freeze=freeze)
+                            reset_optimizer=reset_optimizer, freeze=freeze, unsafe=unsafe)
 
 
 def _write_via_keras(source: Path, source_format: str, out: Path, out_format: str,
                      writes: Sequence[WeightWrite], *, reset_optimizer: bool,
-                     freeze: Sequence[str]) -> WriteResult:
+                     freeze: Sequence[str], unsafe: bool) -> WriteResult:
     """Edit at the HDF5 level in the source's format, then let Keras rebuild the graph and save."""
     if source_format == "weights.h5":
         raise IncompatibleError(f"{source}: a weights-only file has no architecture to save as .{out_format}",
@@ -478,7 +479,10 @@ def _write_via_keras(source: Path, source_format: str, out: Path, out_format: st
         result = _write_direct(source, source_format, staged, source_format, writes,
                                reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
         import_keras()
-        model = load_model(staged, compile=not reset_optimizer)
+        try:
+            model = load_model(staged, unsafe=unsafe, compile=not reset_optimizer)
+        except InputError:  # a training config Keras cannot rebuild: the graph and weights still convert
+            model = load_model(staged, unsafe=unsafe, compile=False)
         save_model(model, out, include_optimizer=not reset_optimizer)
     result.output = str(out)
     result.format = out_format
