@@ -248,9 +248,10 @@ def _objects(config: Any) -> Iterable[tuple[dict[str, Any], str]]:
         if isinstance(item, dict):
             if "class_name" in item:
                 cls = item.get("class_name")
-                if isinstance(cls, str) and (cls in LAYER_CLASSES or cls in MODEL_CLASSES
-                                             or cls in LEGACY_LAYER_CLASSES or cls in CODE_CLASSES):
-                    where = _name_of(item)
+                cfg = item.get("config")
+                if isinstance(cls, str) and not cls.startswith("__") and cls != "function" \
+                        and cls not in OTHER_CLASSES and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+                    where = cfg["name"]  # a layer or model (known or not): name it in messages
                 yield item, where
             stack.extend((v, where) for v in item.values())
         elif isinstance(item, list):
