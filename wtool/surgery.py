@@ -711,6 +711,9 @@ def plan_transfer(
                             skip_mismatch=skip_mismatch, allow_empty=allow_empty, dry_run=dry_run,
                             has_optimizer=bool(dst.has_optimizer), reset_optimizer=reset_optimizer,
                             unsafe=unsafe)
+        if freeze and not store_write.has_config(dst.format):
+            raise UsageError(f"{target_path}: a weights-only file has no config to record frozen layers in",
+                             "transfer into a .keras or .h5 model, or drop --freeze")
         src_by_layer: dict[str, list[Any]] = {}
         for w in src.weights:
             src_by_layer.setdefault(w.layer, []).append(w)
@@ -872,6 +875,23 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
 # --------------------------------------------------------------------------- new head (needs the graph)
 
 
+def load_with_compile(path: str | os.PathLike[str], *, unsafe: bool = False) -> Any:
+    """Load with the saved compile settings when Keras can rebuild them, else without (quietly)."""
+    import warnings
+
+    from wtool.errors import UnsafeError, WtoolError
+    from wtool.model import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return load_model(path, unsafe=unsafe, compile=True)
+        except UnsafeError:
+            raise
+        except WtoolError:
+            return load_model(path, unsafe=unsafe, compile=False)
+
+
 @dataclass
 class HeadReport:
     base: str
@@ -909,17 +929,11 @@ def replace_head(base: str, output: str, *, units: int, activation: str | None =
     if units < 1:
         raise UsageError(f"--replace-head needs a positive number of units (not {units})")
     out = _check_output(output, False, [base])
-    from wtool.model import import_keras, load_model, save_model
+    from wtool.model import import_keras, save_model
 
     keras = import_keras()
-    try:
-        model = load_model(base, unsafe=unsafe, compile=True)
-        compile_config = model.get_compile_config() if getattr(model, "compiled", False) else None
-    except (IncompatibleError, UsageError):
-        raise
-    except Exception:  # noqa: BLE001 - a compile config Keras cannot rebuild: go on without it
-        model = load_model(base, unsafe=unsafe, compile=False)
-        compile_config = None
+    model = load_with_compile(base, unsafe=unsafe)
+    compile_config = model.get_compile_config() if getattr(model, "compiled", False) else None
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if head_layer is not None:
         names = [layer.name for layer in layers]

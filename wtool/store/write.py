@@ -453,9 +453,11 @@ def write_weights(
     """
     source, out = Path(source), Path(out)
     out_format = out_format or format_of_name(out)
-    if freeze and not has_config(out_format):
+    if freeze and not (has_config(out_format) and has_config(source_format)):
         raise UsageError(f"{out}: a .weights.h5 file has no config to record frozen layers in",
                          "write a .keras or .h5 file, or drop --freeze")
+    if source_format == "weights.h5" and out_format == "h5":
+        out_format = "weights.h5"  # a weights-only file named .h5 (legacy layout) stays what it is
     if out_format == source_format or (source_format == "keras" and out_format == "weights.h5"):
         with atomic_output(out) as tmp:
             return _write_direct(source, source_format, tmp, out_format, writes,
@@ -471,18 +473,15 @@ def _write_via_keras(source: Path, source_format: str, out: Path, out_format: st
     if source_format == "weights.h5":
         raise IncompatibleError(f"{source}: a weights-only file has no architecture to save as .{out_format}",
                                 "write a .weights.h5 output, or start from a .keras or .h5 model")
-    from wtool.model import import_keras, load_model, save_model
+    from wtool.model import save_model
+    from wtool.surgery import load_with_compile
 
     suffix = ".keras" if source_format == "keras" else ".h5"
     with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
         staged = Path(tmpdir) / f"staged{suffix}"
         result = _write_direct(source, source_format, staged, source_format, writes,
                                reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
-        import_keras()
-        try:
-            model = load_model(staged, unsafe=unsafe, compile=not reset_optimizer)
-        except InputError:  # a training config Keras cannot rebuild: the graph and weights still convert
-            model = load_model(staged, unsafe=unsafe, compile=False)
+        model = load_with_compile(staged, unsafe=unsafe)
         save_model(model, out, include_optimizer=not reset_optimizer)
     result.output = str(out)
     result.format = out_format
