@@ -35,8 +35,10 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
+from wtool import limits
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
-from wtool.fileio import check_input_file
+from wtool.fileio import open_input
+from wtool.limits import shown
 
 INPUT_FORMATS = {
     ".npy": "npy",
@@ -240,7 +242,7 @@ class NpySource(RowSource):
 def _choose_key(keys: Sequence[str], key: str | None, name: str, what: str) -> str:
     if key is not None:
         if key not in keys:
-            raise InputError(f"{name}: no {what} named {key!r}; it has {', '.join(map(repr, keys)) or 'none'}")
+            raise InputError(f"{name}: no {what} named {shown(key)}; it has {', '.join(map(shown, keys[:20])) or 'none'}")
         return key
     if len(keys) == 1:
         return keys[0]
@@ -249,7 +251,7 @@ def _choose_key(keys: Sequence[str], key: str | None, name: str, what: str) -> s
     for candidate in DEFAULT_KEYS:
         if candidate in keys:
             return candidate
-    raise UsageError(f"{name}: holds several {what}s ({', '.join(map(repr, keys))}); say which one",
+    raise UsageError(f"{name}: holds several {what}s ({', '.join(map(shown, keys[:20]))}); say which one",
                      "pass --input-key KEY")
 
 
@@ -268,9 +270,16 @@ def _open_npz(path: str, fh: BinaryIO | None, key: str | None) -> NpySource:
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{path}: not a valid .npz archive ({exc})") from None
     try:
+        caps = limits.current()
+        if len(zf.infolist()) > caps.max_archive_members:
+            raise InputError(f"{path}: {len(zf.infolist())} zip members, over the limit of "
+                             f"{caps.max_archive_members}")
         members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
         chosen = _choose_key(list(members), key, path, "array")
         info = zf.getinfo(members[chosen])
+        if info.file_size > caps.max_bytes:
+            raise InputError(f"{path}: array {shown(chosen)} is {limits.fmt_bytes(info.file_size)}, over the "
+                             f"limit of {limits.fmt_bytes(caps.max_bytes)}", "raise it with WTOOL_MAX_BYTES")
         try:
             member = zf.open(info)
         except (RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
@@ -564,16 +573,12 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
         name = "stdin"
         size: int | None = os.fstat(fh.fileno()).st_size
     else:
-        p = check_input_file(text)
-        fmt = fmt or format_of(p)
+        fmt = fmt or format_of(text)
         if fmt is None:
-            raise InputError(f"{text}: unsupported input format {p.suffix or '(no extension)'!r}",
+            raise InputError(f"{text}: unsupported input format {Path(text).suffix or '(no extension)'!r}",
                              "use .npy, .npz, .csv, .tsv, .jsonl or .json, or pass --input-format")
         name = text
-        try:
-            fh = open(p, "rb")  # noqa: SIM115 - owned by the source
-        except OSError as exc:
-            raise InputError(f"{text}: cannot read ({exc.strerror})") from None
+        fh = open_input(text)
         size = os.fstat(fh.fileno()).st_size
     if columns is not None and fmt not in ("csv", "tsv"):
         fh.close()
