@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from wtool import limits
 from wtool.errors import IncompatibleError, InputError, UnsafeError, UsageError
 from wtool.store import open_model, safety, select
 from wtool.store.chunks import iter_blocks
@@ -298,14 +299,17 @@ def test_zip_member_limits(tmp_path, monkeypatch):
     with zipfile.ZipFile(sample("mlp", "keras")) as src, zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info.filename))
-    monkeypatch.setattr(safety, "ZIP_MEMBER_MAX_BYTES", 1000)
-    with pytest.raises(InputError, match="over the"):
+    with limits.override(max_bytes=1000), pytest.raises(InputError, match="over the"):
         open_model(p)
-    monkeypatch.setattr(safety, "ZIP_MEMBER_MAX_BYTES", 1 << 40)
     monkeypatch.setattr(safety, "ZIP_MEMBER_BOMB_FLOOR_BYTES", 10)
     monkeypatch.setattr(safety, "ZIP_MEMBER_MAX_EXPANSION", 1)
     with pytest.raises(InputError, match="decompression bomb"):
         open_model(p)
+
+
+def test_total_weight_bytes_follow_max_bytes():
+    with limits.override(max_bytes=1000), pytest.raises(InputError, match="weights declare"):
+        open_model(sample("mlp", "h5"))
 
 
 def test_plugins_are_disabled():

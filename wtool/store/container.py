@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wtool import limits
 from wtool.errors import InputError
 from wtool.store import safety
 
@@ -171,14 +172,17 @@ def _open_zip(path: Path) -> Source:
                          "the file may be truncated: download or save it again") from None
     try:
         names = zf.namelist()
+        safety.check_zip_members(len(names), str(path))
         if WEIGHTS_MEMBER not in names:
             extra = " (it has model.weights.npz: sharded/npz weights are not supported)" \
                 if "model.weights.npz" in names else ""
             raise InputError(f"{path}: zip archive without {WEIGHTS_MEMBER}{extra}; "
                              f"members: {', '.join(names[:6]) or 'none'}",
                              "a .keras file is a zip with config.json, metadata.json and model.weights.h5")
-        config = _read_json(zf, "config.json", path) if "config.json" in names else None
-        metadata = _read_json(zf, "metadata.json", path) if "metadata.json" in names else {}
+        caps = limits.current()
+        config = _read_json(zf, "config.json", path, caps.max_config_bytes) if "config.json" in names else None
+        metadata = _read_json(zf, "metadata.json", path, caps.max_metadata_bytes) \
+            if "metadata.json" in names else {}
         info = zf.getinfo(WEIGHTS_MEMBER)
         safety.check_zip_member(info, str(path))
         if info.flag_bits & 0x1:
@@ -227,19 +231,21 @@ def _extract_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, p
                 if not block:
                     break
                 written += len(block)
-                if written > info.file_size or written > safety.ZIP_MEMBER_MAX_BYTES:
+                if written > info.file_size or written > limits.current().max_bytes:
                     raise InputError(f"{path}: refused: {info.filename} decompresses beyond its declared size")
                 dst.write(block)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputError(f"{path}: corrupt zip member {info.filename} ({_short(str(exc))})") from None
 
 
-def _read_json(zf: zipfile.ZipFile, name: str, path: Path) -> Any:
+def _read_json(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> Any:
     info = zf.getinfo(name)
-    safety.check_zip_member(info, str(path), limit=safety.ZIP_JSON_MAX_BYTES)
+    safety.check_zip_member(info, str(path), limit=limit)
     try:
         with zf.open(info) as fh:
-            data = fh.read(safety.ZIP_JSON_MAX_BYTES + 1)
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"{path}: refused: {name} is over the {limit} byte limit")
         return json.loads(data.decode("utf-8"))
     except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: cannot read {name} in the archive ({_short(str(exc))})") from None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from wtool import limits
 from wtool.errors import IncompatibleError, InputError
 from wtool.fileio import check_input_file
 from wtool.store import safety
@@ -53,6 +54,7 @@ class ModelFile:
         self.weights: list[WeightInfo] = reader.weights
         self.layers: list[LayerInfo] = reader.layers
         self.warnings.extend(reader.warnings)
+        safety.check_total_bytes(sum(w.nbytes for w in self.weights), where)
         self._by_path = {w.path: w for w in self.weights}
         by_layer: dict[str, LayerInfo] = {layer.path: layer for layer in self.layers}
         for w in self.weights:
@@ -188,6 +190,9 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[str, Any] | None:
+    cap = limits.current().max_config_bytes
+    if len(text) > cap:
+        raise InputError(f"{where}: refused: the {name} attribute is {len(text)} bytes (over the {cap} limit)")
     try:
         value = json.loads(text)
     except ValueError:

@@ -11,6 +11,7 @@ import math
 import zipfile
 from typing import Any
 
+from wtool import limits
 from wtool.errors import InputError, UnsafeError
 
 # A dataset may declare far more bytes than it stores (compression), but not more
@@ -18,12 +19,10 @@ from wtool.errors import InputError, UnsafeError
 H5_DATASET_BOMB_FLOOR_BYTES = 1 << 30  # 1 GiB
 H5_DATASET_MAX_EXPANSION = 1000
 # A zip member may not expand beyond ZIP_MEMBER_MAX_EXPANSION x its stored size once
-# over ZIP_MEMBER_BOMB_FLOOR_BYTES, nor beyond ZIP_MEMBER_MAX_BYTES at all when it
-# has to be extracted (compressed members) or read into memory (config.json).
+# over ZIP_MEMBER_BOMB_FLOOR_BYTES. Absolute sizes (a member, all weights of a file,
+# config.json, metadata.json, the member count) follow wtool.limits (--max-bytes).
 ZIP_MEMBER_BOMB_FLOOR_BYTES = 1 << 28  # 256 MiB
 ZIP_MEMBER_MAX_EXPANSION = 100
-ZIP_MEMBER_MAX_BYTES = 16 << 30  # 16 GiB
-ZIP_JSON_MAX_BYTES = 64 << 20  # config.json / metadata.json read into memory
 # Attributes (model_config, layer_names) are read into memory.
 H5_ATTR_MAX_BYTES = 256 << 20
 
@@ -80,11 +79,25 @@ def check_h5_attr_size(value: Any, where: str, name: str) -> None:
 
 def check_zip_member(info: zipfile.ZipInfo, where: str, limit: int | None = None) -> None:
     """Refuse a zip member that decompresses far beyond its stored size or beyond `limit`."""
-    limit = ZIP_MEMBER_MAX_BYTES if limit is None else limit
+    limit = limits.current().max_bytes if limit is None else limit
     if info.file_size > ZIP_MEMBER_BOMB_FLOOR_BYTES and info.file_size > ZIP_MEMBER_MAX_EXPANSION * max(
             info.compress_size, 1):
         raise InputError(f"{where}: refused: archive member {info.filename} expands from "
                          f"{_human(info.compress_size)} to {_human(info.file_size)} (a decompression bomb)")
     if info.file_size > limit:
         raise InputError(f"{where}: refused: archive member {info.filename} is {_human(info.file_size)} "
-                         f"(over the {_human(limit)} limit)")
+                         f"(over the {_human(limit)} limit)", "raise the limit with --max-bytes if you trust it")
+
+
+def check_zip_members(count: int, where: str) -> None:
+    cap = limits.current().max_archive_members
+    if count > cap:
+        raise InputError(f"{where}: refused: the archive has {count} members (over the limit of {cap})")
+
+
+def check_total_bytes(total: int, where: str) -> None:
+    """All weights of one file together may not declare more than --max-bytes."""
+    cap = limits.current().max_bytes
+    if total > cap:
+        raise InputError(f"{where}: refused: the weights declare {_human(total)} (over the {_human(cap)} limit)",
+                         "raise the limit with --max-bytes if you trust the file")

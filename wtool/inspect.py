@@ -1,0 +1,306 @@
+"""Look inside weight files: summary, per-weight statistics, samples, histograms, export, diff.
+
+Everything here returns dataclasses; rendering lives in the command modules. No TensorFlow:
+values are read through the weight store, chunk by chunk where they could be large.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtool.errors import UsageError
+from wtool.fileio import atomic_output
+from wtool.store import LayerInfo, ModelFile, WeightInfo, select
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS
+
+HISTOGRAM_BINS = 16
+
+
+# ---- summary ------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """What `wtool inspect MODEL` shows: the file, its layers, the selected weights and the totals."""
+
+    file: str
+    format: str
+    layout: str
+    keras_version: str | None
+    backend: str | None
+    file_size: int
+    has_optimizer: bool
+    optimizer_weights: int
+    has_training_config: bool
+    model_name: str | None
+    model_class: str | None
+    layers: list[LayerInfo]
+    weights: list[WeightInfo]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    weight_bytes: int
+    selected: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def selected_params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+
+def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
+    paths = select([w.path for w in mf.weights], layer_globs, option="--layer")
+    chosen = set(paths)
+    weights = [w for w in mf.weights if w.path in chosen]
+    layers = mf.layers
+    if layer_globs:
+        owners = {w.layer for w in weights}
+        layers = [layer for layer in mf.layers
+                  if layer.path in owners or any(o.startswith(layer.path + "/") for o in owners)]
+    return Summary(
+        file=str(mf.path), format=mf.format, layout=mf.layout, keras_version=mf.keras_version,
+        backend=mf.backend, file_size=mf.file_size, has_optimizer=mf.has_optimizer,
+        optimizer_weights=mf.optimizer_weights, has_training_config=mf.has_training_config,
+        model_name=mf.model_name, model_class=mf.model_class, layers=layers, weights=weights,
+        total_params=mf.total_params, trainable_params=mf.trainable_params,
+        non_trainable_params=mf.non_trainable_params, weight_bytes=mf.weight_bytes,
+        selected=bool(layer_globs), warnings=list(mf.warnings))
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+
+@dataclass
+class WeightStats:
+    """min/max/mean/std/L2 over the finite values; zeros as a fraction of all values."""
+
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    l2_norm: float
+    zero_fraction: float
+    nan_count: int
+    inf_count: int
+
+
+def _numeric(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf"
+
+
+def weight_stats(mf: ModelFile, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WeightStats | None:
+    """Statistics computed block by block (Chan's parallel mean/variance), so memory stays flat."""
+    info = mf.weight(path)
+    if not _numeric(np.dtype(info.dtype)):
+        return None
+    count = finite = zeros = nans = infs = 0
+    mean = m2 = sumsq = 0.0
+    lo, hi = math.inf, -math.inf
+    for block in mf.iter_chunks(path, max_elements):
+        a = np.asarray(block, dtype=np.float64).ravel()
+        count += a.size
+        zeros += int(np.count_nonzero(a == 0))
+        ok = np.isfinite(a)
+        n_ok = int(np.count_nonzero(ok))
+        if n_ok != a.size:
+            nans += int(np.count_nonzero(np.isnan(a)))
+            infs += int(np.count_nonzero(np.isinf(a)))
+            a = a[ok]
+        if n_ok == 0:
+            continue
+        b_mean = float(a.mean())
+        b_m2 = float(((a - b_mean) ** 2).sum())
+        delta = b_mean - mean
+        total = finite + n_ok
+        mean += delta * n_ok / total
+        m2 += b_m2 + delta * delta * finite * n_ok / total
+        finite = total
+        sumsq += float(np.dot(a, a))
+        lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    if finite == 0:
+        return WeightStats(count, None, None, None, None, 0.0, zeros / count if count else 0.0, nans, infs)
+    return WeightStats(count=count, min=lo, max=hi, mean=mean, std=math.sqrt(m2 / finite),
+                       l2_norm=math.sqrt(sumsq), zero_fraction=zeros / count, nan_count=nans, inf_count=infs)
+
+
+@dataclass
+class Histogram:
+    edges: list[float]
+    counts: list[int]
+
+
+def weight_histogram(mf: ModelFile, path: str, stats: WeightStats | None, bins: int = HISTOGRAM_BINS,
+                     max_elements: int = DEFAULT_MAX_ELEMENTS) -> Histogram | None:
+    """Counts of the finite values in `bins` equal bins over [min, max], block by block."""
+    if stats is None or stats.min is None or stats.max is None:
+        return None
+    lo, hi = stats.min, stats.max
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    for block in mf.iter_chunks(path, max_elements):
+        a = np.asarray(block, dtype=np.float64).ravel()
+        a = a[np.isfinite(a)]
+        counts += np.histogram(a, bins=edges)[0]
+    return Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
+
+
+def weight_sample(mf: ModelFile, path: str, n: int) -> np.ndarray:
+    """The top-left n x n values, as `w[0:n, 0:n]` shows them (w[0:n] for vectors).
+
+    Arrays with more than two axes are viewed as 2-D `(-1, last axis)` first, so a conv
+    kernel (3, 3, 8, 16) shows its first n rows of (72, 16). Reads only those rows.
+    """
+    if n < 1:
+        raise UsageError(f"--sample must be at least 1 (not {n})")
+    info = mf.weight(path)
+    shape = info.shape
+    if len(shape) == 0:
+        return np.asarray(mf.read_block(path, ()))
+    if len(shape) <= 2:
+        index = tuple(slice(0, n) for _ in shape)
+        return mf.read_block(path, index)
+    per_lead = math.prod(shape[1:-1])
+    leading = max(1, min(shape[0], math.ceil(n / max(per_lead, 1))))
+    block = mf.read_block(path, (slice(0, leading),))
+    return block.reshape(-1, shape[-1])[:n, :n]
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
+               max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
+    """Write the weights to OUT.npz keyed by path, streaming each array (atomic). Returns the file size."""
+    target = Path(out)
+    if target.suffix.lower() != ".npz":
+        raise UsageError(f"--export {out}: the output must be a .npz file")
+    if not paths:
+        raise UsageError(f"{mf.path}: no weights to export")
+    with atomic_output(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path in paths:
+            info = mf.weight(path)
+            dtype = np.dtype(info.dtype)
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": info.shape}
+            with zf.open(path + ".npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_2_0(fh, header)
+                for block in mf.iter_chunks(path, max_elements):
+                    fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+    return target.stat().st_size
+
+
+# ---- diff -----------------------------------------------------------------------------------
+
+
+@dataclass
+class WeightDiff:
+    """One path compared: same, changed, shape (shape differs), only_a, only_b."""
+
+    path: str
+    status: str
+    shape_a: tuple[int, ...] | None = None
+    shape_b: tuple[int, ...] | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    max_abs_diff: float | None = None
+    rel_l2_change: float | None = None
+    mismatched: int = 0  # values outside the tolerance
+
+
+@dataclass
+class DiffReport:
+    a: str
+    b: str
+    atol: float
+    rtol: float
+    weights: list[WeightDiff]
+
+    def count(self, status: str) -> int:
+        return sum(1 for w in self.weights if w.status == status)
+
+    @property
+    def equal(self) -> bool:
+        return all(w.status == "same" for w in self.weights)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: self.count(s) for s in ("same", "changed", "only_a", "only_b", "shape")}
+
+
+def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0,
+                layer_globs: list[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> DiffReport:
+    """Compare two files weight by weight, by canonical path. NaN equals NaN at the same place."""
+    if atol < 0 or rtol < 0:
+        raise UsageError(f"--atol and --rtol must not be negative (not {atol}, {rtol})")
+    a_paths = [w.path for w in a.weights]
+    b_paths = [w.path for w in b.weights]
+    union = a_paths + [p for p in b_paths if p not in set(a_paths)]
+    chosen = select(union, layer_globs, option="--layer")
+    in_a, in_b = set(a_paths), set(b_paths)
+    rows = []
+    for path in chosen:
+        if path not in in_b:
+            wa = a.weight(path)
+            rows.append(WeightDiff(path, "only_a", shape_a=wa.shape, dtype_a=wa.dtype))
+        elif path not in in_a:
+            wb = b.weight(path)
+            rows.append(WeightDiff(path, "only_b", shape_b=wb.shape, dtype_b=wb.dtype))
+        else:
+            rows.append(_compare(a, b, path, atol, rtol, max_elements))
+    return DiffReport(a=str(a.path), b=str(b.path), atol=atol, rtol=rtol, weights=rows)
+
+
+def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, max_elements: int) -> WeightDiff:
+    wa, wb = a.weight(path), b.weight(path)
+    row = WeightDiff(path, "same", wa.shape, wb.shape, wa.dtype, wb.dtype)
+    if wa.shape != wb.shape:
+        row.status = "shape"
+        return row
+    if not (_numeric(np.dtype(wa.dtype)) and _numeric(np.dtype(wb.dtype))):
+        same = np.array_equal(a.read(path), b.read(path))
+        row.status = "same" if same else "changed"
+        row.mismatched = 0 if same else 1
+        return row
+    max_abs = 0.0
+    diff_sq = ref_sq = 0.0
+    mismatched = 0
+    for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements), strict=True):
+        x = np.asarray(block_a, dtype=np.float64).ravel()
+        y = np.asarray(block_b, dtype=np.float64).ravel()
+        both_nan = np.isnan(x) & np.isnan(y)
+        same_inf = np.isinf(x) & (x == y)
+        d = np.abs(x - y)
+        d[both_nan | same_inf] = 0.0
+        bad = ~(d <= atol + rtol * np.abs(y))  # NaN against a number is a mismatch
+        mismatched += int(np.count_nonzero(bad))
+        finite = np.isfinite(d)
+        if finite.any():
+            max_abs = max(max_abs, float(d[finite].max()))
+        if not finite.all():
+            max_abs = math.inf
+        fx = np.where(np.isfinite(x), x, 0.0)
+        diff_sq += float(np.dot(d[finite], d[finite]))
+        ref_sq += float(np.dot(fx, fx))
+    row.max_abs_diff = max_abs
+    if diff_sq == 0:
+        row.rel_l2_change = 0.0
+    else:
+        row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else math.inf
+    row.mismatched = mismatched
+    row.status = "changed" if mismatched else "same"
+    return row
+
+
+def jsonable_stats(stats: WeightStats | None) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    return dict(stats.__dict__)
