@@ -172,8 +172,10 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
         if mf.config is not None:
             t = _translation(mf, p)
             _raise_for(t.problems, unsafe, p)
+            native = _is_native(mf) and not t.changes
+            check_config_as_data(mf.config if native else t.config, p, unsafe)
             keras = import_keras()
-            if _is_native(mf) and not t.changes:
+            if native:
                 return _keras_load(keras, p, unsafe, compile)
             model = build_model(t, unsafe=unsafe, source=p)
             assign_weights(model, mf, source=p, translation=t)
@@ -189,9 +191,26 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     return model
 
 
+def check_config_as_data(config: Any, path: Path, unsafe: bool) -> None:
+    """wtool.config_check on the config Keras will see: refusals (5) and size budgets (3) before building.
+
+    With --unsafe, each thing it lets through is named on stderr.
+    """
+    import click
+
+    from wtool.config_check import check_config
+
+    report = check_config(config, str(path), unsafe=unsafe)
+    for line in report.allowed_lines():
+        click.echo(f"warning: {path}: --unsafe allows {line}", err=True)
+
+
 def _keras_load(keras: Any, path: Path, unsafe: bool, compile: bool) -> Any:
+    from wtool.buildguard import cheap_build
+
     try:
-        return keras.saving.load_model(path, safe_mode=not unsafe, compile=compile)
+        with cheap_build(str(path)):  # weights come from the file: no initialisers run, --max-params counted
+            return keras.saving.load_model(path, safe_mode=not unsafe, compile=compile)
     except WtoolError:
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many types; each becomes one line
@@ -214,8 +233,11 @@ def build_model(translation: Translation, *, unsafe: bool = False, source: str |
     """Deserialize a translated config into a built Keras 3 model (weights not loaded)."""
     keras = import_keras()
     path = Path(source)
+    from wtool.buildguard import cheap_build
+
     try:
-        model = keras.saving.deserialize_keras_object(translation.config, safe_mode=not unsafe)
+        with cheap_build(str(path)):  # weights are assigned from the file next: no initialisers run
+            model = keras.saving.deserialize_keras_object(translation.config, safe_mode=not unsafe)
     except WtoolError:
         raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many types; each becomes one line
