@@ -94,3 +94,13 @@ def fmt_float(x: float) -> str:
     if abs(x) >= 1e4 or abs(x) < 1e-3:
         return f"{x:.3e}"
     return f"{x:.4f}"
+
+
+def print_wide(console: Console, renderable: Any) -> None:
+    """Print a table at its natural width, never folding rows (scripts grep them), even on a narrow pipe."""
+    width = console.measure(renderable, options=console.options.update_width(1000)).maximum
+    if width <= console.width:
+        console.print(renderable)
+        return
+    Console(file=console.file, width=width, force_terminal=console.is_terminal, no_color=console.no_color,
+            soft_wrap=True).print(renderable)

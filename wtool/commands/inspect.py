@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
-from wtool.render import Output, fmt_bytes, fmt_float, fmt_int, fmt_shape
+from wtool.render import Output, fmt_bytes, fmt_float, fmt_int, fmt_shape, print_wide
 
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
@@ -181,7 +181,7 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
             params = fmt_int(sum(w.params for w in summary.weights if w.layer.startswith(layer.path + "/")))
         table.add_row("  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
                       _yes(layer.trainable))
-    console.print(table)
+    print_wide(console, table)
     console.print()
     console.print(f"[bold]total[/] {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
                   f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
@@ -228,17 +228,8 @@ def _render_weights(console: Console, summary: Any, details: dict[str, dict[str,
                 row += [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std),
                         fmt_float(s.l2_norm), f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
         table.add_row(*row)
-    _print_wide(console, table)
+    print_wide(console, table)
 
-
-def _print_wide(console: Console, table: Any) -> None:
-    """Print a table at its natural width: rows are never folded (scripts grep them)."""
-    width = console.measure(table, options=console.options.update_width(1000)).maximum
-    if width <= console.width:
-        console.print(table)
-        return
-    Console(file=console.file, width=width, force_terminal=console.is_terminal, no_color=console.no_color,
-            soft_wrap=True).print(table)
 
 
 def _render_histograms(console: Console, summary: Any, details: dict[str, dict[str, Any]]) -> None:

@@ -1,0 +1,97 @@
+"""`wtool diff A B`: weight-by-weight comparison by canonical path. Exit 0 equal, 1 different."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from wtool.commands.common import InputPath, common_options
+from wtool.render import Output, fmt_float, fmt_shape, print_wide
+
+STATUS_TEXT = {"same": "same", "changed": "changed", "shape": "shape differs", "only_a": "only in A",
+               "only_b": "only in B"}
+
+
+@click.command(name="diff")
+@click.argument("a", type=InputPath)
+@click.argument("b", type=InputPath)
+@click.option("--atol", type=float, default=0.0, show_default=True,
+              help="Absolute tolerance: |a-b| <= atol + rtol*|b| counts as equal.")
+@click.option("--rtol", type=float, default=0.0, show_default=True, help="Relative tolerance (see --atol).")
+@click.option("--layer", "layers", multiple=True, metavar="GLOB",
+              help="Only these layers / weight paths (shell glob, repeatable).")
+@click.option("--all", "show_all", is_flag=True, help="List equal weights too (by default only differences).")
+@common_options
+def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], show_all: bool, out: Output) -> None:
+    """Compare two model or weights files weight by weight, without TensorFlow.
+
+    Weights are matched by path, so a model saved as .keras and as .h5 compares equal.
+    Each weight is same, changed (max |a-b| and relative L2 change ||a-b||/||a||),
+    shape differs, only in A or only in B. Exit status 0 when everything is equal
+    within the tolerance, 1 when anything differs.
+
+    Examples:
+
+      wtool diff sample_models/mlp.keras sample_models/mlp.h5
+
+      wtool diff before.keras after.keras --atol 1e-6 --layer 'features/*'
+
+      wtool diff a.keras b.weights.h5 --json
+    """
+    from wtool.inspect import diff_models
+    from wtool.store import open_model
+
+    with open_model(a) as ma, open_model(b) as mb:
+        report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None)
+    out.result(_document(report), lambda console: _render(console, report, show_all))
+    if not report.equal:
+        raise click.exceptions.Exit(1)
+
+
+def _document(report: Any) -> dict[str, Any]:
+    return {
+        "a": report.a,
+        "b": report.b,
+        "equal": report.equal,
+        "atol": report.atol,
+        "rtol": report.rtol,
+        "summary": report.counts,
+        "weights": [{"path": w.path, "status": w.status,
+                     "shape_a": list(w.shape_a) if w.shape_a is not None else None,
+                     "shape_b": list(w.shape_b) if w.shape_b is not None else None,
+                     "dtype_a": w.dtype_a, "dtype_b": w.dtype_b,
+                     "max_abs_diff": w.max_abs_diff, "rel_l2_change": w.rel_l2_change,
+                     "mismatched": w.mismatched} for w in report.weights],
+    }
+
+
+def _summary_line(report: Any) -> str:
+    c = report.counts
+    total = len(report.weights)
+    verdict = "equal" if report.equal else "different"
+    tol = f" (atol {report.atol:g}, rtol {report.rtol:g})" if report.atol or report.rtol else ""
+    return (f"{verdict}{tol}: {total} weights, {c['same']} same, {c['changed']} changed, "
+            f"{c['shape']} shape differs, {c['only_a']} only in A, {c['only_b']} only in B")
+
+
+def _render(console: Console, report: Any, show_all: bool) -> None:
+    from rich.table import Table
+
+    rows = [w for w in report.weights if show_all or w.status != "same"]
+    if rows:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for name in ("weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"):
+            table.add_column(name, justify="right" if name in ("max |a-b|", "rel L2 change", "mismatched")
+                             else "left", no_wrap=True)
+        for w in rows:
+            shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
+            if w.status == "shape":
+                shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
+            table.add_row(w.path, STATUS_TEXT[w.status], shape,
+                          fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-",
+                          fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else "-",
+                          str(w.mismatched) if w.status in ("changed", "same") else "-")
+        print_wide(console, table)
+    console.print(_summary_line(report), highlight=False)
