@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from wtool.commands.common import InputPath, OutputPath, common_options
 from wtool.render import Output, fmt_shape
@@ -45,10 +46,11 @@ def render_plan(console: Console, plan: Any) -> None:
     table.add_column("weight", no_wrap=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("from", no_wrap=True)
-    table.add_column("old mean±std [min, max]", no_wrap=True)
-    table.add_column("new mean±std [min, max]", no_wrap=True)
+    table.add_column(escape("old mean±std [min, max]"), no_wrap=True)
+    table.add_column(escape("new mean±std [min, max]"), no_wrap=True)
     for a in plan.assignments:
-        table.add_row(a.path, fmt_shape(a.shape), a.source, _stats(a.old), _stats(a.new))
+        table.add_row(escape(a.path), fmt_shape(a.shape), escape(a.source), escape(_stats(a.old)),
+                      escape(_stats(a.new)))
     print_wide(console, table)
     counts = doc["counts"]
     if plan.dry_run:
@@ -56,7 +58,7 @@ def render_plan(console: Console, plan: Any) -> None:
     else:
         where = f"wrote {doc['output']}" + (" (values read back and checked)" if doc["verified"] else "")
     console.print(f"{counts['assigned']} assigned, {counts['kept']} kept; optimizer state {doc['optimizer']}; "
-                  f"{where}", highlight=False)
+                  f"{where}", highlight=False, markup=False)
 
 
 @click.command(name="set-weights")

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.commands.set_weights import print_wide
@@ -23,16 +24,17 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_column(name, no_wrap=True)
     for p in plan.transferred:
         same = p.source == p.target
-        table.add_row("transferred", p.source, "" if same else "->", "" if same else p.target,
+        table.add_row("transferred", escape(p.source), "" if same else "->", "" if same else escape(p.target),
                       fmt_shape(p.target_shape))
     for p in plan.skipped:
         why = {"shape": f"source {fmt_shape(p.source_shape)}, target {fmt_shape(p.target_shape)}",
                "dtype": p.detail, "count": p.detail}.get(p.reason or "", p.detail or "")
-        table.add_row(f"[yellow]skipped ({p.reason})[/]", p.source or "-", "->", p.target or "-", why)
+        table.add_row(f"[yellow]skipped ({p.reason})[/]", escape(p.source or "-"), "->", escape(p.target or "-"),
+                      escape(why or ""))
     for path in plan.missing_in_source:
-        table.add_row("[dim]missing in source[/]", "-", "", path, "kept as is")
+        table.add_row("[dim]missing in source[/]", "-", "", escape(path), "kept as is")
     for path in plan.unused_from_source:
-        table.add_row("[dim]unused from source[/]", path, "", "-", "")
+        table.add_row("[dim]unused from source[/]", escape(path), "", "-", "")
     if table.row_count:
         print_wide(console, table)
     counts = doc["counts"]
@@ -46,18 +48,18 @@ def render_plan(console: Console, plan: Any) -> None:
         line += "; dry run: nothing written"
     else:
         line += f"; wrote {doc['output']}" + (" (read back and checked)" if doc["verified"] else "")
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, markup=False)
 
 
 def render_head(console: Console, report: Any) -> None:
     old = f"{report.old_units} units" if report.old_units is not None else report.replaced_class
     console.print(f"replaced head {report.replaced} ({old}) with Dense({report.units}, "
-                  f"activation={report.activation})", highlight=False)
+                  f"activation={report.activation})", highlight=False, markup=False)
     if report.dropped:
-        console.print(f"dropped the layers after it: {', '.join(report.dropped)}", highlight=False)
+        console.print(f"dropped the layers after it: {', '.join(report.dropped)}", highlight=False, markup=False)
     console.print(f"{report.kept_weights} weights kept from the base"
                   + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else "")
-                  + f"; wrote {report.output}", highlight=False)
+                  + f"; wrote {report.output}", highlight=False, markup=False)
 
 
 @click.command(name="transfer")
