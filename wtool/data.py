@@ -167,7 +167,11 @@ def _read_npy_header(fh: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, n
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # type: ignore[attr-defined]
+            try:  # version 3.0 (utf-8 header): no public reader
+                from numpy.lib._format_impl import _read_array_header  # type: ignore[attr-defined]
+            except ImportError:  # numpy < 2
+                from numpy.lib.format import _read_array_header  # type: ignore[attr-defined,no-redef]
+            shape, fortran, dtype = _read_array_header(fh, version)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise InputError(f"{name}: not a valid .npy array ({str(exc).splitlines()[0][:200]})") from None
     if dtype.hasobject:
@@ -526,7 +530,8 @@ def sniff_format(head: bytes) -> str:
         except ValueError:
             return "json"  # a document spread over several lines
         return "jsonl"
-    return "csv"
+    first_line = text.split(b"\n", 1)[0]
+    return "tsv" if b"\t" in first_line and b"," not in first_line else "csv"
 
 
 def _spool_stdin(stream: BinaryIO) -> tuple[BinaryIO, bytes]:
@@ -684,6 +689,7 @@ class NpyWriter(RowWriter):
         self.n_rows = n_rows
         self.fh = open(path, "wb")  # noqa: SIM115
         _npy_header(self.fh, (n_rows, *column.shape), column.dtype)
+        self.fh.flush()
 
     def _write(self, batch: Mapping[str, np.ndarray], n: int) -> None:
         if self.rows + n > self.n_rows:
