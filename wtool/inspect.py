@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import UsageError
+from wtool.errors import InputError, UsageError
 from wtool.fileio import atomic_output
 from wtool.store import LayerInfo, ModelFile, WeightInfo, select
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS
@@ -184,8 +184,10 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
     target = Path(out)
     if target.suffix.lower() != ".npz":
         raise UsageError(f"--export {out}: the output must be a .npz file")
-    if not paths:
-        raise UsageError(f"{mf.path}: no weights to export")
+    missing = [layer.path for layer in mf.layers if layer.missing]
+    if missing:
+        raise InputError(f"{mf.path}: cannot export: the weights of {len(missing)} layer(s) are missing from the "
+                         f"file ({', '.join(missing[:5])})", "the file is incomplete: save or download it again")
     with atomic_output(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path in paths:
             info = mf.weight(path)
@@ -279,8 +281,9 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
         both_nan = np.isnan(x) & np.isnan(y)
         same_inf = np.isinf(x) & (x == y)
         d = np.abs(x - y)
-        d[both_nan | same_inf] = 0.0
-        bad = ~(d <= atol + rtol * np.abs(y))  # NaN against a number is a mismatch
+        equal_special = both_nan | same_inf
+        d[equal_special] = 0.0
+        bad = ~(d <= atol + rtol * np.abs(y)) & ~equal_special  # NaN against a number is a mismatch
         mismatched += int(np.count_nonzero(bad))
         finite = np.isfinite(d)
         if finite.any():

@@ -1,0 +1,254 @@
+"""`wtool inspect` through the real CLI on sample_models/ and hand-made files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SAMPLES, run_cli
+
+from wtool.inspect import weight_stats
+from wtool.store import open_model
+
+NAMES = ["xor", "mlp", "cnn", "nested", "lstm"]
+FORMATS = ["keras", "h5", "weights.h5"]
+JSON_KEYS = {"file", "format", "keras_version", "total_params", "trainable_params", "non_trainable_params",
+             "layers", "weights"}
+
+
+def values(path: Path) -> dict[str, np.ndarray]:
+    with open_model(path) as mf:
+        return {w.path: mf.read(w.path) for w in mf.weights}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", NAMES)
+def test_default_view(name, fmt):
+    res = run_cli("inspect", SAMPLES / f"{name}.{fmt}")
+    assert res.exit_code == 0, res
+    assert res.stderr == ""
+    for line in ("file", "format", "saved by", "size", "optimizer", "training config", "total"):
+        assert line in res.stdout
+    for layer_path in values(SAMPLES / f"{name}.{fmt}"):
+        assert layer_path.split("/")[-2] in res.stdout
+
+
+def test_nested_layers_are_indented_and_totals_right():
+    res = run_cli("inspect", SAMPLES / "nested.keras")
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("features ") and "Sequential" in line for line in lines)
+    assert any(line.startswith("  d1 ") and "Dense" in line and "544" in line for line in lines)
+    assert "total 1,268 params" in res.stdout and "1,204 trainable, 64 non-trainable" in res.stdout
+
+
+def test_json_document():
+    res = run_cli("inspect", SAMPLES / "mlp.h5", "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert JSON_KEYS <= set(doc)
+    assert (doc["format"], doc["keras_version"], doc["backend"]) == ("h5", "3.15.1", "tensorflow")
+    assert doc["total_params"] == 784 * 64 + 64 + 64 * 10 + 10
+    assert doc["trainable_params"] == doc["total_params"] and doc["non_trainable_params"] == 0
+    assert [(layer["name"], layer["class"], layer["params"]) for layer in doc["layers"]] == [
+        ("hidden", "Dense", 784 * 64 + 64), ("out", "Dense", 650)]
+    assert doc["layers"][0]["weights"] == ["hidden/kernel", "hidden/bias"]
+    assert doc["weights"][0] == {"path": "hidden/kernel", "layer": "hidden", "name": "kernel", "shape": [784, 64],
+                                 "dtype": "float32", "params": 50176, "trainable": True}
+
+
+def test_weights_table_lists_paths():
+    res = run_cli("inspect", SAMPLES / "cnn.weights.h5", "--weights")
+    assert res.exit_code == 0, res
+    for path in ("conv1/kernel", "bn1/moving_variance", "out/bias"):
+        assert path in res.stdout
+    assert "(3, 3, 1, 8)" in res.stdout
+
+
+def test_stats_match_numpy():
+    res = run_cli("inspect", SAMPLES / "cnn.keras", "--stats", "--json")
+    assert res.exit_code == 0, res
+    arrays = values(SAMPLES / "cnn.keras")
+    for w in res.json()["weights"]:
+        a = arrays[w["path"]].astype(np.float64)
+        s = w["stats"]
+        assert s["min"] == pytest.approx(a.min()) and s["max"] == pytest.approx(a.max())
+        assert s["mean"] == pytest.approx(a.mean(), abs=1e-12)
+        assert s["std"] == pytest.approx(a.std(), abs=1e-9)
+        assert s["l2_norm"] == pytest.approx(np.linalg.norm(a))
+        assert s["zero_fraction"] == pytest.approx((a == 0).mean())
+        assert s["nan_count"] == 0 and s["inf_count"] == 0
+
+
+def test_stats_are_the_same_chunk_by_chunk():
+    with open_model(SAMPLES / "mlp.keras") as mf:
+        whole = weight_stats(mf, "hidden/kernel")
+        chunked = weight_stats(mf, "hidden/kernel", max_elements=333)
+    for key in ("min", "max", "mean", "std", "l2_norm", "zero_fraction"):
+        assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12, abs=1e-15)
+
+
+def test_stats_count_nan_and_inf(tmp_path):
+    p = tmp_path / "bad.h5"
+    shutil.copy(SAMPLES / "xor.h5", p)
+    with h5py.File(p, "a") as f:
+        k = f["model_weights/hidden/xor/hidden/kernel"]
+        data = k[()]
+        data[0, 0], data[0, 1], data[1, 1] = np.nan, np.inf, 0.0
+        k[...] = data
+    res = run_cli("inspect", p, "--stats", "--layer", "hidden", "--json")
+    s = res.json()["weights"][0]["stats"]
+    assert (s["nan_count"], s["inf_count"]) == (1, 1)
+    finite = data[np.isfinite(data)].astype(np.float64)
+    assert s["mean"] == pytest.approx(finite.mean()) and s["zero_fraction"] == pytest.approx(1 / 6)
+
+
+def test_sample_is_the_top_left_block():
+    res = run_cli("inspect", SAMPLES / "mlp.keras", "--sample", "3", "--layer", "hidden/kernel", "--json")
+    arrays = values(SAMPLES / "mlp.keras")
+    (w,) = res.json()["weights"]
+    assert np.allclose(np.array(w["sample"]), arrays["hidden/kernel"][0:3, 0:3])
+    human = run_cli("inspect", SAMPLES / "mlp.keras", "--sample", "2", "--layer", "hidden/kernel")
+    assert "hidden/kernel[0:2, 0:2]" in human.stdout
+
+
+def test_sample_of_a_conv_kernel_is_its_2d_view():
+    res = run_cli("inspect", SAMPLES / "cnn.keras", "--sample", "4", "--layer", "conv2/kernel", "--json")
+    kernel = values(SAMPLES / "cnn.keras")["conv2/kernel"]
+    assert np.allclose(np.array(res.json()["weights"][0]["sample"]), kernel.reshape(-1, 16)[:4, :4])
+
+
+def test_histogram_counts_every_value():
+    res = run_cli("inspect", SAMPLES / "mlp.keras", "--histogram", "--json")
+    for w in res.json()["weights"]:
+        assert sum(w["histogram"]["counts"]) == w["params"]
+        assert len(w["histogram"]["edges"]) == len(w["histogram"]["counts"]) + 1
+    human = run_cli("inspect", SAMPLES / "mlp.keras", "--histogram")
+    assert human.exit_code == 0 and "|" in human.stdout
+
+
+def test_layer_glob_selects():
+    res = run_cli("inspect", SAMPLES / "nested.keras", "--layer", "features/*", "--json")
+    doc = res.json()
+    assert [w["path"] for w in doc["weights"]][:2] == ["features/d1/kernel", "features/d1/bias"]
+    assert all(w["path"].startswith("features/") for w in doc["weights"])
+    assert doc["selected_params"] == 1200 and doc["total_params"] == 1268
+    res = run_cli("inspect", SAMPLES / "nested.keras", "--layer", "*/kernel", "--json")
+    assert [w["path"] for w in res.json()["weights"]] == ["features/d1/kernel", "features/d2/kernel",
+                                                          "classifier/kernel"]
+
+
+def test_layer_glob_matching_nothing_is_a_usage_error():
+    res = run_cli("inspect", SAMPLES / "nested.keras", "--layer", "nope*")
+    assert res.exit_code == 2
+    assert res.stderr.splitlines()[0] == "error: --layer 'nope*' matches no weight"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_writes_npz_keyed_by_path(tmp_path, fmt):
+    out = tmp_path / "w.npz"
+    res = run_cli("inspect", SAMPLES / f"nested.{fmt}", "--export", out, "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["export"]["weights"] == 10
+    expected = values(SAMPLES / f"nested.{fmt}")
+    with np.load(out, allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(expected)
+        for path, value in expected.items():
+            assert npz[path].dtype == value.dtype and np.array_equal(npz[path], value)
+
+
+def test_export_of_a_selection(tmp_path):
+    out = tmp_path / "k.npz"
+    res = run_cli("inspect", SAMPLES / "cnn.h5", "--layer", "*/kernel", "--export", out)
+    assert res.exit_code == 0, res
+    assert "exported 3 weights" in res.stderr
+    with np.load(out) as npz:
+        assert sorted(npz.files) == ["conv1/kernel", "conv2/kernel", "out/kernel"]
+
+
+def test_export_streams_large_weights_in_chunks(tmp_path, monkeypatch):
+    import wtool.inspect as core
+
+    out = tmp_path / "big.npz"
+    with open_model(SAMPLES / "mlp.keras") as mf:
+        core.export_npz(mf, ["hidden/kernel", "out/bias"], out, max_elements=1000)
+    with np.load(out) as npz:
+        assert np.array_equal(npz["hidden/kernel"], values(SAMPLES / "mlp.keras")["hidden/kernel"])
+
+
+@pytest.mark.parametrize("target,fragment", [("missing_dir/x.npz", "does not exist"), ("x.txt", ".npz")])
+def test_export_refuses_bad_targets(tmp_path, target, fragment):
+    res = run_cli("inspect", SAMPLES / "xor.keras", "--export", tmp_path / target)
+    assert res.exit_code == 2, res
+    assert fragment in res.stderr
+    assert not list(tmp_path.rglob("*.npz")) and not (tmp_path / "x.txt").exists()
+
+
+def test_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    import wtool.inspect as core
+    from wtool.errors import InputError
+
+    out = tmp_path / "w.npz"
+    real = core.ModelFile.iter_chunks
+    calls = {"n": 0}
+
+    def failing(self, path, max_elements=1 << 22):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise InputError("simulated read failure")
+        yield from real(self, path, max_elements)
+
+    monkeypatch.setattr(core.ModelFile, "iter_chunks", failing)
+    res = run_cli("inspect", SAMPLES / "cnn.keras", "--export", out)
+    assert res.exit_code == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def _lfs(tmp: Path) -> Path:
+    p = tmp / "model.h5"
+    p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123\n")
+    return p
+
+
+def _truncated(tmp: Path) -> Path:
+    p = tmp / "cut.keras"
+    p.write_bytes((SAMPLES / "cnn.h5").read_bytes()[:3000])
+    return p
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda t: t / "missing.keras", "no such file"),
+    (lambda t: t, "is a directory"),
+    (lambda t: (t / "e.h5").touch() or t / "e.h5", "empty file"),
+    (lambda t: (t / "notes.keras").write_text("just text\n") and t / "notes.keras", "text file"),
+    (_lfs, "Git LFS pointer"),
+    (_truncated, "truncated"),
+])
+def test_bad_input_exit_3_one_line(tmp_path, make, fragment):
+    path = make(tmp_path)
+    res = run_cli("inspect", path)
+    assert res.exit_code == 3, res
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines)
+    assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_soft_link_is_refused_exit_5(tmp_path):
+    p = tmp_path / "linked.h5"
+    shutil.copy(SAMPLES / "xor.h5", p)
+    with h5py.File(p, "a") as f:
+        del f["model_weights/out/xor/out/kernel"]
+        f["model_weights/out/xor/out/kernel"] = h5py.SoftLink("/model_weights/hidden/xor/hidden/kernel")
+    res = run_cli("inspect", p)
+    assert res.exit_code == 5
+    assert "soft link" in res.stderr.splitlines()[0]
+
+
+def test_json_mode_prints_only_json_on_stdout():
+    res = run_cli("inspect", SAMPLES / "lstm.keras", "--weights", "--stats", "--histogram", "--sample", "2", "--json")
+    assert res.exit_code == 0
+    doc = res.json()
+    assert {"stats", "histogram", "sample"} <= set(doc["weights"][0])
