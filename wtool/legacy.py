@@ -353,11 +353,20 @@ def _functional(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         "name": name,
         "trainable": raw.get("trainable", True),
         "layers": layers,
-        "input_layers": _map_refs(raw.get("input_layers", []), endpoint),
-        "output_layers": _map_refs(raw.get("output_layers", []), endpoint),
+        "input_layers": _single(_map_refs(raw.get("input_layers", []), endpoint), ctx),
+        "output_layers": _single(_map_refs(raw.get("output_layers", []), endpoint), ctx),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": config,
             "registered_name": None}
+
+
+def _single(refs: Any, ctx: _Context) -> Any:
+    """One input (output) as a bare reference, as Keras 3 writes it: the model then takes
+    (returns) a tensor rather than a list of one."""
+    if not ctx.native and isinstance(refs, list) and len(refs) == 1 and isinstance(refs[0], list) \
+            and len(refs[0]) >= 3 and isinstance(refs[0][0], str):
+        return refs[0]
+    return refs
 
 
 def _has_own_node(entry: dict[str, Any]) -> bool:
@@ -693,6 +702,9 @@ def _class_args(old_class: str, cls: str, config: dict[str, Any], lname: str, ct
                     ctx.problems.append(Problem("incompatible", lname, "BatchNormalization renorm=True "
                                                 "does not exist in Keras 3"))
                 config.pop(key)
+    if cls == "Flatten" and "data_format" not in config:
+        # Keras 1 flattened the tensor as it is; Keras 3's default follows the user's keras.json
+        config["data_format"] = "channels_last"
     if cls == "Embedding" and "input_length" in config:
         config.pop("input_length")
     if cls in ("Dense", "Conv1D", "Conv2D", "Conv3D") and config.get("activation") is None:
