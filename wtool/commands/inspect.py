@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import numpy as np
 from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
@@ -96,6 +95,8 @@ def _check(model: str, unsafe: bool) -> Any:
 
 def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[str, Any] | None,
               check_result: Any) -> dict[str, Any]:
+    import numpy as np
+
     weights = []
     for w in summary.weights:
         row: dict[str, Any] = {"path": w.path, "layer": w.layer, "name": w.name, "shape": list(w.shape),
@@ -247,6 +248,8 @@ def _render_histograms(console: Console, summary: Any, details: dict[str, dict[s
 
 
 def _render_samples(console: Console, summary: Any, details: dict[str, dict[str, Any]], n: int) -> None:
+    import numpy as np
+
     for w in summary.weights:
         values = np.asarray(details[w.path]["sample"])
         if len(w.shape) > 2:
