@@ -516,22 +516,36 @@ def _text(fh: BinaryIO) -> IO[str]:
     return io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
 
 
-def sniff_format(head: bytes) -> str:
-    """Guess the format of bytes with no file name (stdin): npy, npz, jsonl, json or csv."""
+def sniff_format(head: bytes, first_line: bytes | None = None) -> str:
+    """Guess the format of bytes with no file name (stdin): npy, npz, jsonl, json, tsv or csv.
+
+    `head` is the start of the data, `first_line` its first non-blank line in full (JSON
+    lines can be long); a JSON value that fits on the first line means JSON lines.
+    """
     if head.startswith(NPY_MAGIC):
         return "npy"
     if head.startswith(ZIP_MAGIC):
         return "npz"
     text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    line = (first_line if first_line is not None else text.split(b"\n", 1)[0]).lstrip(b"\xef\xbb\xbf").strip()
     if text[:1] in (b"[", b"{"):
-        first = text.split(b"\n", 1)[0]
         try:
-            json.loads(first)
+            json.loads(line)
         except ValueError:
             return "json"  # a document spread over several lines
         return "jsonl"
-    first_line = text.split(b"\n", 1)[0]
-    return "tsv" if b"\t" in first_line and b"," not in first_line else "csv"
+    return "tsv" if b"\t" in line and b"," not in line else "csv"
+
+
+def _first_line(fh: BinaryIO, limit: int = 64 << 20) -> bytes:
+    fh.seek(0)
+    line = b""
+    while not line.strip():
+        line = fh.readline(limit)
+        if not line:
+            break
+    fh.seek(0)
+    return line
 
 
 def _spool_stdin(stream: BinaryIO) -> tuple[BinaryIO, bytes]:
@@ -574,7 +588,7 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
         if not head.strip():
             fh.close()
             raise InputError("stdin: empty input (no rows)")
-        fmt = fmt or sniff_format(head)
+        fmt = fmt or sniff_format(head, _first_line(fh) if head.lstrip()[:1] in (b"[", b"{") else None)
         name = "stdin"
         size: int | None = os.fstat(fh.fileno()).st_size
     else:

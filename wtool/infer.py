@@ -317,7 +317,8 @@ def fit_rows(spec: InputSpec, row_shape: tuple[int, ...], source: str, n_inputs:
         return tuple(int(w) for w in want if w is not None)  # flat rows, e.g. 784 CSV columns for (28, 28, 1)
     who = f"input {shown(spec.name)}: " if n_inputs > 1 else ""
     raise IncompatibleError(
-        f"{who}model expects {fmt_row_shape(spec.shape)}; {source} rows have shape {fmt_row_shape(row_shape)}",
+        f"{who}model expects {fmt_row_shape(spec.shape)}; input rows have shape {fmt_row_shape(row_shape)} "
+        f"in {source}",
         "give rows of the model's input shape (see `wtool inspect MODEL`)")
 
 

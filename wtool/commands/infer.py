@@ -146,7 +146,7 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
     frozen = infer.load_frozen(model, unsafe=unsafe, arch=arch)
     before = frozen.fingerprint()
     sources = infer.open_inputs(frozen, input_path, named, key=input_key, columns=columns, fmt=input_format,
-                                header=header, stdin=click.get_binary_stream("stdin"))
+                                header=header)
     try:
         plan = infer.InferPlan(frozen, sources, post, batch_size, shard_k_n)
         if out_fmt == "npy" and len(plan.column_names) != 1:
