@@ -331,3 +331,53 @@ def test_cudnn_lstm_bias_halves_are_summed():
 def test_conversion_mismatch_names_both_shapes():
     with pytest.raises(legacy_weights.WeightConversionError, match=r"\(3, 8\).*\(4, 8\)"):
         legacy_weights.convert("LSTM", _gates(2, 3, 4, 0), [(4, 8), (2, 8), (8,)])
+
+
+# --- `wtool inspect MODEL --check` (no TensorFlow) ----------------------------------------------
+
+CHECKS = {
+    # file: (exit without --unsafe, exit with --unsafe, status, fragment of the reason)
+    "boston": (0, 0, "ok", None),
+    "gan": (0, 0, "ok", None),
+    "k3_keras": (0, 0, "ok", None),
+    "garnet": (5, 4, "needs-unsafe", "GarNetStack"),
+    "vae": (5, 4, "needs-unsafe", "VAE"),
+    "siamese": (5, 4, "needs-unsafe", "calculate_difference"),
+    "nnom_lambda": (4, 4, "incompatible", "bytecode"),
+    "keras1_list": (4, 4, "incompatible", "bytecode"),
+}
+
+
+@pytest.mark.parametrize("key", list(CHECKS))
+def test_inspect_check_exit_codes_and_reasons(key):
+    from tests.conftest import run_cli
+
+    safe, unsafe, status, fragment = CHECKS[key]
+    res = run_cli("inspect", CORPUS / FILES[key], "--check", "--json")
+    assert res.exit_code == safe, res
+    check = res.json()["check"]
+    assert check["status"] == status and check["exit_code"] == safe
+    if fragment:
+        assert any(fragment in r for r in check["reasons"])
+    else:
+        assert check["reasons"] == []
+    assert run_cli("inspect", CORPUS / FILES[key], "--check", "--unsafe").exit_code == unsafe
+
+
+def test_inspect_check_groups_repeated_reasons():
+    from tests.conftest import run_cli
+
+    res = run_cli("inspect", CORPUS / FILES["nnom_lambda"], "--check")
+    assert res.exit_code == 4
+    line = [x for x in res.stdout.splitlines() if x.startswith("graph")][0]
+    assert "`lambda_1`, `lambda_2`, `lambda_3` and 10 more" in line
+    assert line.count("holds Python bytecode") == 1
+
+
+def test_inspect_check_weights_only_file():
+    from tests.conftest import run_cli
+
+    res = run_cli("inspect", CORPUS / "lyhue1991__keras_tutorial/model_weights.h5", "--check", "--json")
+    assert res.exit_code == 4
+    assert res.json()["check"]["status"] == "no-graph"
+    assert "--arch" in res.json()["check"]["reasons"][0]

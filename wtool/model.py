@@ -134,19 +134,38 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
                                keras_version=mf.keras_version)
         t = _translation(mf, p)
     code, status = _verdict(t.problems, unsafe)
-    reasons = [str(pr) for pr in t.problems]
+    reasons = group_reasons(t.problems)
     if status == "incompatible" and unsafe:
         reasons = [r + (" (not installed)" if "custom" in r else "") for r in reasons]
     return CheckResult(str(path), code, status, reasons, t.changes, mf.keras_version,
                        "keras" if _is_native(mf) and not t.changes else "translated")
 
 
+def group_reasons(problems: list[Problem]) -> list[str]:
+    """One line per distinct reason, naming the layers it applies to (13 Lambdas: one line)."""
+    layers: dict[str, list[str]] = {}
+    for problem in problems:
+        layers.setdefault(problem.reason, []).append(problem.layer)
+    out = []
+    for reason, names in layers.items():
+        names = [n for n in names if n]
+        if not names:
+            out.append(reason)
+        elif len(names) == 1:
+            out.append(f"layer `{names[0]}`: {reason}")
+        else:
+            shown = ", ".join(f"`{n}`" for n in names[:3])
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            out.append(f"layers {shown}{more}: {reason}")
+    return out
+
+
 def _raise_for(problems: list[Problem], unsafe: bool, path: Path) -> None:
     code, _status = _verdict(problems, unsafe)
     if code == 0:
         return
-    listed = [p for p in problems if p.kind == "incompatible"] or list(problems)
-    text = "; ".join(str(p) for p in listed[:MAX_LISTED])
+    listed = group_reasons([p for p in problems if p.kind == "incompatible"] or list(problems))
+    text = "; ".join(listed[:MAX_LISTED])
     if len(listed) > MAX_LISTED:
         text += f"; and {len(listed) - MAX_LISTED} more"
     if code == 5:
