@@ -366,6 +366,53 @@ def zoo(tmp_path_factory):
     return model, out
 
 
+@pytest.fixture(scope="module")
+def zoo2(tmp_path_factory):
+    """Wrappers around models, generic RNN cells, frozen nested models, shared layers, adapted state."""
+    from wtool.model import import_keras
+
+    keras = import_keras()
+    layers = keras.layers
+    keras.utils.set_random_seed(4)
+    seq = keras.Input((5, 6))
+    norm = layers.Normalization(name="norm")
+    norm.adapt(np.random.default_rng(0).random((20, 5, 6)).astype("float32"))
+    x = norm(seq)
+    x = layers.RNN(layers.LSTMCell(3), return_sequences=True, name="rnn")(x)
+    x = layers.Bidirectional(layers.GRU(2, return_sequences=True), name="bigru",
+                             backward_layer=layers.GRU(2, return_sequences=True, go_backwards=True, name="bw"))(x)
+    x = layers.LayerNormalization(center=False, name="ln")(x)
+    x = layers.Attention(use_scale=True, score_mode="concat", name="att")([x, x])
+    shared = layers.Dense(4, name="shared")
+    x = shared(shared(x))
+    inner = keras.Sequential([keras.Input((4,)), keras.Sequential([keras.Input((4,)), layers.Dense(2, name="deep")],
+                                                                  name="lvl2")], name="lvl1")
+    inner.trainable = False
+    x = layers.TimeDistributed(inner, name="tdseq")(x)
+    vol = keras.Input((4, 4, 4, 2))
+    y = layers.Flatten()(layers.Conv3D(2, 2, name="c3")(vol))
+    frames = keras.Input((3, 4, 4, 1))
+    z = layers.Flatten()(layers.ConvLSTM2D(2, 2, name="convlstm")(frames))
+    ids = keras.Input((3,), dtype="int32")
+    e = layers.GlobalAveragePooling1D()(layers.Embedding(10, 3, mask_zero=True, name="emb")(ids))
+    model = keras.Model([seq, vol, frames, ids], [x, y, z, e], name="zoo2")
+    out = tmp_path_factory.mktemp("zoo2")
+    model.save(out / "zoo2.keras")
+    model.save(out / "zoo2.h5")
+    return model, out
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_zoo2_paths_equal_weight_paths(zoo2, fmt):
+    model, out = zoo2
+    _assert_store_matches_model(out / f"zoo2.{fmt}", model)
+    with open_model(out / f"zoo2.{fmt}") as mf:
+        paths = [w.path for w in mf.weights]
+    assert {"tdseq/lvl2/deep/kernel", "bigru/bw/kernel", "rnn/kernel", "norm/mean", "att/scale",
+            "convlstm/recurrent_kernel"} <= set(paths)
+
+
 def _assert_store_matches_model(path: Path, model, **kw):
     from wtool.keras_paths import weight_paths
 

@@ -75,3 +75,22 @@ def parse_model_config(config: Any) -> LayerNode | None:
 def wrapped_layer(node: LayerNode, key: str = "layer") -> LayerNode | None:
     """The inner layer of a wrapper (Bidirectional, TimeDistributed): config['layer']."""
     return parse_node(node.config.get(key), fallback_name=node.name)
+
+
+def wrapped_trainable(node: LayerNode, rel: str) -> bool:
+    """Whether a weight `rel` below a wrapper (TimeDistributed, Bidirectional) is trainable as saved:
+    the wrapped layer, and the nested layers on the way down, may each be frozen."""
+    inner = wrapped_layer(node)
+    if inner is None:
+        return node.trainable
+    if not inner.trainable:
+        return False
+    current = inner
+    for part in rel.split("/")[:-1]:
+        child = next((c for c in current.children if c.name == part), None)
+        if child is None:
+            break
+        if not child.trainable:
+            return False
+        current = child
+    return True

@@ -14,7 +14,7 @@ from typing import Any
 
 from wtool.store import safety
 from wtool.store.collector import Collector
-from wtool.store.config import LayerNode, wrapped_layer
+from wtool.store.config import LayerNode, parse_node, wrapped_layer
 from wtool.store.naming import (
     MHA_SUBLAYERS,
     NON_TRAINABLE,
@@ -187,23 +187,30 @@ class Keras3Reader(Collector):
             elif attr == "layer" and class_name == "TimeDistributed":
                 inner = wrapped_layer_of(cfg)
                 inner_class = inner.class_name if inner else class_from_group(child.saved_name or "")
-                self._collect(child, inner_class, inner.config if inner else None, layer, rel, trainable)
+                self._collect(child, inner_class, inner.config if inner else None, layer, rel,
+                              trainable and (inner.trainable if inner else True))
             elif attr in ("forward_layer", "backward_layer") and class_name == "Bidirectional":
                 inner = wrapped_layer_of(cfg, "backward_layer") if attr == "backward_layer" else None
                 inner = inner or wrapped_layer_of(cfg)
                 sub = child.saved_name or (f"{attr.split('_')[0]}_{inner.name}" if inner else attr)
                 sub_class = inner.class_name if inner else class_from_group(
                     re.sub(r"^(forward|backward)_", "", child.saved_name or ""))
-                self._collect(child, sub_class, inner.config if inner else None, layer, f"{rel}{sub}/", trainable)
+                self._collect(child, sub_class, inner.config if inner else None, layer, f"{rel}{sub}/",
+                              trainable and (inner.trainable if inner else True))
             elif attr in MHA_SUBLAYERS and class_name == "MultiHeadAttention":
                 sub = child.saved_name or MHA_SUBLAYERS[attr]
                 sub_cfg = {"bias_axes": "x" if cfg.get("use_bias", True) else None} if config is not None else None
                 self._collect(child, "EinsumDense", sub_cfg, layer, f"{rel}{sub}/", trainable)
-            elif attr in CONTAINERS:
-                for key in sorted(child.children, key=natural_key):
-                    item = child.children[key]
-                    sub = item.saved_name or key
-                    self._collect(item, class_from_group(key), None, layer, f"{rel}{sub}/", trainable)
+            elif attr in CONTAINERS:  # a model inside a wrapper (TimeDistributed(Sequential(...)))
+                model_node = parse_node({"class_name": class_name or "?", "config": config}) \
+                    if isinstance(cfg.get("layers"), list) else None
+                for item, node in self._match(child, model_node):
+                    if item is None:
+                        continue
+                    sub = node.name if node is not None else (item.saved_name or item.key)
+                    self._collect(item, node.class_name if node is not None else class_from_group(item.key),
+                                  node.config if node is not None else None, layer, f"{rel}{sub}/",
+                                  trainable and (node.trainable if node is not None else True))
             else:
                 sub = child.saved_name or attr.lstrip("_")
                 guess = class_from_group(child.saved_name) if child.saved_name else None

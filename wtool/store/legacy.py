@@ -14,7 +14,7 @@ import numpy as np
 from wtool.errors import InputError
 from wtool.store import safety
 from wtool.store.collector import Collector
-from wtool.store.config import LayerNode
+from wtool.store.config import LayerNode, wrapped_trainable
 from wtool.store.naming import (
     KNOWN_VAR_NAMES,
     NON_TRAINABLE,
@@ -69,6 +69,9 @@ def get_member(group: Any, name: str, where: str) -> Any:
         safety.check_h5_link(current, part, where)
         current = current[part]
     return current
+
+
+WRAPPERS = ("TimeDistributed", "Bidirectional")
 
 
 class LegacyReader(Collector):
@@ -137,6 +140,8 @@ class LegacyReader(Collector):
             layer_path, owner, rel = self._owner(layer_name, node, rel)
             rel = clean_relative(rel, owner.class_name if owner is not None else None)
             trainable = owner.trainable if owner is not None else True
+            if owner is not None and owner.class_name in WRAPPERS:
+                trainable = trainable and wrapped_trainable(owner, rel)
             entries.append([layer_path, rel, ds, trainable])
         self._name_opaque(entries)
         for layer_path, rel, ds, trainable in entries:
