@@ -480,3 +480,28 @@ def test_infer_refuses_files_that_need_code(name, tmp_path):
     assert res.stderr.startswith("error: ") and REFUSED[name][2] in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+# --- compile settings and bare configs -------------------------------------------------------
+
+
+def test_old_training_config_compiles_when_asked():
+    from wtool.model import load_model
+
+    model = load_model(CORPUS / "rsyamil__gan-hm/gan.h5", compile=True)
+    assert model.compiled and type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.0002)
+    assert float(model.optimizer.beta_1) == pytest.approx(0.5)
+    assert model.loss == "binary_crossentropy"
+
+
+def test_old_json_config_builds_a_model():
+    """`model.to_json()` of Keras 2 (what `wtool new --config` is given) goes through the translation."""
+    from wtool.model import config_to_model
+
+    with h5py.File(CORPUS / "lyhue1991__keras_tutorial/boston_housing_model.h5", "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    config["keras_version"], config["backend"] = "2.2.4", "tensorflow"
+    model = config_to_model(config, source="boston.json")
+    assert [tuple(t.shape) for t in model.inputs] == [(None, 13)]
+    assert [tuple(v.shape) for v in model.weights] == [(13, 10), (10,), (10, 1), (1,)]

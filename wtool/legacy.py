@@ -775,6 +775,52 @@ def _constraint(value: Any, lname: str, ctx: _Context) -> Any:
     return {"module": "keras.constraints", "class_name": cls, "config": inner, "registered_name": None}
 
 
+# Optimizer arguments of Keras 2 / tf.keras that Keras 3 refuses but that change nothing.
+_OPTIMIZER_DROPPED = ("jit_compile", "is_legacy_optimizer")
+
+
+def translate_training_config(training_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keras 3 `compile()` arguments from an old `training_config`, or None when they cannot be
+    expressed exactly (a custom loss or optimizer, a learning-rate `decay`)."""
+    if not isinstance(training_config, dict):
+        return None
+    opt = training_config.get("optimizer_config")
+    if not isinstance(opt, dict) or not isinstance(opt.get("class_name"), str):
+        return None
+    cls = opt["class_name"].split(">")[-1]  # tf.keras 2.11 wrote "Custom>Adam"
+    config = dict(opt.get("config") or {})
+    if "lr" in config:
+        config.setdefault("learning_rate", config.pop("lr"))
+        config.pop("lr", None)
+    if config.get("decay"):
+        return None  # Keras 3 has no per-step decay argument: a schedule would be needed
+    config.pop("decay", None)
+    for key in _OPTIMIZER_DROPPED:
+        config.pop(key, None)
+    if isinstance(config.get("learning_rate"), dict):
+        return None  # a schedule object: leave it to the user
+    loss = training_config.get("loss")
+
+    def plain(value: Any) -> bool:
+        if value is None or isinstance(value, str):
+            return True
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        if isinstance(value, dict):
+            return "class_name" not in value and all(plain(v) for v in value.values())
+        return False
+
+    metrics = training_config.get("metrics")
+    if not plain(loss) or not plain(metrics) or not loss:
+        return None
+    return {
+        "optimizer": {"module": "keras.optimizers", "class_name": cls, "config": config, "registered_name": None},
+        "loss": loss,
+        "metrics": metrics or None,
+        "loss_weights": training_config.get("loss_weights"),
+    }
+
+
 def keras_version_of(attrs_version: Any) -> str | None:
     """Normalise a `keras_version` attribute (bytes or str) to str."""
     if attrs_version is None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from wtool.errors import IncompatibleError, InputError, UnsafeError, WtoolError
 from wtool.fileio import atomic_output, check_input_file
-from wtool.legacy import Problem, Translation, TranslationError, translate
+from wtool.legacy import Problem, Translation, TranslationError, translate, translate_training_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -198,6 +198,8 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
                 return _keras_load(keras, p, unsafe, compile)
             model = build_model(t, unsafe=unsafe, source=p)
             assign_weights(model, mf, source=p, translation=t)
+            if compile:
+                _compile_from(model, mf.training_config)
             return model
     if arch is None:
         raise IncompatibleError(f"{path}: a weights-only file has no architecture",
@@ -246,6 +248,41 @@ def _build_error(exc: BaseException, path: Path) -> WtoolError:
         return IncompatibleError(f"{path}: the graph needs code that is not installed ({text[:200]})")
     return IncompatibleError(f"{path}: Keras cannot rebuild the graph: {type(exc).__name__}: {text[:300]}",
                              f"see `wtool inspect {path} --check`")
+
+
+def _compile_from(model: Any, training_config: dict[str, Any] | None) -> bool:
+    """Compile with the file's training settings when Keras 3 can express them exactly.
+
+    Best effort, like Keras's own legacy loader: the model stays uncompiled otherwise.
+    """
+    import warnings
+
+    args = translate_training_config(training_config)
+    if args is None:
+        return False
+    keras = import_keras()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = keras.optimizers.deserialize(args["optimizer"])
+            model.compile(optimizer=optimizer, loss=args["loss"], metrics=args["metrics"],
+                          loss_weights=args["loss_weights"])
+    except Exception:  # noqa: BLE001 - any failure means "not compiled", as documented
+        return False
+    return True
+
+
+def config_to_model(config: dict[str, Any], *, unsafe: bool = False, source: str = "config",
+                    keras_version: str | None = None) -> Any:
+    """A model from a (possibly old) model config, e.g. Keras 2's `model.to_json()`: translated,
+    checked and built like a file's graph. No weights are loaded (they start initialised)."""
+    version = keras_version or (config.get("keras_version") if isinstance(config, dict) else None)
+    try:
+        t = translate(config, version, config.get("backend") if isinstance(config, dict) else None)
+    except TranslationError as exc:
+        raise InputError(f"{source}: {exc.message}") from None
+    _raise_for(t.problems, unsafe, Path(source))
+    return build_model(t, unsafe=unsafe, source=source)
 
 
 def build_model(translation: Translation, *, unsafe: bool = False, source: str | os.PathLike[str] = "model") -> Any:
