@@ -505,3 +505,55 @@ def test_old_json_config_builds_a_model():
     model = config_to_model(config, source="boston.json")
     assert [tuple(t.shape) for t in model.inputs] == [(None, 13)]
     assert [tuple(v.shape) for v in model.weights] == [(13, 10), (10,), (10, 1), (1,)]
+
+
+def _to_cudnn(kind: str, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+    """Keras 2's own LSTM/GRU -> CuDNN conversion (the inverse of what loading does)."""
+    n = 4 if kind == "lstm" else 3
+
+    def per_gate(k, fn):
+        return np.hstack([fn(g) for g in np.hsplit(k, n)])
+
+    kernel = per_gate(kernel, lambda g: g.T.reshape(g.shape, order="C"))
+    recurrent = per_gate(recurrent, lambda g: g.T)
+    bias = np.tile(0.5 * bias, 2) if kind == "lstm" else bias.reshape(-1)
+    return [kernel, recurrent, bias]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_layers_load_as_plain_rnns(kind, tmp_path):
+    import keras
+
+    from wtool.model import load_model
+
+    rng = np.random.default_rng(13)
+    units, features = 3, 2
+    layer = keras.layers.LSTM(units) if kind == "lstm" else keras.layers.GRU(units, reset_after=True)
+    reference = keras.Sequential([keras.Input((5, features)), layer])
+    for var in reference.weights:
+        var.assign(rng.standard_normal(tuple(var.shape)).astype("float32") * 0.5)
+    kernel, recurrent, bias = (np.asarray(v.numpy()) for v in reference.weights)
+    cls = "CuDNNLSTM" if kind == "lstm" else "CuDNNGRU"
+    name = f"cu_dnn{kind}_1"
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": cls, "config": {"name": name, "trainable": True, "batch_input_shape": [None, 5, features],
+                                       "dtype": "float32", "units": units, "return_sequences": False,
+                                       "return_state": False, "stateful": False, "go_backwards": False,
+                                       "kernel_initializer": {"class_name": "VarianceScaling", "config": {}},
+                                       "recurrent_initializer": {"class_name": "Orthogonal", "config": {}},
+                                       "bias_initializer": {"class_name": "Zeros", "config": {}}}}]}}
+    arrays = _to_cudnn(kind, kernel, recurrent, bias)
+    path = tmp_path / "cudnn.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.2.4", b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = np.array([name.encode()])
+        sub = g.create_group(name)
+        names = [f"{name}/{w}:0" for w in ("kernel", "recurrent_kernel", "bias")]
+        sub.attrs["weight_names"] = np.array([n.encode() for n in names])
+        for n, a in zip(names, arrays, strict=True):
+            sub.create_dataset(n, data=a)
+    model = load_model(path)
+    x = rng.standard_normal((4, 5, features)).astype("float32")
+    assert np.allclose(np.asarray(model(x)), np.asarray(reference(x)), atol=1e-5)
