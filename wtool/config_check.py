@@ -354,6 +354,23 @@ def check_config(config: Any, source: str, *, unsafe: bool = False, limits: Limi
     return report
 
 
+def check_code(config: Any, source: str, *, unsafe: bool = False, limits: Limits | None = None,
+               what: str = "model config") -> list[Finding]:
+    """Only the code refusals of check_config (no budgets), e.g. for a file's raw config before translation."""
+    limits = limits or _limits.current()
+    check_json_shape(config, source, limits, what)
+    try:
+        found = _findings(config, ConfigReport())
+    except InputError as exc:
+        raise InputError(f"{source}: {exc.message}") from None
+    if found and not unsafe:
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UnsafeError(f"{source}: refused: {first.where}: {first.why}{more}",
+                          "pass --unsafe only if you trust this file and its author")
+    return found
+
+
 def count_layers(config: Any) -> int:
     """Layers in the config, counting nested models' layers and wrapped layers/cells."""
     count = 0

@@ -192,7 +192,7 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
             t = _translation(mf, p)
             _raise_for(t.problems, unsafe, p)
             native = _is_native(mf) and not t.changes
-            check_config_as_data(mf.config if native else t.config, p, unsafe)
+            check_config_as_data(mf.config if native else t.config, p, unsafe, raw=None if native else mf.config)
             keras = import_keras()
             if native:
                 return _keras_load(keras, p, unsafe, compile)
@@ -212,15 +212,19 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     return model
 
 
-def check_config_as_data(config: Any, path: Path, unsafe: bool) -> None:
+def check_config_as_data(config: Any, path: Path, unsafe: bool, raw: Any = None) -> None:
     """wtool.config_check on the config Keras will see: refusals (5) and size budgets (3) before building.
 
-    With --unsafe, each thing it lets through is named on stderr.
+    `raw` (the file's own config, when it was translated) gets the code refusals too, so a module
+    or class that translation would quietly replace is still refused. With --unsafe, each thing
+    it lets through is named on stderr.
     """
     import click
 
-    from wtool.config_check import check_config
+    from wtool.config_check import check_code, check_config
 
+    if raw is not None:
+        check_code(raw, str(path), unsafe=unsafe)
     report = check_config(config, str(path), unsafe=unsafe)
     for line in report.allowed_lines():
         click.echo(f"warning: {path}: --unsafe allows {line}", err=True)
