@@ -76,43 +76,45 @@ class Stats:
     nonfinite: int = 0
 
     @classmethod
-    def of(cls, chunks: Iterable[np.ndarray]) -> Stats:
-        n = 0
-        total = 0.0
-        total_sq = 0.0
+    def of(cls, chunks: Iterable[np.ndarray], step: int = 1 << 20) -> Stats:
+        """Mean, std, min, max of the finite values (and how many are not), over chunks of any size.
+
+        Works on pieces of `step` elements in their own dtype (no float64 copy of a big
+        weight) and merges them with Chan et al.'s parallel variance formula.
+        """
+        n, mean, m2 = 0, 0.0, 0.0
         lo, hi = math.inf, -math.inf
         bad = 0
         for chunk in chunks:
-            a = np.asarray(chunk)
-            if a.dtype.kind not in "biuf":
+            flat = np.asarray(chunk).reshape(-1)
+            if flat.dtype.kind not in "biuf":
                 continue
-            a = a.astype(np.float64, copy=False).ravel()
-            if a.dtype.kind == "f":
-                finite = np.isfinite(a)
-                nfin = int(finite.sum())
-                if nfin != a.size:
-                    bad += a.size - nfin
-                    a = a[finite]
-            if a.size == 0:
-                continue
-            n += a.size
-            total += float(a.sum())
-            total_sq += float(np.square(a).sum())
-            lo = min(lo, float(a.min()))
-            hi = max(hi, float(a.max()))
+            for start in range(0, flat.size, step):
+                part = flat[start : start + step]
+                if part.dtype.kind == "f":
+                    finite = np.isfinite(part)
+                    if not finite.all():
+                        bad += int(part.size - finite.sum())
+                        part = part[finite]
+                    if part.dtype.itemsize < 4:
+                        part = part.astype(np.float32)
+                else:
+                    part = part.astype(np.float64)
+                k = part.size
+                if k == 0:
+                    continue
+                mu = float(part.sum(dtype=np.float64)) / k
+                dev = part - part.dtype.type(mu)
+                m2_part = float(np.dot(dev, dev))
+                lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+                total = n + k
+                delta = mu - mean
+                mean += delta * k / total
+                m2 += m2_part + delta * delta * n * k / total
+                n = total
         if n == 0:
             return cls(nonfinite=bad)
-        mean = total / n
-        var = max(0.0, total_sq / n - mean * mean)
-        return cls(mean=mean, std=math.sqrt(var), min=lo, max=hi, nonfinite=bad)
-
-
-def _chunks_of(array: np.ndarray, rows: int = 1 << 16) -> Iterator[np.ndarray]:
-    if array.ndim == 0 or array.shape[0] <= rows:
-        yield array
-        return
-    for lo in range(0, array.shape[0], rows):
-        yield array[lo : lo + rows]
+        return cls(mean=mean, std=math.sqrt(max(0.0, m2 / n)), min=lo, max=hi, nonfinite=bad)
 
 
 def _model_chunks(model: Any, path: str) -> Iterator[np.ndarray]:
@@ -486,7 +488,7 @@ def _check_assignments(plan: SetWeightsPlan, allow_nonfinite: bool) -> None:
             plan.problems.append(Problem("dtype", a.path, f"{a.path}: {why} from {a.source}"))
             continue
         if a.value is not None:
-            a.new = Stats.of(_chunks_of(a.value))
+            a.new = Stats.of([a.value])
         if a.new is not None and a.new.nonfinite and not allow_nonfinite:
             plan.problems.append(Problem("nonfinite", a.path, f"{a.path}: {a.new.nonfinite} NaN/Inf value(s) "
                                          f"in {a.source}"))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import mmap
 import os
 import shutil
 import struct
@@ -121,14 +120,51 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _multmodp(_x2nmodp(len2, 3), crc1) ^ (crc2 & 0xFFFFFFFF)
 
 
-def crc32_of(buf: Any, start: int, stop: int, crc: int = 0) -> int:
-    """CRC-32 of buf[start:stop] (a mmap or bytes-like), in steps to bound temporary views."""
-    step = 64 << 20
-    with memoryview(buf) as view:
-        for lo in range(start, stop, step):
-            with view[lo : min(stop, lo + step)] as part:
-                crc = zlib.crc32(part, crc)
-    return crc
+class _Reader:
+    """Reads byte ranges of files into one reused buffer (bounded memory, no mmap in the RSS)."""
+
+    def __init__(self, size: int = 8 << 20) -> None:
+        self._bufs = [bytearray(size), bytearray(size)]
+
+    def chunks(self, fd: int, offset: int, n: int, which: int = 0) -> Iterator[memoryview]:
+        buf = self._bufs[which]
+        view = memoryview(buf)
+        done = 0
+        while done < n:
+            want = min(len(buf), n - done)
+            got = os.preadv(fd, [view[:want]], offset + done)
+            if got <= 0:
+                raise InputError("unexpected end of file")
+            yield view[:got]
+            done += got
+
+    def crc32(self, fd: int, offset: int, n: int, crc: int = 0) -> int:
+        for part in self.chunks(fd, offset, n):
+            crc = zlib.crc32(part, crc)
+        return crc
+
+    def same(self, fd_a: int, off_a: int, fd_b: int, off_b: int, n: int) -> bool:
+        """Bytes [off_a, off_a+n) of one file equal bytes [off_b, off_b+n) of another."""
+        done = 0
+        other = memoryview(self._bufs[1])
+        for part in self.chunks(fd_a, off_a, n, 0):
+            k = len(part)
+            if os.preadv(fd_b, [other[:k]], off_b + done) != k:
+                return False
+            if not np.array_equal(np.frombuffer(part, np.uint8), np.frombuffer(other[:k], np.uint8)):
+                return False
+            done += k
+        return True
+
+    def same_as(self, fd: int, offset: int, data: np.ndarray) -> bool:
+        """Bytes [offset, offset+len) of a file equal the bytes of `data` (a uint8 array)."""
+        done = 0
+        for part in self.chunks(fd, offset, data.size):
+            k = len(part)
+            if not np.array_equal(np.frombuffer(part, np.uint8), data[done : done + k]):
+                return False
+            done += k
+        return True
 
 
 # --------------------------------------------------------------------------- containers
@@ -234,10 +270,11 @@ class _Window(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         n = max(0, min(len(buffer), self._length - self._pos))
-        data = os.pread(self._fd, n, self._start + self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        if n == 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(buffer).cast("B")[:n]], self._start + self._pos)
+        self._pos += got
+        return got
 
 
 @contextlib.contextmanager
@@ -522,8 +559,7 @@ def _write_direct(source: Path, source_format: str, tmp: Path, out_format: str,
             _splice_archive(source, image, tmp, targets, result)
     else:
         # Bare HDF5 output: a copy of the image (the whole file, or the archive's member).
-        _copy_image(image, tmp)
-        _splice_bare(tmp, targets, result, needs_h5py=needs_h5py,
+        _splice_bare(image, tmp, targets, result, needs_h5py=needs_h5py,
                      reset_optimizer=reset_optimizer,
                      freeze=freeze if source_format == "h5" else ())
         _verify(H5Image(tmp, out_format, 0, tmp.stat().st_size), targets, result)
@@ -623,15 +659,46 @@ def _open_sources(targets: Sequence[_Target], stack: contextlib.ExitStack) -> di
     return fds
 
 
-def _splice_bare(tmp: Path, targets: Sequence[_Target], result: WriteResult, *,
+def _compose(in_fd: int, in_off: int, length: int, out_fd: int, base: int, targets: Sequence[_Target],
+             src_fds: dict[Path, int]) -> int:
+    """Write `length` bytes of the input (from `in_off`) to the output, each spliceable target's
+    range taken from its new value instead of the input: one pass, nothing copied twice.
+
+    `base` is where the HDF5 image starts, relative to `in_off`. Returns the bytes assigned.
+    """
+    spliced = sorted((t for t in targets if t.extent is not None), key=lambda t: t.extent[0])  # type: ignore[index]
+    pos = 0
+    written = 0
+    for t in spliced:
+        assert t.extent is not None
+        start = base + t.extent[0]
+        if start < pos:
+            raise InternalError(f"{t.write.h5_name}: overlaps another dataset")
+        copy_bytes(in_fd, out_fd, start - pos, in_off + pos, pos)
+        written += _write_one(t, out_fd, base, src_fds)
+        pos = start + t.extent[1]
+    copy_bytes(in_fd, out_fd, length - pos, in_off + pos, pos)
+    return written
+
+
+def _splice_bare(image: H5Image, tmp: Path, targets: Sequence[_Target], result: WriteResult, *,
                  needs_h5py: bool, reset_optimizer: bool, freeze: Sequence[str]) -> None:
+    """Write a bare HDF5 copy of the image to tmp with the targets assigned."""
     with contextlib.ExitStack() as stack:
         src_fds = _open_sources(targets, stack)
-        fd = os.open(tmp, os.O_RDWR)
-        stack.callback(os.close, fd)
-        for t in targets:
-            if t.extent is not None:
-                result.bytes_written += _write_one(t, fd, 0, src_fds)
+        if image.member is not None and not image.member.stored:
+            _copy_image(image, tmp)  # compressed member: extract, then overwrite in place
+            fd = os.open(tmp, os.O_RDWR)
+            stack.callback(os.close, fd)
+            for t in targets:
+                if t.extent is not None:
+                    result.bytes_written += _write_one(t, fd, 0, src_fds)
+        else:
+            in_fd = os.open(image.path, os.O_RDONLY)
+            stack.callback(os.close, in_fd)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+            stack.callback(os.close, fd)
+            result.bytes_written += _compose(in_fd, image.offset, image.length, fd, 0, targets, src_fds)
     if needs_h5py:
         with h5py.File(tmp, "r+") as h5:
             for t in targets:
@@ -667,11 +734,9 @@ def _splice_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[_
         src_fds = _open_sources(targets, stack)
         in_fd = os.open(source, os.O_RDONLY)
         stack.callback(os.close, in_fd)
-        fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
+        fd = os.open(tmp, os.O_RDWR)
         stack.callback(os.close, fd)
-        copy_bytes(in_fd, fd, size, 0, 0)
-        for t in targets:
-            result.bytes_written += _write_one(t, fd, image.offset, src_fds)
+        result.bytes_written += _compose(in_fd, 0, size, fd, image.offset, targets, src_fds)
         crc = _member_crc_after(in_fd, fd, image, targets)
         _patch_crc(fd, member, crc)
     _verify(image_of_copy(tmp, image), targets, result)
@@ -682,24 +747,24 @@ def image_of_copy(tmp: Path, image: H5Image) -> H5Image:
 
 
 def _member_crc_after(in_fd: int, out_fd: int, image: H5Image, targets: Sequence[_Target]) -> int:
-    """The member's CRC-32 after the splice, reading whichever is less: the changed ranges or all of it."""
+    """The member's CRC-32 after the splice, reading whichever is less: the changed ranges or all of it.
+
+    Changed ranges only: crc(new) = crc(old) xor, over each changed range, the CRC of
+    (old xor new) shifted over the bytes that follow it (CRC-32 is affine in the data).
+    """
     member = image.member
     assert member is not None
     ranges = sorted((image.offset + t.extent[0], t.extent[1]) for t in targets if t.extent and t.extent[1])
     changed = sum(n for _, n in ranges)
     end = image.offset + image.length
-    if image.length == 0:
-        return zlib.crc32(b"")
-    with contextlib.ExitStack() as stack:
-        out_map = stack.enter_context(mmap.mmap(out_fd, 0, access=mmap.ACCESS_READ))
-        if 2 * changed >= image.length:
-            return crc32_of(out_map, image.offset, end)
-        in_map = stack.enter_context(mmap.mmap(in_fd, 0, access=mmap.ACCESS_READ))
-        crc = member.crc
-        for start, n in ranges:
-            delta = crc32_of(in_map, start, start + n) ^ crc32_of(out_map, start, start + n)
-            crc ^= crc32_combine(delta, 0, end - (start + n))
-        return crc
+    reader = _Reader()
+    if 2 * changed >= image.length:
+        return reader.crc32(out_fd, image.offset, image.length)
+    crc = member.crc
+    for start, n in ranges:
+        delta = reader.crc32(in_fd, start, n) ^ reader.crc32(out_fd, start, n)
+        crc ^= crc32_combine(delta, 0, end - (start + n))
+    return crc
 
 
 def _patch_crc(fd: int, member: ZipMember, crc: int) -> None:
@@ -717,9 +782,8 @@ def _rewrite_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[
     """Rebuild the archive: the weights member edited through a bare temporary copy, the rest kept."""
     with tempfile.TemporaryDirectory(prefix=".wtool-", dir=tmp.parent) as tmpdir:
         h5_path = Path(tmpdir) / WEIGHTS_MEMBER
-        _copy_image(image, h5_path)
         needs_h5py = any(t.extent is None for t in targets) or reset_optimizer
-        _splice_bare(h5_path, targets, result, needs_h5py=needs_h5py,
+        _splice_bare(image, h5_path, targets, result, needs_h5py=needs_h5py,
                      reset_optimizer=reset_optimizer, freeze=())
         with zipfile.ZipFile(source) as zin, zipfile.ZipFile(tmp, "w", allowZip64=True) as zout:
             for info in zin.infolist():
@@ -749,21 +813,25 @@ def _rewrite_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[
 def _verify(out_image: H5Image, targets: Sequence[_Target], result: WriteResult) -> None:
     """Read every assigned dataset back from the output and compare it with what was meant.
 
-    Values from arrays are compared in full through h5py. Weights copied byte for byte are
-    compared byte for byte, plus their first row through h5py (so a wrong offset shows).
+    A dataset written at its byte offset is compared byte for byte with what was written
+    (the array, or the source file's bytes), and its first and last rows are read through
+    h5py and compared with the intended values, so a wrong offset cannot pass. A dataset
+    written through h5py is read back in slabs and compared in full.
     """
     bad: list[str] = []
+    reader = _Reader()
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open_image(out_image))
-        maps: dict[Path, mmap.mmap] = {}
+        fds: dict[Path, int] = {}
 
-        def mapped(path: Path) -> mmap.mmap:
-            if path not in maps:
-                maps[path] = stack.enter_context(_mapped(path))
-            return maps[path]
+        def fd_of(path: Path) -> int:
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+                stack.callback(os.close, fds[path])
+            return fds[path]
 
         for t in targets:
-            if not _verify_one(out, out_image, t, mapped):
+            if not _verify_one(out, out_image, t, reader, fd_of):
                 bad.append(t.write.h5_name)
     if bad:
         raise InternalError("read-back check failed: the output does not hold the assigned values for "
@@ -771,44 +839,36 @@ def _verify(out_image: H5Image, targets: Sequence[_Target], result: WriteResult)
     result.verified = len(targets)
 
 
-def _verify_one(out: h5py.File, out_image: H5Image, t: _Target, mapped: Any) -> bool:
+def _rows(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    if not shape or shape[0] == 0:
+        return [(0, 1)] if not shape else []
+    return [(0, 1), (shape[0] - 1, shape[0])]
+
+
+def _verify_one(out: h5py.File, out_image: H5Image, t: _Target, reader: _Reader, fd_of: Any) -> bool:
     ds = out.get(t.write.h5_name)
-    if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != t.shape:
+    if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != t.shape or ds.dtype != t.dtype:
         return False
+    ext = dataset_extent(ds) if out_image.length else None
+    out_fd = fd_of(out_image.path)
     if t.write.value is not None:
-        want = np.asarray(t.write.value, dtype=t.dtype)
+        want = np.ascontiguousarray(t.write.value, dtype=t.dtype)
+        if ext is not None and ext[1] == want.nbytes:
+            if not reader.same_as(out_fd, out_image.offset + ext[0], want.reshape(-1).view(np.uint8)):
+                return False
+            return all(np.array_equal(_read_slab(ds, lo, hi), want[lo:hi] if want.ndim else want, equal_nan=True)
+                       for lo, hi in _rows(t.shape))
         return bool(np.array_equal(np.asarray(ds[()]), want, equal_nan=want.dtype.kind in "fc"))
     assert t.write.source is not None and t.src_image is not None
-    ext = dataset_extent(ds) if out_image.length else None
     with open_image(t.src_image) as src:
         sds = src[t.write.source.h5_name]
         if t.src_extent is not None and ext is not None:
-            if not _same_bytes(mapped(t.src_image.path), t.src_extent[0],
-                               mapped(out_image.path), out_image.offset + ext[0], ext[1]):
+            if not reader.same(fd_of(t.src_image.path), t.src_extent[0], out_fd, out_image.offset + ext[0], ext[1]):
                 return False
-            hi = min(1, t.shape[0]) if t.shape else 1
-            return bool(np.array_equal(_read_slab(ds, 0, hi), _read_slab(sds, 0, hi), equal_nan=True))
+            return all(np.array_equal(_read_slab(ds, lo, hi), np.asarray(_read_slab(sds, lo, hi), dtype=t.dtype),
+                                      equal_nan=True) for lo, hi in _rows(t.shape))
         for lo, hi in _row_slabs(t.shape, t.dtype.itemsize):
             want = np.asarray(_read_slab(sds, lo, hi), dtype=t.dtype)
             if not np.array_equal(_read_slab(ds, lo, hi), want, equal_nan=want.dtype.kind in "fc"):
                 return False
-    return True
-
-
-@contextlib.contextmanager
-def _mapped(path: Path) -> Iterator[mmap.mmap]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-            yield mm
-    finally:
-        os.close(fd)
-
-
-def _same_bytes(a: Any, a_off: int, b: Any, b_off: int, n: int) -> bool:
-    step = SLAB_BYTES
-    for lo in range(0, n, step):
-        k = min(step, n - lo)
-        if not np.array_equal(np.frombuffer(a, np.uint8, k, a_off + lo), np.frombuffer(b, np.uint8, k, b_off + lo)):
-            return False
     return True
