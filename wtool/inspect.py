@@ -107,23 +107,25 @@ def weight_stats(mf: ModelFile, path: str, max_elements: int = DEFAULT_MAX_ELEME
     for block in mf.iter_chunks(path, max_elements):
         a = np.asarray(block, dtype=np.float64).ravel()
         count += a.size
-        zeros += int(np.count_nonzero(a == 0))
+        zeros += a.size - int(np.count_nonzero(a))
         ok = np.isfinite(a)
-        n_ok = int(np.count_nonzero(ok))
-        if n_ok != a.size:
+        if not ok.all():
             nans += int(np.count_nonzero(np.isnan(a)))
             infs += int(np.count_nonzero(np.isinf(a)))
             a = a[ok]
-        if n_ok == 0:
+        n = a.size
+        if n == 0:
             continue
-        b_mean = float(a.mean())
-        b_m2 = float(((a - b_mean) ** 2).sum())
+        b_sum = float(a.sum())
+        b_sq = float(np.dot(a, a))
+        b_mean = b_sum / n
+        b_m2 = max(b_sq - b_sum * b_mean, 0.0)
         delta = b_mean - mean
-        total = finite + n_ok
-        mean += delta * n_ok / total
-        m2 += b_m2 + delta * delta * finite * n_ok / total
+        total = finite + n
+        mean += delta * n / total
+        m2 += b_m2 + delta * delta * finite * n / total
         finite = total
-        sumsq += float(np.dot(a, a))
+        sumsq += b_sq
         lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
     if finite == 0:
         return WeightStats(count, None, None, None, None, 0.0, zeros / count if count else 0.0, nans, infs)
@@ -145,12 +147,13 @@ def weight_histogram(mf: ModelFile, path: str, stats: WeightStats | None, bins: 
     lo, hi = stats.min, stats.max
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros(bins, dtype=np.int64)
+    edges = np.linspace(lo, hi, bins + 1)
     for block in mf.iter_chunks(path, max_elements):
         a = np.asarray(block, dtype=np.float64).ravel()
-        a = a[np.isfinite(a)]
-        counts += np.histogram(a, bins=edges)[0]
+        if stats.nan_count or stats.inf_count:
+            a = a[np.isfinite(a)]
+        counts += np.histogram(a, bins=bins, range=(lo, hi))[0]  # equal bins: numpy's fast path
     return Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
 
 
@@ -273,30 +276,33 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
         row.mismatched = 0 if same else 1
         return row
     max_abs = 0.0
-    diff_sq = ref_sq = 0.0
+    diff_sq = 0.0
     mismatched = 0
     for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements), strict=True):
+        if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
+            continue  # the common case, without float64 copies (NaN blocks take the slow path)
         x = np.asarray(block_a, dtype=np.float64).ravel()
         y = np.asarray(block_b, dtype=np.float64).ravel()
-        both_nan = np.isnan(x) & np.isnan(y)
-        same_inf = np.isinf(x) & (x == y)
+        equal_special = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
         d = np.abs(x - y)
-        equal_special = both_nan | same_inf
         d[equal_special] = 0.0
         bad = ~(d <= atol + rtol * np.abs(y)) & ~equal_special  # NaN against a number is a mismatch
         mismatched += int(np.count_nonzero(bad))
         finite = np.isfinite(d)
-        if finite.any():
-            max_abs = max(max_abs, float(d[finite].max()))
         if not finite.all():
             max_abs = math.inf
-        fx = np.where(np.isfinite(x), x, 0.0)
-        diff_sq += float(np.dot(d[finite], d[finite]))
-        ref_sq += float(np.dot(fx, fx))
+            d = d[finite]
+        if d.size:
+            max_abs = max(max_abs, float(d.max()))
+            diff_sq += float(np.dot(d, d))
     row.max_abs_diff = max_abs
-    if diff_sq == 0:
-        row.rel_l2_change = 0.0
-    else:
+    row.rel_l2_change = 0.0
+    if diff_sq > 0:
+        ref_sq = 0.0
+        for block in a.iter_chunks(path, max_elements):
+            x = np.asarray(block, dtype=np.float64).ravel()
+            x = x[np.isfinite(x)]
+            ref_sq += float(np.dot(x, x))
         row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else math.inf
     row.mismatched = mismatched
     row.status = "changed" if mismatched else "same"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-DEFAULT_MAX_ELEMENTS = 1 << 22  # 4M elements (16 MB of float32) per block
+DEFAULT_MAX_ELEMENTS = 1 << 20  # 1M elements (4 MB of float32) per block
 
 
 def iter_blocks(shape: tuple[int, ...], max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[object, ...]]:
