@@ -420,3 +420,60 @@ def test_keras_loads_the_edited_model(tmp_path, fmt):
     d2 = model.get_layer("features").get_layer("d2")
     assert (d2.kernel.numpy() == 0.5).all()
     assert (model.get_layer("classifier").bias.numpy() == 1).all()
+
+
+# --------------------------------------------------------------------------- layouts that cannot be spliced
+
+
+def test_chunked_compressed_datasets_go_through_h5py(tmp_path):
+    model = tmp_path / "gz.h5"
+    shutil.copy(SAMPLES / "mlp.h5", model)
+    with h5py.File(model, "r+") as h5:
+        name = "model_weights/hidden/mlp/hidden/kernel"
+        value = np.asarray(h5[name])
+        del h5[name]
+        h5.create_dataset(name, data=value, chunks=(100, 64), compression="gzip")
+    out = tmp_path / "o.h5"
+    res = run_cli("set-weights", model, "--init", "hidden/kernel=constant:3", "--init", "out/bias=ones", "-o", out,
+                  "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["verified"] is True
+    got = weights_of(out)
+    assert (got["hidden/kernel"] == 3).all() and (got["out/bias"] == 1).all()
+    with h5py.File(out, "r") as h5:
+        assert h5["model_weights/hidden/mlp/hidden/kernel"].compression == "gzip"
+
+
+def test_deflated_keras_archive_is_rewritten(tmp_path):
+    model = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(SAMPLES / "mlp.keras") as zin, zipfile.ZipFile(model, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    out = tmp_path / "o.keras"
+    res = run_cli("set-weights", model, "--init", "out/kernel=zeros", "-o", out, "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["method"] == "rewrite"
+    assert changed(model, out) == {"out/kernel"}
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+    # a deflated SOURCE for transfer is read through the archive, not byte-copied
+    out2 = tmp_path / "t.h5"
+    res = run_cli("transfer", out, SAMPLES / "mlp.h5", "-o", out2)
+    assert res.exit_code == 0, res
+    assert (weights_of(out2)["out/kernel"] == 0).all()
+
+
+def test_hdf5_user_block_offsets(tmp_path):
+    """A file with a user block: dataset offsets are absolute, the splice must land on the data."""
+    model = tmp_path / "ub.weights.h5"
+    with h5py.File(SAMPLES / "mlp.weights.h5", "r") as src, h5py.File(model, "w", userblock_size=512) as dst:
+        for key in src:
+            src.copy(src[key], dst, name=key)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+    out = tmp_path / "o.weights.h5"
+    res = run_cli("set-weights", model, "--init", "hidden/bias=constant:7", "-o", out)
+    assert res.exit_code == 0, res
+    assert (weights_of(out)["hidden/bias"] == 7).all()
+    assert changed(model, out) == {"hidden/bias"}
