@@ -505,6 +505,7 @@ def test_old_json_config_builds_a_model():
     model = config_to_model(config, source="boston.json")
     assert [tuple(t.shape) for t in model.inputs] == [(None, 13)]
     assert [tuple(v.shape) for v in model.weights] == [(13, 10), (10,), (10, 1), (1,)]
+    assert np.asarray(model.weights[0].numpy()).any()  # a fresh model: initialised, not zeros
 
 
 def _to_cudnn(kind: str, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:

@@ -286,17 +286,22 @@ def config_to_model(config: dict[str, Any], *, unsafe: bool = False, source: str
     except TranslationError as exc:
         raise InputError(f"{source}: {exc.message}") from None
     _raise_for(t.problems, unsafe, Path(source))
-    return build_model(t, unsafe=unsafe, source=source)
+    check_config_as_data(t.config, Path(source), unsafe, raw=config)
+    return build_model(t, unsafe=unsafe, source=source, initialise=True)
 
 
-def build_model(translation: Translation, *, unsafe: bool = False, source: str | os.PathLike[str] = "model") -> Any:
-    """Deserialize a translated config into a built Keras 3 model (weights not loaded)."""
+def build_model(translation: Translation, *, unsafe: bool = False, source: str | os.PathLike[str] = "model",
+                initialise: bool = False) -> Any:
+    """Deserialize a translated config into a built Keras 3 model.
+
+    Without `initialise` the variables start as zeros (the file's weights are assigned next).
+    """
     keras = import_keras()
     path = Path(source)
     from wtool.buildguard import cheap_build
 
     try:
-        with cheap_build(str(path)):  # weights are assigned from the file next: no initialisers run
+        with cheap_build(str(path), zero_init=not initialise):  # --max-params counted either way
             model = keras.saving.deserialize_keras_object(translation.config, safe_mode=not unsafe)
     except WtoolError:
         raise
