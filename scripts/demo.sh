@@ -11,3 +11,7 @@ have() { "$WTOOL" --help | grep -q "^  $1 "; }
 step "What is inside a model file" "$WTOOL" inspect $S/nested.keras
 step "Weight statistics of one layer" "$WTOOL" inspect $S/mlp.keras --layer hidden --stats
 step "The same model saved as .keras and .h5 compares equal" "$WTOOL" diff $S/cnn.keras $S/cnn.h5
+step "Set weights directly: every value checked first, read back after" \
+  "$WTOOL" set-weights $S/mlp.keras --init 'out=zeros' --init hidden/kernel=he_normal --seed 0 -o "$OUT/reinit.keras" -q
+step "Transfer weights into another architecture: what moved, what was skipped and why" \
+  "$WTOOL" transfer $S/mlp.h5 $S/cnn.keras --skip-mismatch -o "$OUT/cnn_warm.keras" -q
