@@ -477,3 +477,46 @@ def test_hdf5_user_block_offsets(tmp_path):
     assert res.exit_code == 0, res
     assert (weights_of(out)["hidden/bias"] == 7).all()
     assert changed(model, out) == {"hidden/bias"}
+
+
+# --------------------------------------------------------------------------- no TensorFlow at the HDF5 level
+
+
+def test_surgery_does_not_import_tensorflow(tmp_path):
+    """set-weights and same-format transfer run in a fresh interpreter without importing TF or Keras."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from wtool.cli import cli
+for args in (["set-weights", "{m}", "--init", "out=zeros", "-o", "{d}/a.keras", "-q"],
+             ["transfer", "{h}", "{m}", "-o", "{d}/b.keras", "-q"],
+             ["transfer", "{h}", "{m}", "-o", "{d}/c.weights.h5", "-q"]):
+    try:
+        cli.main(args, standalone_mode=False)
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print(bad)
+assert not bad, bad
+""".format(m=SAMPLES / "mlp.keras", h=SAMPLES / "mlp.h5", d=tmp_path)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "a.keras").exists() and (tmp_path / "c.weights.h5").exists()
+
+
+@pytest.mark.tf
+def test_output_in_another_format_goes_through_keras(tmp_path):
+    from wtool.model import import_keras
+
+    keras = import_keras()
+    out = tmp_path / "o.keras"
+    res = run_cli("set-weights", SAMPLES / "nested.h5", "--init", "classifier/bias=constant:0.5", "-o", out, "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["method"] == "keras"
+    model = keras.saving.load_model(out, compile=False)
+    assert (model.get_layer("classifier").bias.numpy() == 0.5).all()
+    want = weights_of(SAMPLES / "nested.h5")
+    np.testing.assert_array_equal(model.get_layer("features").get_layer("d1").kernel.numpy(),
+                                  want["features/d1/kernel"])
