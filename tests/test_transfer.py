@@ -388,3 +388,29 @@ def test_replace_head_needs_no_target_only(tmp_path):
     shutil.copy(SAMPLES / "xor.keras", tmp_path / "x.keras")
     res = run_cli("transfer", tmp_path / "x.keras", "--replace-head", "0", "-o", tmp_path / "y.keras")
     assert res.exit_code == 2
+
+
+def test_float64_source_is_cast_and_virtual_refused(tmp_path):
+    donor = tmp_path / "f64.weights.h5"
+    shutil.copy(SAMPLES / "mlp.weights.h5", donor)
+    with h5py.File(donor, "r+") as h5:
+        value = np.asarray(h5["layers/dense/vars/0"], dtype="float64") + 1.0
+        del h5["layers/dense/vars/0"]
+        h5["layers/dense/vars/0"] = value
+    out = tmp_path / "o.keras"
+    res = run_cli("transfer", donor, SAMPLES / "mlp.keras", "-o", out, "--json")
+    assert res.exit_code == 0, res
+    got = weights_of(out)["hidden/kernel"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, value.astype("float32"))
+    # a virtual dataset (data from another file) is refused, not followed
+    evil = tmp_path / "virtual.weights.h5"
+    shutil.copy(SAMPLES / "mlp.weights.h5", evil)
+    with h5py.File(evil, "r+") as h5:
+        del h5["layers/dense_1/vars/1"]
+        layout = h5py.VirtualLayout(shape=(10,), dtype="float32")
+        layout[:] = h5py.VirtualSource(str(SAMPLES / "mlp.weights.h5"), "layers/dense_1/vars/1", shape=(10,))
+        h5.create_virtual_dataset("layers/dense_1/vars/1", layout)
+    res = run_cli("transfer", evil, SAMPLES / "mlp.keras", "-o", tmp_path / "v.keras")
+    assert res.exit_code == 5, res
+    assert not (tmp_path / "v.keras").exists()

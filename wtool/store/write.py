@@ -42,6 +42,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
 from wtool.fileio import atomic_output
+from wtool.store import safety
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
@@ -573,6 +574,7 @@ def _plan_targets(h5: h5py.File, writes: Sequence[WeightWrite]) -> list[_Target]
         ds = h5.get(write.h5_name)
         if not isinstance(ds, h5py.Dataset):
             raise IncompatibleError(f"{write.h5_name}: no such dataset in the target file")
+        safety.check_h5_dataset(ds, write.h5_name)
         _check_against(ds, write)
         target = _Target(write, tuple(ds.shape), ds.dtype, dataset_extent(ds))
         if write.source is not None:
@@ -593,6 +595,7 @@ def _plan_targets(h5: h5py.File, writes: Sequence[WeightWrite]) -> list[_Target]
                 sds = src.get(t.write.source.h5_name)
                 if not isinstance(sds, h5py.Dataset):
                     raise IncompatibleError(f"{img.path}: no dataset {t.write.source.h5_name}")
+                safety.check_h5_dataset(sds, str(img.path))
                 if tuple(sds.shape) != t.shape:
                     raise IncompatibleError(f"{t.write.h5_name}: expected shape {t.shape}, "
                                             f"received {tuple(sds.shape)} from {img.path}")
