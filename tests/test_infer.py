@@ -498,6 +498,8 @@ def test_post_processing_that_does_not_fit(tmp_path, bad_inputs, args, code, mes
 def test_unsupported_output_and_interrupt_leave_nothing(tmp_path, monkeypatch):
     res = run_cli("infer", SAMPLES / "xor.keras", SAMPLES / "xor.npz", "-o", tmp_path / "p.txt")
     assert res.exit_code == 2 and "unsupported output format" in res.stderr
+    res = run_cli("infer", SAMPLES / "xor.keras", SAMPLES / "xor.npz", "-o", tmp_path / "no" / "p.npy")
+    assert res.exit_code == 2 and "output directory" in res.stderr and "does not exist" in res.stderr
 
     from wtool import infer
 

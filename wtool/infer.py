@@ -322,6 +322,21 @@ def fit_rows(spec: InputSpec, row_shape: tuple[int, ...], source: str, n_inputs:
         "give rows of the model's input shape (see `wtool inspect MODEL`)")
 
 
+def numpy_dtype(spec: InputSpec) -> np.dtype[Any]:
+    """The numpy dtype rows are cast to for a model input (bfloat16 through TensorFlow's own type)."""
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        try:
+            dtype = np.dtype(_import_tf().as_dtype(spec.dtype).as_numpy_dtype)
+        except (TypeError, ValueError):
+            dtype = np.dtype(object)
+    if dtype.kind not in "biuf":
+        raise IncompatibleError(f"input {shown(spec.name)} has dtype {spec.dtype}; wtool infer feeds numbers only",
+                                "models that take strings (text preprocessing layers) are not supported")
+    return dtype
+
+
 def auto_batch_size(row_bytes: int) -> int:
     if row_bytes <= 0:
         return DEFAULT_BATCH_SIZE
@@ -356,7 +371,7 @@ class InferPlan:
         self.n_rows = len(self.sources[0])
         self.row_shapes = [fit_rows(spec, src.row_shape, src.name, len(specs))
                            for spec, src in zip(specs, self.sources, strict=True)]
-        self.dtypes = [np.dtype(spec.dtype) for spec in specs]
+        self.dtypes = [numpy_dtype(spec) for spec in specs]
         self.start, self.stop = shard_range(self.n_rows, self.shard)
         if self.batch_size is None:
             row_bytes = sum(int(math.prod(s)) * d.itemsize for s, d in zip(self.row_shapes, self.dtypes, strict=True))

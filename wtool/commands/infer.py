@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -56,6 +59,15 @@ def render_table(console: Console, columns: list[Column], batches: list[dict[str
             table.add_row(str(row), *(_cell(batch[c.name][i]) for c in columns))
             row += 1
     console.print(table)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _progress(out: Output, total: int) -> tuple[Callable[[int], None] | None, Any]:
@@ -140,6 +152,10 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
         out_fmt = format_of(out_path, OUTPUT_FORMATS)
         if out_fmt is None:
             raise UsageError(f"{out_path}: unsupported output format", "use -o with .npy, .npz, .csv, .tsv or .jsonl")
+    if out_path is not None:
+        parent = Path(out_path).parent
+        if not parent.is_dir():
+            raise UsageError(f"{out_path}: output directory {parent} does not exist")
     if input_path is None and not named:
         raise UsageError("no input: give INPUT (a file, or - for stdin)", "e.g. wtool infer MODEL rows.npy")
 
@@ -172,7 +188,11 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
                 with atomic_output(out_path) as tmp:
                     stats = plan.run(lambda cols, n: open_writer(tmp, cols, n, out_fmt), update)
             else:
-                stats = plan.run(to_stdout, update)
+                try:
+                    stats = plan.run(to_stdout, update)
+                except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
+                    _silence_stdout()
+                    raise click.exceptions.Exit(0) from None
         finally:
             if bar is not None:
                 bar.stop()
