@@ -11,6 +11,10 @@ have() { "$WTOOL" --help | grep -q "^  $1 "; }
 step "What is inside a model file" "$WTOOL" inspect $S/nested.keras
 step "Weight statistics of one layer" "$WTOOL" inspect $S/mlp.keras --layer hidden --stats
 step "The same model saved as .keras and .h5 compares equal" "$WTOOL" diff $S/cnn.keras $S/cnn.h5
+step "Predict with frozen weights: the class of the first rows (a table on a terminal)" \
+  "$WTOOL" infer $S/mlp.keras $S/mlp.npz --argmax --shard 1/120 -q
+step "Stream every row into a file (.npy/.npz/.csv/.jsonl); the summary gives rows/s" \
+  "$WTOOL" infer $S/cnn.keras $S/cnn.npz -o "$OUT/cnn_preds.npy"
 step "Set weights directly: every value checked first, read back after" \
   "$WTOOL" set-weights $S/mlp.keras --init 'out=zeros' --init hidden/kernel=he_normal --seed 0 -o "$OUT/reinit.keras" -q
 step "Transfer weights into another architecture: what moved, what was skipped and why" \
