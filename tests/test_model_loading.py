@@ -379,41 +379,86 @@ def test_keras1_rnn_file_loads_and_computes_like_keras1(keras1_rnn):
 
 
 def test_keras1_theano_channels_first_conv_computes_like_theano(tmp_path):
-    """Convolution2D(dim_ordering='th') trained with Theano (true convolution) -> Flatten -> Dense."""
+    """Convolution2D(dim_ordering='th') trained with Theano (true convolution) -> MaxPooling2D -> Flatten -> Dense.
+
+    4 filters on a 4-wide output: the case where Keras 3's TensorFlow `add` puts a channels-first
+    bias on the wrong axis, which the translation avoids by running the convolution channels-last.
+    """
     from wtool.model import load_model
 
     rng = np.random.default_rng(11)
-    # 3 filters on a 4-wide output: Keras 3's TensorFlow `add` mistakes a channels-first bias for a
-    # channels-last one when the last axis has as many entries as there are filters (a Keras bug)
-    kernel = rng.standard_normal((3, 2, 3, 2)).astype("float32")  # (filters, in, rows, cols)
-    bias = rng.standard_normal(3).astype("float32")
-    dense_w = rng.standard_normal((3 * 4 * 4, 2)).astype("float32")
+    kernel = rng.standard_normal((4, 2, 3, 2)).astype("float32")  # (filters, in, rows, cols)
+    bias = rng.standard_normal(4).astype("float32")
+    dense_w = rng.standard_normal((4 * 2 * 2, 2)).astype("float32")
     dense_b = rng.standard_normal(2).astype("float32")
     config = {"class_name": "Sequential", "config": [
         {"class_name": "Convolution2D", "config": {
-            "name": "conv", "nb_filter": 3, "nb_row": 3, "nb_col": 2, "init": "glorot_uniform",
+            "name": "conv", "nb_filter": 4, "nb_row": 3, "nb_col": 2, "init": "glorot_uniform",
             "activation": "linear", "border_mode": "valid", "subsample": [1, 1], "dim_ordering": "th",
             "W_regularizer": None, "b_regularizer": None, "activity_regularizer": None, "W_constraint": None,
             "b_constraint": None, "bias": True, "batch_input_shape": [None, 2, 6, 5], "input_dtype": "float32",
             "trainable": True}},
+        {"class_name": "MaxPooling2D", "config": {"name": "pool", "pool_size": [2, 2], "strides": [2, 2],
+                                                  "border_mode": "valid", "dim_ordering": "th", "trainable": True}},
         {"class_name": "Flatten", "config": {"name": "flatten", "trainable": True}},
         {"class_name": "Dense", "config": {"name": "dense", "output_dim": 2, "init": "glorot_uniform",
-                                           "activation": "linear", "bias": True, "input_dim": 48}},
+                                           "activation": "linear", "bias": True, "input_dim": 16}},
     ]}
     path = tmp_path / "theano.h5"
-    write_keras1_h5(path, config, [("conv", [("conv_W", kernel), ("conv_b", bias)]), ("flatten", []),
+    write_keras1_h5(path, config, [("conv", [("conv_W", kernel), ("conv_b", bias)]), ("pool", []), ("flatten", []),
                                    ("dense", [("dense_W", dense_w), ("dense_b", dense_b)])], backend="theano")
     model = load_model(path)
     assert [tuple(t.shape) for t in model.inputs] == [(None, 2, 6, 5)]
+    assert model_arrays(model)["conv/kernel"].shape == (3, 2, 2, 4)  # weight paths unchanged
     x = rng.standard_normal((3, 2, 6, 5)).astype("float32")
     flipped = kernel[:, :, ::-1, ::-1]  # convolution = correlation with the flipped kernel
-    conv = np.zeros((3, 3, 4, 4))
+    conv = np.zeros((3, 4, 4, 4))
     for y in range(4):
         for xx in range(4):
             conv[:, :, y, xx] = np.einsum("ncij,fcij->nf", x[:, :, y:y + 3, xx:xx + 2], flipped)
     conv += bias[None, :, None, None]
-    expected = conv.reshape(3, -1) @ dense_w + dense_b
+    pooled = conv.reshape(3, 4, 2, 2, 2, 2).max(axis=(3, 5))
+    expected = pooled.reshape(3, -1) @ dense_w + dense_b
     assert np.allclose(np.asarray(model(x)), expected, atol=1e-4)
+
+
+def test_channels_first_functional_convolutions_keep_their_wiring(tmp_path):
+    """tf.keras channels_first Conv2D -> Conv2D (both outputs used): rebuilt channels-last inside Permutes."""
+    import keras
+
+    from wtool.model import load_model
+
+    rng = np.random.default_rng(12)
+    inp = keras.Input((3, 5, 4), name="x")
+    c1 = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="c1")
+    c2 = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="c2")
+    a = c1(inp)
+    b = c2(a)
+    reference = keras.Model(inp, [a, keras.layers.Add(name="add")([a, b])])
+    for v in reference.weights:
+        v.assign(rng.standard_normal(tuple(v.shape)).astype("float32"))
+    path = tmp_path / "cf.h5"
+    reference.save(path)  # Keras 3's own legacy .h5: loaded through the translation by wtool
+    with h5py.File(path, "r+") as f:
+        f.attrs["keras_version"] = "2.15.0"  # as tf.keras 2.15 would have written it
+    model = load_model(path)
+    x = rng.standard_normal((2, 3, 5, 4)).astype("float32")
+
+    def correct(t):  # channels-last computation of the same layers, as a reference
+        out = []
+        h = np.transpose(t, (0, 2, 3, 1))
+        for layer in (c1, c2):
+            ref = keras.layers.Conv2D(4, 3, padding="same")
+            ref.build(h.shape)
+            ref.set_weights(layer.get_weights())
+            h = np.asarray(ref(h))
+            out.append(np.transpose(h, (0, 3, 1, 2)))
+        return out[0], out[0] + out[1]
+
+    want_a, want_sum = correct(x)
+    got_a, got_sum = (np.asarray(t) for t in model(x))
+    assert np.allclose(got_a, want_a, atol=1e-4) and np.allclose(got_sum, want_sum, atol=1e-4)
+    assert_bitwise(model_arrays(model), model_arrays(reference))
 
 
 def test_keras1_functional_merge_loads(tmp_path):

@@ -307,6 +307,7 @@ def _sequential(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
                        "given to an InputLayer (Keras 3 would add an axis)")
     for old in old_layers:
         layers.append(_layer(old, ctx))
+    layers = _sandwich_sequential(layers, ctx)
     config: dict[str, Any] = {"name": name, "trainable": raw.get("trainable", True), "layers": layers}
     if raw.get("dtype") is not None:
         config["dtype"] = _dtype(raw["dtype"])
@@ -356,8 +357,120 @@ def _functional(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         "input_layers": _single(_map_refs(raw.get("input_layers", []), endpoint), ctx),
         "output_layers": _single(_map_refs(raw.get("output_layers", []), endpoint), ctx),
     }
+    _sandwich_functional(config, ctx)
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": config,
             "registered_name": None}
+
+
+# -- channels-first convolutions --------------------------------------------------------------
+# Keras 3's TensorFlow `ops.add` adds a convolution's bias with `tf.nn.bias_add` and guesses the
+# layout from the shape: a channels-first output whose last axis is as long as the number of
+# filters gets the bias on the wrong axis. Old `th`-ordered models hit this, so a translated
+# channels-first convolution runs channels-last between two Permute layers: the same kernel
+# (its layout does not depend on data_format), the same weight paths, the right result.
+
+
+def _is_channels_first_conv(layer: dict[str, Any]) -> bool:
+    return layer.get("class_name") in CONV_CLASSES and (layer.get("config") or {}).get("data_format") \
+        == "channels_first"
+
+
+def _rank(layer: dict[str, Any]) -> int:
+    cls = layer["class_name"]
+    return 1 if "1D" in cls else 3 if "3D" in cls else 2
+
+
+def _permutes(layer: dict[str, Any], taken: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    rank = _rank(layer)
+    name = layer["config"]["name"]
+
+    def unique(base: str) -> str:
+        candidate, i = base, 1
+        while candidate in taken:
+            i += 1
+            candidate = f"{base}_{i}"
+        taken.add(candidate)
+        return candidate
+
+    to_last = list(range(2, rank + 2)) + [1]  # (C, d1.., dn) -> (d1.., dn, C), batch axis excluded
+    to_first = [rank + 1] + list(range(1, rank + 1))
+    dtype = layer["config"].get("dtype")
+    extra = {"dtype": dtype} if dtype is not None else {}
+    before = {"module": "keras.layers", "class_name": "Permute", "registered_name": None,
+              "config": {"name": unique(f"{name}_to_channels_last"), "trainable": True, "dims": to_last, **extra}}
+    after = {"module": "keras.layers", "class_name": "Permute", "registered_name": None,
+             "config": {"name": unique(f"{name}_to_channels_first"), "trainable": True, "dims": to_first, **extra}}
+    layer["config"]["data_format"] = "channels_last"
+    return before, after
+
+
+def _all_names(layers: list[dict[str, Any]]) -> set[str]:
+    return {str((layer.get("config") or {}).get("name") or layer.get("name")) for layer in layers}
+
+
+def _sandwich_sequential(layers: list[dict[str, Any]], ctx: _Context) -> list[dict[str, Any]]:
+    if ctx.native or not any(_is_channels_first_conv(layer) for layer in layers):
+        return layers
+    taken = _all_names(layers)
+    out: list[dict[str, Any]] = []
+    for layer in layers:
+        if _is_channels_first_conv(layer):
+            before, after = _permutes(layer, taken)
+            out += [before, layer, after]
+            ctx.change(f"`{layer['config']['name']}`: channels-first convolution run channels-last between "
+                       "two Permute layers (Keras 3 adds its bias on the wrong axis otherwise)")
+        else:
+            out.append(layer)
+    return out
+
+
+def _sandwich_functional(config: dict[str, Any], ctx: _Context) -> None:
+    layers = config["layers"]
+    targets = [layer for layer in layers if _is_channels_first_conv(layer)]
+    if ctx.native or not targets:
+        return
+    taken = _all_names(layers)
+    renamed: dict[str, str] = {}
+    new_layers: list[dict[str, Any]] = []
+    for layer in layers:
+        if not _is_channels_first_conv(layer):
+            new_layers.append(layer)
+            continue
+        name = layer["name"]
+        before, after = _permutes(layer, taken)
+        n_nodes = len(layer["inbound_nodes"])
+        before["name"], before["inbound_nodes"] = before["config"]["name"], layer["inbound_nodes"]
+        layer["inbound_nodes"] = [{"args": [_keras_tensor([before["name"], k, 0], {})], "kwargs": {}}
+                                  for k in range(n_nodes)]
+        after["name"] = after["config"]["name"]
+        after["inbound_nodes"] = [{"args": [_keras_tensor([name, k, 0], {})], "kwargs": {}} for k in range(n_nodes)]
+        renamed[name] = after["name"]
+        new_layers += [before, layer, after]
+        ctx.change(f"`{name}`: channels-first convolution run channels-last between two Permute layers "
+                   "(Keras 3 adds its bias on the wrong axis otherwise)")
+    # the convolutions' and the Permute-back layers' own nodes already point where they should
+    own = {id(layer) for layer in new_layers
+           if layer["name"] in renamed or layer["name"] in set(renamed.values())}
+
+    def repoint(obj: Any) -> None:
+        if isinstance(obj, dict):
+            history = (obj.get("config") or {}).get("keras_history") if obj.get("class_name") == \
+                "__keras_tensor__" else None
+            if isinstance(history, list) and history and history[0] in renamed:
+                history[0] = renamed[history[0]]
+                return
+            for value in obj.values():
+                repoint(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                repoint(value)
+
+    for layer in new_layers:
+        if id(layer) not in own:
+            repoint(layer.get("inbound_nodes"))
+    config["layers"] = new_layers
+    config["output_layers"] = _map_refs(config["output_layers"],
+                                        lambda ref: [renamed.get(ref[0], ref[0]), ref[1], ref[2]])
 
 
 def _single(refs: Any, ctx: _Context) -> Any:
@@ -523,6 +636,8 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
                 if "module" not in inner:
                     ctx.change(f"`{lname}`: inner layer config given its module")
                 config[key] = _layer(inner, ctx)
+    if cls in CONV_CLASSES and config.get("data_format") == "channels_first":
+        ctx.weight_conversions.setdefault(lname, {})["channels_first"] = True
     if cls in CONV_CLASSES | RNN_CLASSES and ctx.backend == "theano" and not cls.startswith("Depthwise"):
         ctx.weight_conversions.setdefault(lname, {})["theano_kernel"] = True
     return {"module": "keras.layers", "class_name": cls, "config": config, "registered_name": None}

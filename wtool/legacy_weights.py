@@ -116,7 +116,8 @@ def convert(cls: str, arrays: Sequence[np.ndarray], expected: Sequence[tuple[int
 
 def _conv_kernel(cls: str, kernel: np.ndarray, expected: tuple[int, ...] | None, info: dict[str, Any],
                  config: dict[str, Any]) -> np.ndarray:
-    channels_first = config.get("data_format") == "channels_first"
+    # a channels-first layer may run channels-last after translation: `info` remembers the original
+    channels_first = config.get("data_format") == "channels_first" or bool(info.get("channels_first"))
     if info.get("keras1"):
         if cls == "Conv1D" and kernel.ndim == 4:
             # Keras 1: (length, 1, in, filters); Keras 1.1: (filters, in, length, 1)

@@ -388,6 +388,7 @@ def assign_weights(model: Any, mf: ModelFile, *, source: str | os.PathLike[str] 
             direct_ok[owner] = direct_ok.get(owner, True) and ok
     # layers whose weights do not match one-to-one by name go through legacy conversion
     converted: dict[str, list[Any]] = {}
+    failed: set[str] = set()
     conversions = translation.weight_conversions if translation is not None else {}
     keras1_file = not mf.keras_version or str(mf.keras_version).startswith("1")
     for owner, ok in direct_ok.items():
@@ -409,12 +410,13 @@ def assign_weights(model: Any, mf: ModelFile, *, source: str | os.PathLike[str] 
         except legacy_weights.WeightConversionError as exc:
             problems.append(f"layer `{owner}`: {exc} (file: {', '.join(w.path for w in saved_here)})")
             used.update(w.path for w in saved_here)
+            failed.add(owner)
             continue
         converted[owner] = list(zip(expected_vars, new, strict=True))
         used.update(w.path for w in saved_here)
     for path, var in pairs:
         owner = owners[path]
-        if owner in converted:
+        if owner in converted or owner in failed:
             continue
         w = saved.get(path)
         if w is None:
