@@ -1,0 +1,140 @@
+"""kill -9 never tears a file (issue 6, point 7).
+
+`set-weights --in-place` and `train --in-place` are killed with SIGKILL at seeded random
+moments, 20+ times each: half at a random time over the whole run, half just after the
+command's temporary output file appears (inside the write). Afterwards the target must
+pass the archive checks (members, CRCs), open in the weight store, and hold exactly the
+old weights or exactly the new ones (those of an uninterrupted run of the same command).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, SAMPLES
+
+pytestmark = [pytest.mark.slow]
+
+KILLS = 20
+PARALLEL = 4
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+
+
+def weights_of(path: Path) -> dict[str, np.ndarray]:
+    """All weights (model and optimizer) through the store, after the archive checks."""
+    from wtool.archive import check_archive
+    from wtool.store import open_model
+
+    if path.read_bytes()[:4] == b"PK\x03\x04":
+        check_archive(path)
+    values = {}
+    with open_model(path) as mf:
+        for w in mf.weights:
+            values[w.path] = mf.read(w.path)
+        h5 = mf.h5
+        for group_name in ("optimizer", "optimizer_weights"):
+            group = h5.get(group_name)
+            if group is not None:
+                group.visititems(lambda n, o, g=group_name: values.__setitem__(f"{g}/{n}", o[()])
+                                 if hasattr(o, "shape") else None)
+    return values
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+def _argv(command: str, target: Path) -> list[str]:
+    base = [sys.executable, "-m", "wtool"]
+    if command == "set-weights":
+        return [*base, "set-weights", str(target), "--init", "*=constant:0.5", "--in-place", "-q"]
+    return [*base, "train", str(target), "--data", str(SAMPLES / "xor.npz"), "--in-place", "--epochs", "3",
+            "--seed", "0", "-q"]
+
+
+def _run_to_end(command: str, target: Path) -> float:
+    start = time.monotonic()
+    res = subprocess.run(_argv(command, target), capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    return time.monotonic() - start
+
+
+def _kill_once(command: str, source: Path, workdir: Path, seed: int, full: float) -> tuple[str, str]:
+    """Run the command on a fresh copy, SIGKILL it at a seeded moment; return (outcome, how)."""
+    rng = random.Random(seed)
+    workdir.mkdir()
+    target = workdir / source.name
+    shutil.copyfile(source, target)
+    during_write = seed % 2 == 1
+    proc = subprocess.Popen(_argv(command, target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                            cwd=REPO)
+    start = time.monotonic()
+    how = ""
+    if during_write:
+        delay = rng.uniform(0, 0.4)
+        deadline = start + 3 * full + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".") for p in workdir.iterdir()):  # atomic_output's temporary file
+                time.sleep(delay)
+                how = f"{delay * 1000:.0f} ms after the temporary file appeared"
+                break
+            time.sleep(0.001)
+    else:
+        delay = rng.uniform(0.2, 2.0) * full
+        while proc.poll() is None and time.monotonic() - start < delay:
+            time.sleep(0.005)
+        how = f"at {delay:.2f} s of a {full:.2f} s run"
+    finished = proc.poll() is not None
+    if not finished:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return ("finished" if finished else "killed"), how
+
+
+@pytest.mark.parametrize("command,model", [("set-weights", "mlp.keras"), ("set-weights", "mlp.h5"),
+                                           ("train", "xor.keras")])
+def test_sigkill_leaves_old_or_new(command: str, model: str, tmp_path: Path) -> None:
+    source = tmp_path / model
+    shutil.copyfile(SAMPLES / model, source)
+    old = weights_of(source)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    finished_copy = reference / model
+    shutil.copyfile(source, finished_copy)
+    full = _run_to_end(command, finished_copy)
+    new = weights_of(finished_copy)
+    assert not same(old, new)
+    kills = KILLS if model != "mlp.h5" else KILLS // 2
+    seeds = range(kills)
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        outcomes = list(pool.map(lambda s: _kill_once(command, source, tmp_path / f"run{s}", s, full), seeds))
+    counts = {"old": 0, "new": 0, "killed": 0, "killed in write": 0}
+    for seed, (outcome, how) in zip(seeds, outcomes, strict=True):
+        counts["killed"] += outcome == "killed"
+        counts["killed in write"] += outcome == "killed" and "temporary" in how
+        target = tmp_path / f"run{seed}" / model
+        try:
+            now = weights_of(target)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
+            pytest.fail(f"seed {seed} ({outcome} {how}): the target no longer opens: {type(exc).__name__}: {exc}")
+        if same(now, old):
+            counts["old"] += 1
+        elif same(now, new):
+            counts["new"] += 1
+        else:
+            pytest.fail(f"seed {seed} ({outcome} {how}): the target is neither the old nor the new model")
+    print(f"{command} {model}: {counts}")
+    assert counts["old"] + counts["new"] == kills
+    assert counts["old"] > 0, f"no kill landed before the rename: {counts}"
+    assert counts["new"] > 0, f"no run got as far as the rename: {counts}"
+    assert counts["killed in write"] >= kills // 4, f"too few kills inside the write: {counts}"
