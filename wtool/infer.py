@@ -202,6 +202,7 @@ class FrozenModel:
         self._dict_keys = list(struct.keys()) if isinstance(struct, dict) else []
         self._step: Any = None
         self._step_key: tuple[Any, ...] | None = None
+        self.traces = 0
 
     def fingerprint(self) -> str:
         """A hash of every weight's bytes (trainable or not), to prove a run changed nothing."""
@@ -226,6 +227,7 @@ class FrozenModel:
         dict_keys = self._dict_keys
 
         def step(*xs: Any) -> list[Any]:
+            self.traces += 1  # Python runs only while tracing: counts traces, not calls
             if single and not dict_keys:
                 args: Any = xs[0]
             elif dict_keys:
