@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,8 @@ def test_progress_bar_shows_rows_per_second():
     update, bar = _progress(out, 1000)
     assert update is not None
     bar.start()
+    update(100)
+    time.sleep(0.01)
     update(500)
     bar.refresh()
     bar.stop()

@@ -78,11 +78,14 @@ def _progress(out: Output, total: int) -> tuple[Callable[[int], None] | None, An
     bar = Progress(TextColumn("infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeRemainingColumn(), console=out.stderr, transient=True)
     task = bar.add_task("infer", total=total, rate="")
-    start = time.perf_counter()
+    first: list[float] = []  # (time, rows) of the first batch: the rate leaves tracing out
 
     def update(done: int) -> None:
-        elapsed = time.perf_counter() - start
-        rate = f"{done / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+        now = time.perf_counter()
+        if not first:
+            first.extend((now, done))
+        elapsed = now - first[0]
+        rate = f"{(done - first[1]) / elapsed:,.0f} rows/s" if elapsed > 0 else ""
         bar.update(task, completed=done, rate=rate)
 
     return update, bar
