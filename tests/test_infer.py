@@ -520,3 +520,16 @@ def test_unsupported_output_and_interrupt_leave_nothing(tmp_path, monkeypatch):
     res = run_cli("infer", SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", "--batch-size", "50", "-o", tmp_path / "p.npy")
     assert res.exit_code == 130, res
     assert list(tmp_path.iterdir()) == []
+
+
+def test_command_module_imports_neither_tensorflow_nor_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, click, wtool.cli; wtool.cli.cli.list_commands(click.Context(wtool.cli.cli)); "
+            "import wtool.commands.infer; print(sorted(m for m in ('numpy', 'tensorflow', 'keras') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+    from wtool.commands.infer import INPUT_FORMATS
+
+    assert INPUT_FORMATS == data.FORMAT_NAMES

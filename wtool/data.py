@@ -684,6 +684,17 @@ class RowWriter:
             self.abort()
 
 
+class CollectWriter(RowWriter):
+    """Keeps the batches in memory (for a few rows: a table on the terminal, tests)."""
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        super().__init__(columns)
+        self.batches: list[dict[str, np.ndarray]] = []
+
+    def _write(self, batch: Mapping[str, np.ndarray], n: int) -> None:
+        self.batches.append({c.name: batch[c.name] for c in self.columns})
+
+
 def _npy_header(fh: IO[bytes], shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     try:

@@ -8,28 +8,21 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
-from wtool.data import FORMAT_NAMES, OUTPUT_FORMATS, Column, JsonlWriter, RowWriter, format_of
 from wtool.errors import UsageError
 from wtool.render import Output, fmt_int
 
+if TYPE_CHECKING:  # pragma: no cover - numpy stays out of `wtool --help`
+    from rich.console import Console
+
+    from wtool.data import Column, RowWriter
+
 TABLE_ROWS = 20  # without -o, a terminal gets a table up to this many rows, JSON lines beyond
-
-
-class CollectWriter(RowWriter):
-    """Keeps the (few) predicted rows in memory for a table."""
-
-    def __init__(self, columns: list[Column]) -> None:
-        super().__init__(columns)
-        self.batches: list[dict[str, Any]] = []
-
-    def _write(self, batch: Any, n: int) -> None:
-        self.batches.append({c.name: batch[c.name] for c in self.columns})
+INPUT_FORMATS = ("npy", "npz", "csv", "tsv", "jsonl", "json")  # = wtool.data.FORMAT_NAMES (a test keeps them equal)
 
 
 def _cell(value: Any, limit: int = 6) -> str:
@@ -99,7 +92,7 @@ def _progress(out: Output, total: int) -> tuple[Callable[[int], None] | None, An
 @click.option("--input", "named_inputs", multiple=True, metavar="NAME=FILE",
               help="Input file for the model input NAME (repeat for models with several inputs).")
 @click.option("--input-key", metavar="KEY", help="Array of an .npz input, or field of JSON objects (default: x).")
-@click.option("--input-format", type=click.Choice(FORMAT_NAMES),
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS),
               help="Format of INPUT when its extension does not say (stdin is sniffed).")
 @click.option("--columns", metavar="LIST", help="CSV columns to use: header names or 0-based numbers, 0-783 ranges.")
 @click.option("--header/--no-header", default=None, help="Whether the CSV has a header row (default: detected).")
@@ -142,7 +135,7 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
       wtool infer two_inputs.keras --input image=img.npy --input meta=meta.csv -o out.npz
     """
     from wtool import infer
-    from wtool.data import open_writer
+    from wtool.data import OUTPUT_FORMATS, CollectWriter, JsonlWriter, format_of, open_writer
     from wtool.fileio import atomic_output
 
     t0 = time.perf_counter()
