@@ -533,3 +533,15 @@ def test_command_module_imports_neither_tensorflow_nor_numpy():
     from wtool.commands.infer import INPUT_FORMATS
 
     assert INPUT_FORMATS == data.FORMAT_NAMES
+
+
+def test_fit_rows_reshapes_flat_rows_only_when_sizes_match():
+    from wtool.errors import IncompatibleError
+    from wtool.infer import InputSpec, fit_rows
+
+    assert fit_rows(InputSpec("x", (None, 1), "float32"), (), "f", 1) == (1,)
+    assert fit_rows(InputSpec("x", (None, 28, 28, 1), "float32"), (784,), "f", 1) == (28, 28, 1)
+    assert fit_rows(InputSpec("t", (None, None), "int32"), (37,), "f", 1) == (37,)
+    with pytest.raises(IncompatibleError) as err:
+        fit_rows(InputSpec("img", (None, 28, 28, 1), "float32"), (28, 28), "f.npy", 2)
+    assert str(err.value) == "input 'img': model expects (None, 28, 28, 1); input rows have shape (28, 28) in f.npy"

@@ -315,7 +315,7 @@ def fit_rows(spec: InputSpec, row_shape: tuple[int, ...], source: str, n_inputs:
     if len(want) == len(row_shape) and all(w is None or w == r for w, r in zip(want, row_shape, strict=True)):
         return row_shape
     known = all(w is not None for w in want)
-    if known and len(row_shape) == 1 and want and math.prod(w for w in want if w is not None) == row_shape[0]:
+    if known and len(row_shape) <= 1 and math.prod(w for w in want if w is not None) == math.prod(row_shape):
         return tuple(int(w) for w in want if w is not None)  # flat rows, e.g. 784 CSV columns for (28, 28, 1)
     who = f"input {shown(spec.name)}: " if n_inputs > 1 else ""
     raise IncompatibleError(
