@@ -96,11 +96,20 @@ def fmt_float(x: float) -> str:
     return f"{x:.4f}"
 
 
-def print_wide(console: Console, renderable: Any) -> None:
-    """Print a table at its natural width, never folding rows (scripts grep them), even on a narrow pipe."""
-    width = console.measure(renderable, options=console.options.update_width(1000)).maximum
-    if width <= console.width:
-        console.print(renderable)
-        return
-    Console(file=console.file, width=width, force_terminal=console.is_terminal, no_color=console.no_color,
-            soft_wrap=True).print(renderable)
+def fmt_table(headers: list[str], rows: list[list[str]], right: set[str] | frozenset[str] = frozenset()) -> str:
+    """A plain fixed-width table (two spaces between columns), fast for tens of thousands of rows.
+
+    Columns named in `right` are right-aligned. No trailing spaces, no folding: scripts can grep it.
+    """
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+    aligned_right = [h in right for h in headers]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, aligned_right, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])

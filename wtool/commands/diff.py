@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from wtool.commands.common import InputPath, common_options
-from wtool.render import Output, fmt_float, fmt_shape, print_wide
+from wtool.render import Output, fmt_float, fmt_shape, fmt_table
 
 STATUS_TEXT = {"same": "same", "changed": "changed", "shape": "shape differs", "only_a": "only in A",
                "only_b": "only in B"}
@@ -77,21 +77,21 @@ def _summary_line(report: Any) -> str:
 
 
 def _render(console: Console, report: Any, show_all: bool) -> None:
-    from rich.table import Table
-
-    rows = [w for w in report.weights if show_all or w.status != "same"]
+    rows = []
+    for w in report.weights:
+        if not show_all and w.status == "same":
+            continue
+        shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
+        if w.status == "shape":
+            shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
+        rows.append([w.path, STATUS_TEXT[w.status], shape,
+                     fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-",
+                     fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else "-",
+                     str(w.mismatched) if w.status in ("changed", "same") else "-"])
     if rows:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for name in ("weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"):
-            table.add_column(name, justify="right" if name in ("max |a-b|", "rel L2 change", "mismatched")
-                             else "left", no_wrap=True)
-        for w in rows:
-            shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
-            if w.status == "shape":
-                shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
-            table.add_row(w.path, STATUS_TEXT[w.status], shape,
-                          fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-",
-                          fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else "-",
-                          str(w.mismatched) if w.status in ("changed", "same") else "-")
-        print_wide(console, table)
+        headers = ["weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"]
+        text = fmt_table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched"})
+        head, _, body = text.partition("\n")
+        console.print(head, style="bold", markup=False, highlight=False, soft_wrap=True)
+        console.print(body, markup=False, highlight=False, soft_wrap=True)
     console.print(_summary_line(report), highlight=False)

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
-from wtool.render import Output, fmt_bytes, fmt_float, fmt_int, fmt_shape, print_wide
+from wtool.render import Output, fmt_bytes, fmt_float, fmt_int, fmt_shape, fmt_table
 
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
@@ -151,8 +151,6 @@ def _yes(flag: bool) -> str:
 
 def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], show_weights: bool, stats: bool,
             histogram: bool, sample: int | None, check_result: Any) -> None:
-    from rich.table import Table
-
     fmt = FORMAT_NAMES.get((summary.format, summary.layout), summary.format)
     saved_by = f"Keras {summary.keras_version}" if summary.keras_version else "unknown Keras version"
     if summary.backend:
@@ -170,19 +168,17 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
         console.print(f"[bold]{key:<16}[/]{value}", highlight=False)
     console.print()
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in (("layer", "left"), ("class", "left"), ("weights", "left"), ("params", "right"),
-                          ("trainable", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "weights")  # type: ignore[arg-type]
     shapes = {w.path: w.shape for w in summary.weights}
+    nested = _nested_params(summary)
+    rows = []
     for layer in summary.layers:
         own = [fmt_shape(shapes[p]) for p in layer.weights if p in shapes]
         params = fmt_int(layer.params) if layer.weights else ("missing" if layer.missing else "0")
-        if not layer.weights and _is_container(summary, layer.path):
-            params = fmt_int(sum(w.params for w in summary.weights if w.layer.startswith(layer.path + "/")))
-        table.add_row("  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
-                      _yes(layer.trainable))
-    print_wide(console, table)
+        if not layer.weights and layer.path in nested:
+            params = fmt_int(nested[layer.path])
+        rows.append(["  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
+                     _yes(layer.trainable)])
+    _print_table(console, ["layer", "class", "weights", "params", "trainable"], rows, {"params"})
     console.print()
     console.print(f"[bold]total[/] {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
                   f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
@@ -205,20 +201,25 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
         console.print(f"[bold]graph[/] {check_result.status}" + (f": {reasons}" if reasons else ""), highlight=False)
 
 
-def _is_container(summary: Any, path: str) -> bool:
-    return any(layer.path.startswith(path + "/") for layer in summary.layers)
+def _nested_params(summary: Any) -> dict[str, int]:
+    """Parameters below each model-like layer (`features` -> its layers' weights), in one pass."""
+    paths = {layer.path for layer in summary.layers}
+    parents = {p.rsplit("/", 1)[0] for p in paths if "/" in p and p.rsplit("/", 1)[0] in paths}
+    totals = dict.fromkeys(parents, 0)
+    for w in summary.weights:
+        parts = w.layer.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in totals:
+                totals[prefix] += w.params
+    return totals
 
 
 def _render_weights(console: Console, summary: Any, details: dict[str, dict[str, Any]], stats: bool) -> None:
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
     columns = ["weight", "shape", "dtype", "params", "trainable"]
     if stats:
         columns += ["min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("weight", "shape", "dtype", "trainable") else "right",
-                         no_wrap=True)
+    rows = []
     for w in summary.weights:
         row = [w.path, fmt_shape(w.shape), w.dtype, fmt_int(w.params), _yes(w.trainable)]
         if stats:
@@ -228,9 +229,16 @@ def _render_weights(console: Console, summary: Any, details: dict[str, dict[str,
             else:
                 row += [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std),
                         fmt_float(s.l2_norm), f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
-        table.add_row(*row)
-    print_wide(console, table)
+        rows.append(row)
+    _print_table(console, columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
 
+
+def _print_table(console: Console, headers: list[str], rows: list[list[str]], right: set[str]) -> None:
+    text = fmt_table(headers, rows, right)
+    head, _, body = text.partition("\n")
+    console.print(head, style="bold", markup=False, highlight=False, soft_wrap=True)
+    if body:
+        console.print(body, markup=False, highlight=False, soft_wrap=True)
 
 
 def _render_histograms(console: Console, summary: Any, details: dict[str, dict[str, Any]]) -> None:

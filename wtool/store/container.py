@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import struct
@@ -165,6 +164,13 @@ def open_source(path: Path) -> Source:
 
 
 def _open_zip(path: Path) -> Source:
+    # The whole archive is checked first (structure, names, caps, every CRC, streamed): wtool.archive.
+    from wtool.archive import check_archive
+
+    report = check_archive(path)
+    if report.weights_member != WEIGHTS_MEMBER:
+        raise InputError(f"{path}: weights stored as {report.weights_member} are not supported",
+                         "save the model with Keras's default .keras format (model.weights.h5)")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -179,10 +185,8 @@ def _open_zip(path: Path) -> Source:
             raise InputError(f"{path}: zip archive without {WEIGHTS_MEMBER}{extra}; "
                              f"members: {', '.join(names[:6]) or 'none'}",
                              "a .keras file is a zip with config.json, metadata.json and model.weights.h5")
-        caps = limits.current()
-        config = _read_json(zf, "config.json", path, caps.max_config_bytes) if "config.json" in names else None
-        metadata = _read_json(zf, "metadata.json", path, caps.max_metadata_bytes) \
-            if "metadata.json" in names else {}
+        config = _parse_json(report.config_bytes, "config.json", path)
+        metadata = _parse_json(report.metadata_bytes, "metadata.json", path) if report.metadata_bytes else {}
         info = zf.getinfo(WEIGHTS_MEMBER)
         safety.check_zip_member(info, str(path))
         if info.flag_bits & 0x1:
@@ -238,14 +242,7 @@ def _extract_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, p
         raise InputError(f"{path}: corrupt zip member {info.filename} ({_short(str(exc))})") from None
 
 
-def _read_json(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> Any:
-    info = zf.getinfo(name)
-    safety.check_zip_member(info, str(path), limit=limit)
-    try:
-        with zf.open(info) as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise InputError(f"{path}: refused: {name} is over the {limit} byte limit")
-        return json.loads(data.decode("utf-8"))
-    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read {name} in the archive ({_short(str(exc))})") from None
+def _parse_json(data: bytes, name: str, path: Path) -> Any:
+    from wtool.config_check import parse_config_json  # duplicate keys, depth and size caps
+
+    return parse_config_json(data, str(path), what=name)

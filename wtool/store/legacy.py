@@ -130,6 +130,10 @@ class LegacyReader(Collector):
         import h5py
 
         entries = []
+        if len(set(weight_names)) != len(weight_names):
+            twice = sorted({n for n in weight_names if weight_names.count(n) > 1})
+            raise InputError(f"{self.where}: layer {layer_name} lists weight {twice[0]} more than once "
+                             "(a malformed file)")
         for weight_name in weight_names:
             ds = get_member(layer_group, weight_name, self.where)
             if not isinstance(ds, h5py.Dataset):

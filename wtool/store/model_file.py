@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from wtool import limits
 from wtool.errors import IncompatibleError, InputError
 from wtool.fileio import check_input_file
 from wtool.store import safety
@@ -190,15 +188,13 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[str, Any] | None:
-    cap = limits.current().max_config_bytes
-    if len(text) > cap:
-        raise InputError(f"{where}: refused: the {name} attribute is {len(text)} bytes (over the {cap} limit)")
+    from wtool.config_check import parse_config_json  # duplicate keys, depth and size caps
+
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = parse_config_json(text, where, what=f"the {name} attribute")
+    except InputError:
         if strict:
-            raise InputError(f"{where}: the {name} attribute is not valid JSON",
-                             "the file may be corrupt") from None
+            raise
         return None
     return value if isinstance(value, dict) else None
 

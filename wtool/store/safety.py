@@ -23,6 +23,8 @@ H5_DATASET_MAX_EXPANSION = 1000
 # config.json, metadata.json, the member count) follow wtool.limits (--max-bytes).
 ZIP_MEMBER_BOMB_FLOOR_BYTES = 1 << 28  # 256 MiB
 ZIP_MEMBER_MAX_EXPANSION = 100
+# HDF5 filters built into the library (deflate, shuffle, fletcher32, szip, nbit, scale-offset) and h5py (lzf).
+BUILTIN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
 # Attributes (model_config, layer_names) are read into memory.
 H5_ATTR_MAX_BYTES = 256 << 20
 
@@ -54,7 +56,18 @@ def check_h5_dataset(dataset: Any, where: str) -> None:
     if dataset.is_virtual:
         raise UnsafeError(f"{where}: refused: dataset {dataset.name} is a virtual dataset",
                           "wtool reads only data stored inside the file itself")
+    check_h5_filters(dataset, where)
     check_h5_dataset_size(dataset, where)
+
+
+def check_h5_filters(dataset: Any, where: str) -> None:
+    """Refuse compression filters that HDF5 would have to load from a plugin (only built-ins are read)."""
+    plist = dataset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in BUILTIN_FILTERS:
+            raise UnsafeError(f"{where}: refused: dataset {dataset.name} uses HDF5 filter {code}, which needs a plugin",
+                              "wtool reads only gzip, lzf, szip, shuffle, fletcher32, nbit and scale-offset data")
 
 
 def check_h5_dataset_size(dataset: Any, where: str) -> None:
