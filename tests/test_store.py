@@ -283,6 +283,31 @@ def test_virtual_dataset_is_refused(tmp_path):
         open_model(p)
 
 
+def test_plugin_filter_is_refused(tmp_path):
+    p = _copy_h5(tmp_path)
+    with h5py.File(p, "a") as f:
+        g = f["model_weights/out/mlp/out"]
+        values = g["bias"][()]
+        del g["bias"]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(values.shape)
+        dcpl.set_filter(32008, h5py.h5z.FLAG_OPTIONAL, (0, 0))  # bitshuffle: HDF5 would look for a plugin
+        dsid = h5py.h5d.create(g.id, b"bias", h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple(values.shape), dcpl=dcpl)
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        dsid.close()
+    with pytest.raises(UnsafeError, match="filter 32008"):
+        open_model(p)
+
+
+def test_duplicate_legacy_weight_names_are_malformed(tmp_path):
+    p = _copy_h5(tmp_path)
+    with h5py.File(p, "a") as f:
+        g = f["model_weights/out"]
+        g.attrs["weight_names"] = [b"mlp/out/kernel", b"mlp/out/kernel"]
+    with pytest.raises(InputError, match="more than once"):
+        open_model(p)
+
+
 def test_shape_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(safety, "H5_DATASET_BOMB_FLOOR_BYTES", 1024)
     p = _copy_h5(tmp_path)
