@@ -91,7 +91,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Works on .keras, legacy .h5 (Keras 1/2, tf.keras, Keras 3) and .weights.h5.
     Exit codes: 0 ok, 1 diff found a difference, 2 usage, 3 unreadable input,
     4 incompatible shapes/data, 5 refused as unsafe, 6 training diverged,
-    70 internal error, 130 interrupted.
+    7 a worker of a multi-worker job failed, 70 internal error, 130 interrupted.
     """
     if debug:
         ctx.meta["wtool.debug"] = True

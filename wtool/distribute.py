@@ -39,19 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import UsageError, WtoolError
+from wtool.errors import ClusterError, UsageError
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 DEFAULT_COLLECTIVE_TIMEOUT = 120.0
 # TensorFlow's coordination service declares a silent worker dead after this many seconds.
 HEARTBEAT_TIMEOUT = 10.0
 _PEER = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
-
-
-class ClusterError(WtoolError):
-    """A worker of a multi-worker job failed, stopped answering or never joined (exit 7)."""
-
-    exit_code = 7
 
 
 # --------------------------------------------------------------------------------------- cluster spec

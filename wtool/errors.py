@@ -44,6 +44,12 @@ class DivergedError(WtoolError):
     exit_code = 6
 
 
+class ClusterError(WtoolError):
+    """A worker of a multi-worker job failed, stopped answering or never joined (exit 7)."""
+
+    exit_code = 7
+
+
 class InternalError(WtoolError):
     """A bug in wtool, e.g. a frozen weight moved (exit 70)."""
 
