@@ -172,7 +172,7 @@ class SavedOptimizerState:
     """Optimizer variables stored in a model file, in the optimizer's own order."""
 
     values: list[np.ndarray]
-    names: list[str] | None  # slot keys such as `iteration`, `hidden_kernel_momentum`; None: by index only
+    names: list[str] | None  # tf.keras 2: `iteration` or `WEIGHT/PATH::slot`; None: the optimizer's own order
     legacy: bool = False  # Keras 1/2 names that cannot be mapped
     source: str = ""
 
@@ -216,8 +216,8 @@ def _h5_state(h5: Any, source: str) -> SavedOptimizerState | None:
         if not names:
             return None
         values = [np.asarray(group[n]) for n in names]
-        if all(":" not in n for n in names):  # Keras 3: `adam/iteration`, `adam/hidden_kernel_momentum`
-            return SavedOptimizerState(values, [n.split("/", 1)[-1] for n in names], source=source)
+        if all(":" not in n for n in names):  # Keras 3: in the optimizer's own order, like `optimizer/vars`
+            return SavedOptimizerState(values, None, source=source)
         keys: list[str] = []
         for n in names:  # tf.keras 2: `Adam/iter:0`, `Adam/hidden/kernel/m:0`
             base = n.rsplit(":", 1)[0]
@@ -225,7 +225,7 @@ def _h5_state(h5: Any, source: str) -> SavedOptimizerState | None:
             if parts[-1] in ("iter", "iterations"):
                 keys.append("iteration")
             elif len(parts) >= 4 and parts[-1] in _LEGACY_SLOTS:
-                keys.append("_".join(parts[1:-1]) + "_" + _LEGACY_SLOTS[parts[-1]])
+                keys.append("/".join(parts[1:-1]) + "::" + _LEGACY_SLOTS[parts[-1]])
             else:
                 return SavedOptimizerState(values, None, legacy=True, source=source)
         return SavedOptimizerState(values, keys, source=source)
@@ -529,9 +529,37 @@ def _slot_key(var: Any) -> str:
     return var.path.split("/", 1)[-1]
 
 
+def _slot_owners(opt_vars: list[Any], refs: list[Any]) -> list[tuple[int, str] | None]:
+    """(index into refs, slot name) of each optimizer variable; None for iteration/learning_rate.
+
+    Keras names a slot `<optimizer>/<weight path with _>_<slot>`; the longest matching weight
+    prefix wins, and weights with the same path are taken in order."""
+    prefixes = [ref.path.replace("/", "_") + "_" for ref in refs]
+    used: dict[tuple[str, str], int] = {}
+    owners: list[tuple[int, str] | None] = []
+    for var in opt_vars:
+        key = _slot_key(var)
+        hits = [(len(p), i) for i, p in enumerate(prefixes) if key.startswith(p)]
+        if not hits:
+            owners.append(None)
+            continue
+        longest = max(h[0] for h in hits)
+        same = [i for n, i in hits if n == longest]
+        slot = key[longest:]
+        nth = used.get((prefixes[same[0]], slot), 0)
+        used[(prefixes[same[0]], slot)] = nth + 1
+        owners.append((same[min(nth, len(same) - 1)], slot))
+    return owners
+
+
 def restore_optimizer_state(optimizer: Any, state: SavedOptimizerState, saved_base: Any | None,
                             saved_trainable: list[Any], trainable: list[Any]) -> list[str]:
-    """Continue from saved optimizer variables; anything present that cannot be restored is an error (exit 4)."""
+    """Continue from saved optimizer variables; anything present that cannot be restored is an error (exit 4).
+
+    Slots are matched to weights by identity (Keras 3 files, whose state is in the optimizer's
+    own order for the saved trainable weights) or by weight path (tf.keras 2 names), so a run
+    that freezes or unfreezes layers keeps the moments of the weights it still trains.
+    """
     hint = "pass --reset-optimizer to start the optimizer fresh"
     src = state.source
     if state.legacy:
@@ -542,43 +570,58 @@ def restore_optimizer_state(optimizer: Any, state: SavedOptimizerState, saved_ba
     if type(saved_base) is not type(optimizer):
         raise IncompatibleError(f"{src}: the saved optimizer state is {type(saved_base).__name__}'s; "
                                 f"{type(optimizer).__name__} cannot continue it", hint)
-    notes: list[str] = []
-    keys = state.names
     values = state.values
-    same_vars = len(saved_trainable) == len(trainable) and all(a is b for a, b in zip(saved_trainable, trainable, strict=False))
-    if keys is None:
+    saved: dict[tuple[int, str], np.ndarray] = {}  # (id of weight, slot) -> value
+    iteration: np.ndarray | None = None
+    if state.names is None:
         reader = type(saved_base).from_config(saved_base.get_config())
-        reader.build(saved_trainable)
+        with _keras().name_scope(reader.name, caller=reader):
+            reader.build(saved_trainable)
         layout = reader.variables
-        if len(layout) != len(values) or any(tuple(v.shape) != a.shape for v, a in zip(layout, values, strict=False)):
+        if len(layout) != len(values) or any(tuple(v.shape) != a.shape for v, a in zip(layout, values, strict=True)):
             raise IncompatibleError(f"{src}: the saved optimizer state ({len(values)} arrays) does not fit "
                                     f"{type(optimizer).__name__} on this model ({len(layout)} variables)", hint)
-        keys = [_slot_key(v) for v in layout]
-        if same_vars and len(optimizer.variables) == len(values) and all(
-                tuple(v.shape) == a.shape for v, a in zip(optimizer.variables, values, strict=False)):
-            for var, value in zip(optimizer.variables, values, strict=False):
-                if _slot_key(var) != "learning_rate":
-                    var.assign(value)
-            return notes
-    if len(set(keys)) != len(keys):
-        raise IncompatibleError(f"{src}: the saved optimizer state names some weights twice "
-                                "(layers with the same name in different sub-models)", hint)
-    saved = dict(zip(keys, values, strict=False))
+        for var, owner, value in zip(layout, _slot_owners(layout, saved_trainable), values, strict=True):
+            if owner is not None:
+                saved[(id(saved_trainable[owner[0]]), owner[1])] = value
+            elif _slot_key(var) == "iteration":
+                iteration = value
+    else:
+        for key, value in zip(state.names, values, strict=True):
+            if key == "iteration":
+                iteration = value
+                continue
+            weight, _, slot = key.partition("::")
+            found = [v for v in saved_trainable if v.path == weight or v.path.endswith("/" + weight)]
+            if len(found) != 1:
+                raise IncompatibleError(f"{src}: saved optimizer variable for '{weight}' matches "
+                                        f"{len(found) or 'no'} weights of this model", hint)
+            saved[(id(found[0]), slot)] = value
+    opt_vars = optimizer.variables
+    used = 0
     missing = 0
-    for var in optimizer.variables:
-        key = _slot_key(var)
-        if key == "learning_rate":
+    for var, owner in zip(opt_vars, _slot_owners(opt_vars, trainable), strict=True):
+        if owner is None:
+            if _slot_key(var) == "iteration" and iteration is not None:
+                var.assign(iteration)
             continue
-        if key not in saved:
+        value = saved.get((id(trainable[owner[0]]), owner[1]))
+        if value is None:
             missing += 1
             continue
-        value = saved[key]
         if tuple(var.shape) != value.shape:
-            raise IncompatibleError(f"{src}: saved optimizer variable {key} has shape {value.shape}, this model "
-                                    f"needs {tuple(var.shape)}", hint)
-        var.assign(value.astype(var.dtype) if hasattr(value, "astype") else value)
+            raise IncompatibleError(f"{src}: saved optimizer variable {_slot_key(var)} has shape {value.shape}, "
+                                    f"this model needs {tuple(var.shape)}", hint)
+        var.assign(value)
+        used += 1
+    if saved and not used:
+        raise IncompatibleError(f"{src}: none of the {len(saved)} saved optimizer variables belongs to a weight "
+                                "this run trains", hint)
+    notes = []
     if missing:
         notes.append(f"{missing} optimizer variables had no saved value (newly trainable weights) and start at zero")
+    if len(saved) > used:
+        notes.append(f"{len(saved) - used} saved optimizer variables belong to weights frozen in this run")
     return notes
 
 
@@ -792,6 +835,12 @@ def _check_options(opts: TrainOptions) -> None:
         raise UsageError(f"--jit must be auto, on or off (not {opts.jit})")
     if opts.history and not opts.history.lower().endswith((".csv", ".json")):
         raise UsageError(f"--history {opts.history}: the file must end in .csv or .json")
+    if opts.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("--tensorboard needs the tensorboard package",
+                             "pip install tensorboard (or: pip install 'wtool[tensorboard]')")
     if opts.lr is not None and not (opts.lr > 0 and math.isfinite(opts.lr)):
         raise UsageError(f"--lr must be a positive number (not {opts.lr})")
 
@@ -911,8 +960,8 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     best_vars = ([tf.Variable(w, trainable=False, name="best") for w in model.weights]
                  if opts.early_stopping is not None else [])
     meta_var = tf.Variable("", dtype=tf.string, trainable=False)
-    ckpt_items: dict[str, Any] = {"model": model, "optimizer": optimizer, "rng": rng_vars, "metrics": metric_vars,
-                                  "meta": meta_var}
+    ckpt_items: dict[str, Any] = {"model": model, "optimizer": optimizer, "weights": list(model.weights),
+                                  "rng": rng_vars, "metrics": metric_vars, "meta": meta_var}
     if best_vars:
         ckpt_items["best"] = best_vars
     ckpt = tf.train.Checkpoint(**ckpt_items)
@@ -975,7 +1024,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
 
     steady_samples = 0
     steady_seconds = 0.0
-    first_call = True
+    seen_shapes: set[tuple[int, ...]] = set()
     epochs_run = 0
     stopped_early = False
     reporter.begin(plan)
@@ -999,10 +1048,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                 done = int(done)
                 elapsed = time.perf_counter() - t_call
                 rows = int(xs.shape[0] * xs.shape[1])
-                if not first_call:
+                if xs.shape in seen_shapes:  # the first call of a shape traces (and compiles, with XLA)
                     steady_samples += rows
                     steady_seconds += elapsed
-                first_call = False
+                seen_shapes.add(xs.shape)
                 partial[0] += float(loss_sum)
                 partial[1] += done * xs.shape[1]
                 steps_done += done
