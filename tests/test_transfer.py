@@ -414,3 +414,29 @@ def test_float64_source_is_cast_and_virtual_refused(tmp_path):
     res = run_cli("transfer", evil, SAMPLES / "mlp.keras", "-o", tmp_path / "v.keras")
     assert res.exit_code == 5, res
     assert not (tmp_path / "v.keras").exists()
+
+
+def test_read_back_catches_a_bad_copy(tmp_path, monkeypatch):
+    """The read-back check is real: a copy that lands one byte off is exit 70 and leaves no output."""
+    from wtool.store import write
+
+    monkeypatch.setattr(write, "FULL_CHECK_BYTES", 1024)  # the sampled-window path on small weights
+    monkeypatch.setattr(write, "COPY_CHECK_WINDOW", 256)
+    donor = tmp_path / "donor.h5"
+    assert run_cli("set-weights", SAMPLES / "mlp.h5", "--init", "*=random_normal", "--seed", "4",
+                   "-o", donor).exit_code == 0
+    good = tmp_path / "good.keras"
+    res = run_cli("transfer", donor, SAMPLES / "mlp.keras", "-o", good, "--json")
+    assert res.exit_code == 0 and res.json()["verified"] is True
+
+    real = write.copy_bytes
+
+    def off_by_one(src_fd, dst_fd, count, src_off, dst_off):
+        real(src_fd, dst_fd, count, src_off + (1 if count == 200704 else 0), dst_off)
+
+    monkeypatch.setattr(write, "copy_bytes", off_by_one)
+    bad = tmp_path / "bad.keras"
+    res = run_cli("transfer", donor, SAMPLES / "mlp.keras", "-o", bad)
+    assert res.exit_code == 70
+    assert "read-back check failed" in res.stderr and "layers/dense/vars/0" in res.stderr
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
