@@ -23,19 +23,18 @@ CONFIG_MAX_BYTES = 64 * 1024 * 1024
 
 def read_config(path: str) -> dict[str, Any]:
     """A Keras model config: `model.to_json()` output, a `.keras` file's config.json, or a `.keras` file."""
+    from wtool.archive import check_archive
+    from wtool.config_check import parse_config_json
+
     p = check_input_file(path)
     try:
         if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as zf:
-                info = zf.getinfo("config.json")
-                if info.file_size > CONFIG_MAX_BYTES:
-                    raise InputError(f"{path}: config.json is larger than {CONFIG_MAX_BYTES // 2**20} MB")
-                text = zf.read(info).decode("utf-8")
+            text = check_archive(p).config_bytes.decode("utf-8")  # the archive checked as a whole first
         else:
             if p.stat().st_size > CONFIG_MAX_BYTES:
                 raise InputError(f"{path}: larger than {CONFIG_MAX_BYTES // 2**20} MB; not a model config")
             text = p.read_text(encoding="utf-8")
-        config = json.loads(text)
+        config = parse_config_json(text, str(path))  # size, depth, value-count and duplicate-key caps
     except KeyError:
         raise InputError(f"{path}: a zip archive without config.json (not a .keras file)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -47,13 +46,16 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def model_from_config(config: dict[str, Any], *, unsafe: bool, source: str) -> Any:
-    from wtool.model import import_keras
+    from wtool.buildguard import cheap_build
+    from wtool.model import check_config_as_data, import_keras
 
+    check_config_as_data(config, Path(source), unsafe)  # refusals (5) and budgets (3) before Keras sees it
     keras = import_keras()
     compile_config = config.get("compile_config")
     try:
-        model = keras.saving.deserialize_keras_object(
-            {k: v for k, v in config.items() if k != "compile_config"}, safe_mode=not unsafe)
+        with cheap_build(source, zero_init=False):  # initialisers run (a fresh model), --max-params counted
+            model = keras.saving.deserialize_keras_object(
+                {k: v for k, v in config.items() if k != "compile_config"}, safe_mode=not unsafe)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         if "safe_mode" in text or "Lambda" in text or "unsafe" in text.lower():
