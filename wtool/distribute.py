@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import ClusterError, UsageError
+from wtool.errors import ClusterError, IncompatibleError, UsageError
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 DEFAULT_COLLECTIVE_TIMEOUT = 120.0
@@ -169,6 +170,8 @@ class Distribution:
     cluster: ClusterSpec | None = None
     timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     _local_ids: list[int] | None = field(default=None, repr=False)
+    _scratch: str | None = field(default=None, repr=False)
+    _gather: Any = field(default=None, repr=False)
 
     @property
     def replicas(self) -> int:
@@ -193,6 +196,23 @@ class Distribution:
 
     def scope(self) -> Any:
         return self.strategy.scope()
+
+    def scratch_dir(self, near: str | os.PathLike[str]) -> str:
+        """A private directory for what a non-chief worker must write but nobody keeps (its checkpoints)."""
+        if self._scratch is None:
+            base = os.path.dirname(os.path.abspath(near))
+            self._scratch = tempfile.mkdtemp(prefix=f".wtool-worker{self.task_index}-",
+                                             dir=base if os.path.isdir(base) else None)
+        return self._scratch
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.kind, "replicas": self.replicas, "workers": self.workers,
+                "task_index": self.task_index, "chief": self.is_chief, "description": self.describe()}
 
     def describe(self) -> str:
         if self.kind == "one-device":
@@ -233,9 +253,9 @@ def _gpus() -> list[Any]:
     return list(tf.config.list_physical_devices("GPU"))
 
 
-def make_strategy(name: str = "auto", workers: Sequence[str] | None = None, task_index: int | None = None, *,
-                  replicas: int | None = None, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT) -> Distribution:
-    """Build the strategy `name` (auto|one-device|mirrored|multi-worker). Call before TensorFlow runs anything."""
+def check_options(name: str = "auto", workers: Sequence[str] | None = None, task_index: int | None = None, *,
+                  replicas: int | None = None, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT) -> None:
+    """Validate the strategy options without TensorFlow (UsageError, exit 2, on anything wrong)."""
     if name not in STRATEGIES:
         raise UsageError(f"--strategy '{name}' is unknown", f"expected one of {', '.join(STRATEGIES)}")
     if not (timeout > 0):
@@ -246,6 +266,14 @@ def make_strategy(name: str = "auto", workers: Sequence[str] | None = None, task
         raise UsageError(f"--replicas must be at least 1 (not {replicas})")
     if replicas is not None and name not in ("mirrored", "multi-worker"):
         raise UsageError("--replicas goes with --strategy mirrored (or multi-worker)")
+    if name == "multi-worker":
+        cluster_spec(workers, task_index)
+
+
+def make_strategy(name: str = "auto", workers: Sequence[str] | None = None, task_index: int | None = None, *,
+                  replicas: int | None = None, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT) -> Distribution:
+    """Build the strategy `name` (auto|one-device|mirrored|multi-worker). Call before TensorFlow runs anything."""
+    check_options(name, workers, task_index, replicas=replicas, timeout=timeout)
     if name == "auto":
         name = "mirrored" if len(_gpus()) > 1 else "one-device"
     if name == "one-device":
@@ -357,7 +385,7 @@ def cluster_error(exc: BaseException, spec: ClusterSpec | None, timeout: float, 
         return ClusterError(f"the cluster did not form within {timeout:g} s: {who} did not join",
                             "start every worker (same --workers, its own --task-index) within --collective-timeout "
                             "of each other, and check the addresses and firewalls")
-    what = (f"worker {', '.join(name(p) for p in others)} failed or stopped answering" if others
+    what = (f"{', '.join(name(p) for p in others)} failed or stopped answering" if others
             else "another worker failed or stopped answering")
     if "deadline" in low and not others:
         what = f"a collective operation did not finish within {timeout:g} s (another worker is stuck or gone)"
@@ -398,11 +426,6 @@ def replica_bounds(rows: int, replicas: int, replica: int) -> tuple[int, int]:
     base, extra = divmod(rows, replicas)
     lo = replica * base + min(replica, extra)
     return lo, lo + base + (1 if replica < extra else 0)
-
-
-def worker_temp_dir(base: str, task_index: int) -> str:
-    """Where a non-chief worker writes what only the chief keeps (checkpoints); removed by the caller."""
-    return tempfile.mkdtemp(prefix=f"wtool-worker{task_index}-", dir=base if os.path.isdir(base) else None)
 
 
 def scaled_loss(tf: Any, loss_none: Any, y: Any, pred: Any, global_batch: Any, extra_losses: Sequence[Any],
@@ -595,6 +618,37 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
     return DistributedFunctions(train, evaluate)
 
 
+# ------------------------------------------------------------------------------------- checkpoint state
+
+
+def host_string(value: str = "") -> Any:
+    """A checkpointable string kept on this host, saved under the same key as a string tf.Variable.
+
+    MultiWorkerMirroredStrategy broadcasts every new variable's initial value from the chief with a
+    collective, which cannot carry strings; the run metadata lives here instead in multi-worker runs.
+    """
+    import tensorflow as tf
+
+    class HostString(tf.__internal__.tracking.Trackable):  # type: ignore[misc, name-defined]
+        def __init__(self, text: str) -> None:
+            self.value = text
+
+        def assign(self, text: str) -> None:
+            self.value = str(text)
+
+        def numpy(self) -> bytes:
+            return self.value.encode("utf-8")
+
+        def _serialize_to_tensors(self) -> dict[str, Any]:
+            return {"VARIABLE_VALUE": tf.constant(self.value, dtype=tf.string)}
+
+        def _restore_from_tensors(self, restored_tensors: dict[str, Any]) -> Any:
+            self.value = restored_tensors["VARIABLE_VALUE"].numpy().decode("utf-8")
+            return tf.no_op()
+
+    return HostString(value)
+
+
 # ------------------------------------------------------------------------------------ worker agreement
 
 
@@ -611,9 +665,28 @@ def agree(dist: Distribution, **values: float) -> dict[str, tuple[float, float]]
     def make(r: int) -> Any:
         return tf.constant(row if r == first else np.full_like(row, np.nan))
 
-    rows = dist.strategy.gather(dist.per_replica(make), axis=0).numpy()
+    if dist._gather is None:  # one tf.function, not a new trace per call
+        dist._gather = tf.function(lambda value: dist.strategy.gather(value, axis=0), reduce_retracing=True)
+    rows = dist._gather(dist.per_replica(make)).numpy()
     rows = rows[~np.isnan(rows).all(axis=1)]
     return {k: (float(rows[:, i].min()), float(rows[:, i].max())) for i, k in enumerate(keys)}
+
+
+def agree_on_run(dist: Distribution, seed: int, seed_is_random: bool, **sizes: int) -> int:
+    """Check that every worker trains the same run (data sizes, batch); return the seed they all use.
+
+    Without --seed each worker drew its own; the smallest is taken, so all shuffle alike.
+    """
+    found = agree(dist, seed=seed, **sizes)
+    for key, (lo, hi) in found.items():
+        if key != "seed" and lo != hi:
+            raise IncompatibleError(f"the workers disagree on {key.replace('_', ' ')}: from {lo:g} to {hi:g}",
+                                    "give every worker the same data files and options")
+    lo, hi = found["seed"]
+    if lo != hi and not seed_is_random:
+        raise IncompatibleError(f"the workers were given different seeds ({lo:g} to {hi:g})",
+                                "pass the same --seed to every worker")
+    return int(lo)
 
 
 def any_worker(dist: Distribution, flag: bool) -> bool:
