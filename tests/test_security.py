@@ -96,8 +96,9 @@ MODEL_SLOT: dict[str, Callable[[str, Path], list[str]]] = {
     "transfer (source)": lambda f, out: ["transfer", f, str(XOR), "-o", str(out / "out.keras"), "--allow-empty"],
     "transfer (target)": lambda f, out: ["transfer", str(XOR), f, "-o", str(out / f"out{suffix_of(f)}"),
                                          "--allow-empty"],
+    "new --config": lambda f, out: ["new", str(out / "new.keras"), "--config", f, "-q"],
 }
-GRAPH_COMMANDS = {"train", "infer"}
+GRAPH_COMMANDS = {"train", "infer", "new"}
 
 
 def _base(label: str) -> str:
@@ -247,10 +248,14 @@ def test_archive_caps_are_enforced_while_streaming(tmp_path: Path) -> None:
 # 3. configs checked as data
 
 
-def _config_files(tmp_path: Path, name: str, config: object) -> dict[str, Path]:
+def _config_files(tmp_path: Path, name: str, config: object, label: str) -> dict[str, Path]:
     files = {"keras": M.write_keras(tmp_path / f"{name}.keras", config)}
     if isinstance(config, dict):
         files["h5"] = M.write_h5_with_config(tmp_path / f"{name}.h5", config)
+    if label.startswith("new"):  # new --config also takes the config JSON itself
+        files["json"] = tmp_path / f"{name}.json"
+        files["json"].write_bytes(config if isinstance(config, bytes) else json.dumps(config).encode())
+        files.pop("h5", None)
     return files
 
 
@@ -258,9 +263,9 @@ def _config_files(tmp_path: Path, name: str, config: object) -> dict[str, Path]:
 @pytest.mark.parametrize("fixture", list(M.CONFIG_PAYLOADS))
 def test_config_payloads(label: str, fixture: str, tmp_path: Path, out: Path) -> None:
     config = M.CONFIG_PAYLOADS[fixture](tmp_path)
-    for kind, path in _config_files(tmp_path, fixture, config).items():
+    for kind, path in _config_files(tmp_path, fixture, config, label).items():
         expect = (5,) if _base(label) in GRAPH_COMMANDS else (0, 1, 4, 5)
-        if fixture == "tf_op_lambda":
+        if fixture == "tf_op_lambda" and _base(label) in GRAPH_COMMANDS:
             expect = (4, 5)  # refused either as code or as a tf.keras op layer Keras 3 cannot rebuild
         run_case(f"{label} [{kind}]", MODEL_SLOT[label](str(path), out), out, tmp_path, expect)
         for produced in list(out.iterdir()):
@@ -270,13 +275,14 @@ def test_config_payloads(label: str, fixture: str, tmp_path: Path, out: Path) ->
 @pytest.mark.parametrize("fixture", list(M.CONFIG_LIMITS))
 @pytest.mark.parametrize("label", list(MODEL_SLOT))
 def test_config_limits(label: str, fixture: str, tmp_path: Path, out: Path) -> None:
-    config = M.CONFIG_LIMITS[fixture](tmp_path)
+    build, extra = M.CONFIG_LIMITS[fixture]
+    config = build(tmp_path)
     expect_graph = (3,)
     # Deep / wide JSON is refused by whoever parses it; size budgets only matter to graph commands.
     expect_other = (3,) if fixture in ("deep_json", "wide_json") else (0, 3, 4)
-    for kind, path in _config_files(tmp_path, fixture, config).items():
+    for kind, path in _config_files(tmp_path, fixture, config, label).items():
         expect = expect_graph if _base(label) in GRAPH_COMMANDS else expect_other
-        run_case(f"{label} [{kind}]", MODEL_SLOT[label](str(path), out), out, tmp_path, expect)
+        run_case(f"{label} [{kind}]", [*MODEL_SLOT[label](str(path), out), *extra], out, tmp_path, expect)
         for produced in list(out.iterdir()):
             produced.unlink()
 
@@ -337,6 +343,8 @@ def test_parameter_budget_from_the_config(tmp_path: Path) -> None:
         assert check_config(M.huge_dense_config(tmp_path), "huge").n_params == 65536 * 65536 + 65536 * 1
     with limits.override(max_layers=2), pytest.raises(InputError, match="layers"):
         check_config(M.sample_config("xor"), "xor")
+    with pytest.raises(InputError, match="20,003 layers"):  # the default cap, on a 15 MB config
+        check_config(M.many_layers_config(tmp_path), "many")
 
 
 def test_max_params_option_overrides_the_budget(tmp_path: Path, out: Path) -> None:
@@ -379,6 +387,9 @@ def test_malicious_hdf5(label: str, fixture: str, tmp_path: Path, out: Path) -> 
         pass  # graph commands refuse a weights-only file without --arch (4) unless the store refuses first
     expect = codes if not (path.name.endswith(".weights.h5") and _base(label) in GRAPH_COMMANDS) \
         else (*codes, 4)
+    if label.startswith("new"):
+        # new --config takes a .keras (it reads only config.json, never the weights) or a config JSON
+        expect = (*expect, 0) if path.name.endswith(".keras") else (*expect, 3)
     run_case(label, MODEL_SLOT[label](str(path), out), out, tmp_path, expect)
 
 
@@ -390,15 +401,17 @@ def test_weights_only_file_with_arch_is_checked_too(fixture: str, tmp_path: Path
              out, tmp_path, (5,))
 
 
-def test_hdf5_plugins_are_off_before_h5py_loads() -> None:
-    code = ("import wtool.cli, os, h5py, keras; from h5py import h5pl;"
+@pytest.mark.parametrize("order", ["wtool first", "h5py first"])
+def test_hdf5_plugins_are_off_before_h5py_loads(order: str) -> None:
+    imports = "import wtool.cli, h5py" if order == "wtool first" else "import h5py, wtool.cli"
+    code = (f"{imports}; import os; from h5py import h5pl;"
             "print(os.environ['HDF5_PLUGIN_PRELOAD'], [h5pl.get(i) for i in range(h5pl.size())])")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HDF5_PLUGIN")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                          cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[0] == "::"
-    assert "plugin" not in res.stdout.split(" ", 1)[1]
+    assert "plugin" not in res.stdout.split(" ", 1)[1]  # no search path (or only /dev/null) left
 
 
 # ------------------------------------------------------------------------------------------

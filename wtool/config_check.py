@@ -206,21 +206,25 @@ def _constant(name: str) -> float:
 
 
 def check_json_shape(value: Any, source: str, limits: Limits | None = None, what: str = "model config") -> None:
-    """Depth and node-count caps on an already parsed JSON value (iterative: no recursion on hostile input)."""
+    """Depth and node-count caps on an already parsed JSON value (level by level: no recursion, C-speed)."""
     limits = limits or _limits.current()
     nodes = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        nodes += 1
+    depth = 0
+    level: list[Any] = [value]
+    while level:
+        depth += 1
+        nodes += len(level)
         if nodes > limits.max_config_nodes:
             raise InputError(f"{source}: {what} has more than {limits.max_config_nodes:,} values (limit)")
         if depth > limits.max_config_depth:
             raise InputError(f"{source}: {what} nests deeper than {limits.max_config_depth} levels (limit)")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        below: list[Any] = []
+        for item in level:
+            if type(item) is dict:
+                below.extend(item.values())
+            elif type(item) is list:
+                below.extend(item)
+        level = below
 
 
 # ---------------------------------------------------------------------------------------------
