@@ -185,6 +185,22 @@ def test_fifo_as_data_never_blocks(label: str, make_argv: Callable[[str, Path], 
     run_case(label, make_argv(str(fifo), out), out, tmp_path, (3,))
 
 
+OTHER_INPUT_SLOTS: dict[str, Callable[[str, Path], list[str]]] = {
+    "diff": lambda f, out: ["diff", str(XOR), f],
+    "infer": lambda f, out: ["infer", str(XOR), str(XOR_DATA), "--argmax", "--labels", f, "-o", str(out / "p.csv")],
+    "train": lambda f, out: ["train", str(XOR), "--data", str(XOR_DATA), "--val-data", f, "-o", str(out / "o.keras")],
+    "set-weights": lambda f, out: ["set-weights", str(XOR), "--from-model", f, "-o", str(out / "o.keras")],
+    "transfer": lambda f, out: ["transfer", str(XOR), f, "-o", str(out / "o.keras")],
+}
+
+
+@pytest.mark.parametrize("label", list(OTHER_INPUT_SLOTS))
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_every_other_input_slot_refuses_non_regular_files(label: str, kind: str, tmp_path: Path, out: Path) -> None:
+    path = M.fifo(tmp_path, "other.keras") if kind == "fifo" else M.device_symlink(tmp_path, "/dev/zero", "o.h5")
+    run_case(label, OTHER_INPUT_SLOTS[label](str(path), out), out, tmp_path, (2, 3))
+
+
 def test_format_comes_from_magic_bytes_not_the_extension(tmp_path: Path) -> None:
     need("inspect")
     h5_named_keras = tmp_path / "really_hdf5.keras"
