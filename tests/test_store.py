@@ -299,6 +299,27 @@ def test_plugin_filter_is_refused(tmp_path):
         open_model(p)
 
 
+@pytest.mark.parametrize("mutate", ["flip", "string"])
+def test_damaged_hdf5_is_input_error_not_a_crash(tmp_path, mutate):
+    p = _copy_h5(tmp_path)
+    if mutate == "string":
+        with h5py.File(p, "a") as f:
+            g = f["model_weights/out/mlp/out"]
+            del g["bias"]
+            g["bias"] = np.array([b"abcd"] * 10)
+        fragment = "not numbers"
+    else:
+        data = bytearray(p.read_bytes())
+        for offset in range(800, 4000, 97):  # object headers and B-trees of the first groups
+            data[offset] ^= 0xFF
+        p.write_bytes(bytes(data))
+        fragment = ""
+    with pytest.raises(InputError, match=fragment):
+        with open_model(p) as mf:
+            for w in mf.weights:
+                mf.read(w.path)
+
+
 def test_duplicate_legacy_weight_names_are_malformed(tmp_path):
     p = _copy_h5(tmp_path)
     with h5py.File(p, "a") as f:

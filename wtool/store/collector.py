@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from wtool.errors import InputError
 from wtool.store.types import LayerInfo, WeightInfo
+
+NUMERIC_KINDS = frozenset("biuf")  # bool, int, uint, float: what Keras saves
 
 
 class Collector:
@@ -18,6 +21,8 @@ class Collector:
 
     def add_weight(self, layer: str, name: str, ds: Any, trainable: bool) -> None:
         path = f"{layer}/{name}"
+        if ds.dtype.kind not in NUMERIC_KINDS:
+            raise InputError(f"{self.where}: weight {path} holds {ds.dtype} data, not numbers (a malformed file)")
         if path in self._paths:
             n = 1
             while f"{path}_{n}" in self._paths:

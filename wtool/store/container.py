@@ -167,7 +167,11 @@ def _open_zip(path: Path) -> Source:
     # The whole archive is checked first (structure, names, caps, every CRC, streamed): wtool.archive.
     from wtool.archive import check_archive
 
-    report = check_archive(path)
+    try:
+        report = check_archive(path)
+    except (OSError, ValueError, EOFError) as exc:  # a corrupt directory can send the checker astray
+        raise InputError(f"{path}: corrupt zip archive ({_short(str(exc)) or type(exc).__name__})",
+                         "the file may be damaged: download or save it again") from None
     if report.weights_member != WEIGHTS_MEMBER:
         raise InputError(f"{path}: weights stored as {report.weights_member} are not supported",
                          "save the model with Keras's default .keras format (model.weights.h5)")

@@ -138,35 +138,32 @@ class ModelFile:
     def dataset(self, path: str) -> Any:
         """The h5py dataset behind a weight (for in-place writers), after the safety checks."""
         info = self.weight(path)
-        ds = self.h5[info.h5_name]
+        try:
+            ds = self.h5[info.h5_name]
+        except CORRUPT_HDF5 as exc:
+            raise corrupt(self.path, exc, f"weight {path}") from None
         safety.check_h5_dataset(ds, str(self.path))
         return ds
 
     def read(self, path: str) -> np.ndarray:
-        ds = self.dataset(path)
-        try:
-            return np.asarray(ds[()])
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
-                             "the file may be truncated or corrupt") from None
+        return self.read_block(path, ())
 
     def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
         ds = self.dataset(path)
         try:
             return np.asarray(ds[index] if index else ds[()])
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
-                             "the file may be truncated or corrupt") from None
+        except CORRUPT_HDF5 as exc:
+            raise corrupt(self.path, exc, f"weight {path}") from None
 
     def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
         """The weight's values in C-ordered blocks of at most `max_elements` elements."""
         ds = self.dataset(path)
         for index in iter_blocks(tuple(ds.shape), max_elements):
             try:
-                yield np.asarray(ds[index] if index else ds[()])
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{self.path}: cannot read weight {path} ({str(exc).splitlines()[0][:120]})",
-                                 "the file may be truncated or corrupt") from None
+                block = np.asarray(ds[index] if index else ds[()])
+            except CORRUPT_HDF5 as exc:
+                raise corrupt(self.path, exc, f"weight {path}") from None
+            yield block
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -215,6 +212,16 @@ def _count_datasets(group: Any) -> int:
     return count
 
 
+# What h5py raises on a damaged file (bad B-tree, addresses past the end, broken heaps, ...).
+CORRUPT_HDF5 = (OSError, RuntimeError, KeyError, ValueError, EOFError)
+
+
+def corrupt(path: Path, exc: BaseException, what: str = "the HDF5 structure") -> InputError:
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return InputError(f"{path}: cannot read {what}: the file is corrupt ({text})",
+                      "the file may be damaged or truncated: download or save it again")
+
+
 def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | None = None) -> ModelFile:
     """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name).
 
@@ -225,6 +232,9 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
     source = open_source(p)
     try:
         return ModelFile(p, source, arch_config=arch_config)
+    except CORRUPT_HDF5 as exc:
+        source.close()
+        raise corrupt(p, exc) from None
     except BaseException:
         source.close()
         raise
