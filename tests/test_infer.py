@@ -545,3 +545,22 @@ def test_fit_rows_reshapes_flat_rows_only_when_sizes_match():
     with pytest.raises(IncompatibleError) as err:
         fit_rows(InputSpec("img", (None, 28, 28, 1), "float32"), (28, 28), "f.npy", 2)
     assert str(err.value) == "input 'img': model expects (None, 28, 28, 1); input rows have shape (28, 28) in f.npy"
+
+
+def test_misaligned_batches_are_copied_not_shared():
+    # TensorFlow aborts the process on an unaligned kernel input: such arrays must take the copy path.
+    from wtool import infer
+
+    frozen = infer.load_frozen(str(SAMPLES / "mlp.keras"))
+    frozen.compile(8, [(784,)])
+    x = sample("mlp")[:8]
+    raw = np.empty(x.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 4
+    odd = raw[start:start + x.nbytes].view(np.float32).reshape(x.shape)
+    odd[...] = x
+    assert odd.ctypes.data % 64 != 0
+    aligned = data.aligned_empty(x.shape, x.dtype)
+    aligned[...] = x
+    assert aligned.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(frozen.predict_batch([odd])[0], frozen.predict_batch([aligned])[0])
+    np.testing.assert_allclose(frozen.predict_batch([odd])[0], numpy_mlp(x.astype(np.float64)), atol=1e-5)

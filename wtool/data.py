@@ -59,6 +59,18 @@ SPOOL_CHUNK = 1 << 20
 DEFAULT_KEYS = ("x", "inputs", "input", "X", "data", "features")
 
 
+TENSOR_ALIGN = 64  # bytes: batches are allocated so that TensorFlow can use them without a copy
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any, align: int = TENSOR_ALIGN) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an `align`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(math.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + nbytes].view(dtype).reshape(tuple(shape))
+
+
 def fmt_row_shape(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -137,7 +149,9 @@ def cast_rows(batch: np.ndarray, dtype: np.dtype[Any], name: str = "input", firs
         lo, hi = batch.min(), batch.max()
         if lo < info.min or hi > info.max:
             raise IncompatibleError(f"{name}: values {lo}..{hi} do not fit the model input dtype {dtype}")
-    return batch.astype(dtype)
+    out = aligned_empty(batch.shape, dtype)
+    np.copyto(out, batch, casting="unsafe")
+    return out
 
 
 class ArraySource(RowSource):
@@ -211,7 +225,7 @@ class NpySource(RowSource):
         self.fh.seek(self.data_offset + start * self.row_bytes)
         for s in range(start, stop, batch_size):
             n = min(batch_size, stop - s)
-            buf = np.empty((n, *self.row_shape), dtype=self.dtype)
+            buf = aligned_empty((n, *self.row_shape), self.dtype)
             want = n * self.row_bytes
             if want:
                 view = buf.reshape(-1).view(np.uint8).data
@@ -275,6 +289,11 @@ def _open_npz(path: str, fh: BinaryIO | None, key: str | None) -> NpySource:
         raise InputError(f"{path}: not a valid .npz archive ({exc})") from None
     try:
         caps = limits.current()
+        from wtool.archive import check_zip_structure
+
+        raw = zf.fp  # duplicate names, symlink entries, overlaps, methods (zipfile alone takes the last duplicate)
+        if raw is not None:
+            check_zip_structure(zf, raw, str(path), raw.seek(0, os.SEEK_END), caps)  # type: ignore[arg-type]
         if len(zf.infolist()) > caps.max_archive_members:
             raise InputError(f"{path}: {len(zf.infolist())} zip members, over the limit of "
                              f"{caps.max_archive_members}")

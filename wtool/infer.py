@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wtool.data import Column, RowSource, RowWriter, fmt_row_shape, open_rows
+from wtool.data import TENSOR_ALIGN, Column, RowSource, RowWriter, aligned_empty, fmt_row_shape, open_rows
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import open_input
 from wtool.limits import shown
@@ -249,7 +249,23 @@ class FrozenModel:
             raise InternalError(f"a batch of {n} rows is larger than the compiled batch size {bs}")
         if n != bs:
             arrays = [_pad(a, bs) for a in arrays]
-        return [self._tf.convert_to_tensor(a) for a in arrays], n
+        return [self._to_tensor(a) for a in arrays], n
+
+    def _to_tensor(self, array: np.ndarray) -> Any:
+        """A tensor over the batch's own memory (DLPack, no copy) when possible, else a copy.
+
+        Safe because every batch is a fresh array that nothing writes to afterwards, and the
+        DLPack capsule keeps it alive for as long as the tensor lives.
+        """
+        # TensorFlow aborts the process on a kernel input that is not 64-byte aligned: only
+        # aligned arrays (wtool.data.aligned_empty) are shared, anything else is copied.
+        if (array.flags.c_contiguous and array.dtype.kind in "fiu" and array.size
+                and array.ctypes.data % TENSOR_ALIGN == 0):
+            try:
+                return self._tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+            except (AttributeError, TypeError, ValueError, BufferError, RuntimeError):
+                pass
+        return self._tf.convert_to_tensor(array)
 
     def predict_prepared(self, tensors: Sequence[Any], n: int) -> list[np.ndarray]:
         """Run one prepared batch; the padding rows are dropped from the outputs."""
@@ -271,8 +287,9 @@ def _tensor_name(name: str, i: int) -> str:
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros((size, *a.shape[1:]), dtype=a.dtype)
+    out = aligned_empty((size, *a.shape[1:]), a.dtype)
     out[: len(a)] = a
+    out[len(a):] = 0
     return out
 
 
