@@ -252,3 +252,11 @@ def test_json_mode_prints_only_json_on_stdout():
     assert res.exit_code == 0
     doc = res.json()
     assert {"stats", "histogram", "sample"} <= set(doc["weights"][0])
+
+
+def test_check_reports_the_graph_verdict():
+    res = run_cli("inspect", SAMPLES / "xor.keras", "--check")
+    assert res.exit_code == 0 and res.stdout.splitlines()[-1] == "graph ok"
+    res = run_cli("inspect", SAMPLES / "xor.weights.h5", "--check", "--json")
+    assert res.exit_code == 4
+    assert res.json()["check"]["status"] == "no-graph"
