@@ -78,26 +78,40 @@ def _to_array(data: bytes, shape: tuple[int, ...], fortran: bool, dtype: np.dtyp
     return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
 
 
+def _checked_npy_header(fh: IO[bytes], where: str, limits: Limits) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise InputError(f"{where}: not a .npy file")
+    fh.seek(0)
+    shape, fortran, dtype = read_npy_header(fh, where, limits)
+    declared = _nbytes(shape, dtype)
+    present = size - fh.tell()
+    if declared != present:
+        raise InputError(f"{where}: header declares {fmt_bytes(declared)} of data but the file holds "
+                         f"{fmt_bytes(present)}")
+    if declared > limits.max_bytes:
+        raise InputError(f"{where}: array is {fmt_bytes(declared)} (limit {fmt_bytes(limits.max_bytes)})",
+                         "raise the limit with --max-bytes if you trust it")
+    return shape, fortran, dtype
+
+
+def check_npy(path: str | os.PathLike[str], limits: Limits | None = None) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """Check a .npy file without reading its data (before memory-mapping it): returns (shape, dtype)."""
+    limits = limits or _limits.current()
+    where = os.fspath(path)
+    with open_input(where) as fh:
+        shape, _fortran, dtype = _checked_npy_header(fh, where, limits)
+    return shape, dtype
+
+
 def load_npy(path: str | os.PathLike[str], limits: Limits | None = None) -> np.ndarray:
     """Read one numeric array from a .npy file after checking its header against the file size."""
     limits = limits or _limits.current()
     where = os.fspath(path)
     with open_input(where) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(len(NPY_MAGIC))
-        if head != NPY_MAGIC:
-            raise InputError(f"{where}: not a .npy file")
-        fh.seek(0)
-        shape, fortran, dtype = read_npy_header(fh, where, limits)
-        declared = _nbytes(shape, dtype)
-        present = size - fh.tell()
-        if declared != present:
-            raise InputError(f"{where}: header declares {fmt_bytes(declared)} of data but the file holds "
-                             f"{fmt_bytes(present)}")
-        if declared > limits.max_bytes:
-            raise InputError(f"{where}: array is {fmt_bytes(declared)} (limit {fmt_bytes(limits.max_bytes)})",
-                             "raise the limit with --max-bytes if you trust it")
-        return _to_array(_read_exact(fh, declared, where), shape, fortran, dtype)
+        shape, fortran, dtype = _checked_npy_header(fh, where, limits)
+        return _to_array(_read_exact(fh, _nbytes(shape, dtype), where), shape, fortran, dtype)
 
 
 def load_npz(path: str | os.PathLike[str], limits: Limits | None = None) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +90,9 @@ def _pair(x: str, y: str) -> LabelledData:
         path = check_input_file(name)
         if path.suffix.lower() != ".npy":
             raise InputError(f"{name}: {label} takes a .npy file", "save arrays with numpy.save")
+        from wtool.arrays import check_npy
+
+        check_npy(path)  # header, numeric dtype, declared size == file size, before memory-mapping
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -104,23 +106,17 @@ def _pair(x: str, y: str) -> LabelledData:
 
 
 def _npz(path: Path, x_key: str, y_key: str) -> LabelledData:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
-    with archive:
-        keys = list(archive.files)
-        arrays = []
-        for option, key in (("--x-key", x_key), ("--y-key", y_key)):
-            if key not in keys:
-                have = ", ".join(keys) or "nothing"
-                raise InputError(f"{path}: no array '{key}' (it has: {have})",
-                                 f"name the arrays with {option} KEY" if keys else None)
-            try:
-                arr = archive[key]
-            except ValueError as exc:
-                raise InputError(f"{path}: array '{key}' cannot be read ({str(exc).splitlines()[0]})") from None
-            arrays.append(_checked(arr, f"{path}: array '{key}'"))
+    from wtool.arrays import load_npz
+
+    archive = load_npz(path)  # zip structure, headers, numeric dtypes and sizes checked; nothing unpickled
+    keys = list(archive)
+    arrays = []
+    for option, key in (("--x-key", x_key), ("--y-key", y_key)):
+        if key not in keys:
+            have = ", ".join(keys) or "nothing"
+            raise InputError(f"{path}: no array '{key}' (it has: {have})",
+                             f"name the arrays with {option} KEY" if keys else None)
+        arrays.append(_checked(archive[key], f"{path}: array '{key}'"))
     data = LabelledData(arrays[0], arrays[1], str(path))
     _same_rows(data, f"'{x_key}'", f"'{y_key}'")
     return data
