@@ -116,6 +116,8 @@ def _open_store(path: Path, arch_config: dict[str, Any] | None = None) -> ModelF
 
 
 def _translation(mf: ModelFile, path: Path) -> Translation:
+    if mf.config is None:
+        raise IncompatibleError(f"{path}: the file has no model config", "pass --arch MODEL for a weights-only file")
     try:
         return translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
     except TranslationError as exc:
@@ -369,8 +371,8 @@ def assign_weights(model: Any, mf: ModelFile, *, source: str | os.PathLike[str] 
     pairs = list(weight_paths(model))
     saved = {w.path: w for w in mf.weights}
     by_layer_saved: dict[str, list[Any]] = {}
-    for w in mf.weights:
-        by_layer_saved.setdefault(w.layer, []).append(w)
+    for saved_weight in mf.weights:
+        by_layer_saved.setdefault(saved_weight.layer, []).append(saved_weight)
     index = _layer_index(model)
     keys = set(index)
 
