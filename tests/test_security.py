@@ -559,6 +559,25 @@ def test_messages_quote_untrusted_names_safely(tmp_path: Path) -> None:
     assert res.exit_code == 3 and "\x1b" not in res.stderr and "A" * 100 not in res.stderr, res
 
 
+def test_error_lines_never_carry_terminal_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    """Keras's own messages can quote config values; the CLI escapes control characters in every error line."""
+    need("infer")
+    config = M.sample_config()
+    config["config"]["layers"][1]["config"]["units"] = "\x1b]0;owned\x07\x1b[2J"
+    path = M.write_keras(tmp_path / "ansi_units.keras", config)
+    res = run_cli("infer", path, XOR_DATA, "-o", tmp_path / "p.npy")
+    assert res.exit_code in (3, 4), res
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr, res
+    from wtool.cli import report_error
+    from wtool.errors import InputError
+
+    capsys.readouterr()
+    report_error(InputError("f.keras: bad name \x1b]0;owned\x07 here", "hint \x1b[2J"))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b]0;owned\\x07" in err, err
+
+
 def test_config_errors_do_not_echo_the_config(tmp_path: Path) -> None:
     from wtool.config_check import parse_config_json
     from wtool.errors import InputError

@@ -34,10 +34,18 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
     return bool(ctx is not None and ctx.find_root().meta.get("wtool.debug"))
 
 
+_CONTROL = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+def _printable(text: str) -> str:
+    """The text with terminal control characters escaped (messages can quote text from untrusted files)."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) in _CONTROL else c for c in str(text))
+
+
 def report_error(error: WtoolError) -> None:
-    click.echo(f"error: {error.message}", err=True)
+    click.echo(f"error: {_printable(error.message)}", err=True)
     if error.hint:
-        click.echo(f"hint: {error.hint}", err=True)
+        click.echo(f"hint: {_printable(error.hint)}", err=True)
 
 
 class WtoolGroup(click.Group):
@@ -76,7 +84,7 @@ class WtoolGroup(click.Group):
             if _debug_enabled(ctx):
                 traceback.print_exc()
             name = type(exc).__name__
-            click.echo(f"error: internal error ({name}: {exc})".splitlines()[0], err=True)
+            click.echo(_printable(f"error: internal error ({name}: {exc})".splitlines()[0]), err=True)
             click.echo("hint: this is a bug in wtool; run again with --debug and report the traceback", err=True)
             ctx.exit(70)
 
