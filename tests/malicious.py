@@ -581,6 +581,20 @@ def keras_with_h5(directory: Path, builder: Callable[[Path, Path], Path], name: 
     return write_keras(Path(directory) / f"{name}.keras", members=list(original.items()))
 
 
+def h5_optimizer_external_storage(directory: Path, base: str | Path = "xor.weights.h5") -> Path:
+    """The optimizer's learning rate stored in an outside file (read when training resumes the optimizer)."""
+    path = _copy(base, Path(directory) / f"optstore_{Path(base).name}")
+    secret = secret_file(directory)
+    with h5py.File(path, "r+") as f:
+        group = f["optimizer/vars"] if "optimizer" in f else f["optimizer_weights/sgd"]
+        name = sorted(group.keys())[-1]
+        shape, dtype = group[name].shape or (1,), group[name].dtype  # HDF5 ignores external storage for scalars
+        del group[name]
+        group.create_dataset(name, shape=shape, dtype=dtype,
+                             external=[(str(secret), 0, int(np.prod(shape)) * dtype.itemsize)])
+    return path
+
+
 HDF5: dict[str, tuple[Callable[[Path], Path], tuple[int, ...]]] = {
     "h5_external_link": (h5_external_link, (5,)),
     "h5_external_link_legacy": (lambda d: h5_external_link(d, "xor.h5"), (5,)),
@@ -593,6 +607,9 @@ HDF5: dict[str, tuple[Callable[[Path], Path], tuple[int, ...]]] = {
     "h5_duplicate_weight_names": (h5_duplicate_weight_names, (3,)),
     "keras_h5_external_storage": (lambda d: keras_with_h5(d, h5_external_storage, "ks_extstore"), (5,)),
     "keras_h5_external_link": (lambda d: keras_with_h5(d, h5_external_link, "ks_extlink"), (5,)),
+    "keras_h5_optimizer_external_storage": (lambda d: keras_with_h5(d, h5_optimizer_external_storage,
+                                                                    "ks_optstore"), (5,)),
+    "h5_optimizer_external_storage_legacy": (lambda d: h5_optimizer_external_storage(d, "xor.h5"), (5,)),
 }
 
 

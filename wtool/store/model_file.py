@@ -30,6 +30,9 @@ class ModelFile:
         self.file_size = path.stat().st_size
         self._source = source
         self.h5 = source.h5
+        from wtool.h5walk import check_every_object
+
+        check_every_object(self.h5, str(path))  # links / external / virtual / plugin data anywhere in the file
         self.config: dict[str, Any] | None = None
         self.training_config: dict[str, Any] | None = None
         self.compile_config: dict[str, Any] | None = None
