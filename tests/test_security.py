@@ -363,6 +363,71 @@ def test_parameter_budget_from_the_config(tmp_path: Path) -> None:
         check_config(M.many_layers_config(tmp_path), "many")
 
 
+def _zoo() -> list[object]:
+    from wtool.model import import_keras
+
+    keras = import_keras()
+    L = keras.layers
+    models = []
+    i = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same")(i)
+    x = L.BatchNormalization()(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2)(x)
+    x = L.SeparableConv2D(12, 3, strides=2)(x)
+    x = L.Conv2DTranspose(4, 3, strides=2)(x)
+    x = L.ZeroPadding2D(1)(L.MaxPooling2D()(x))
+    x = L.UpSampling2D()(L.Cropping2D(((1, 0), (0, 1)))(x))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(6, (2, 3), groups=2)(x))
+    models.append(keras.Model(i, L.LayerNormalization()(L.PReLU()(L.Dense(5)(x)))))
+    i = keras.Input((10,), dtype="int32")
+    x = L.Embedding(50, 8)(i)
+    x = L.Concatenate()([L.LSTM(6, return_sequences=True)(x), L.GRU(5, return_sequences=True)(x),
+                         L.Bidirectional(L.SimpleRNN(4, return_sequences=True))(x)])
+    x = L.TimeDistributed(L.Dense(3))(L.MultiHeadAttention(2, 4)(x, x))
+    models.append(keras.Model(i, L.Dense(2)(L.Flatten()(L.GroupNormalization(2)(L.Conv1D(4, 3)(x))))))
+    inner = keras.Sequential([keras.Input((8,)), L.Dense(4), L.Dense(3)], name="inner")
+    i = keras.Input((8,))
+    x = L.Reshape((3, 1))(L.Add()([inner(i), L.Dense(3)(i)]))
+    x = L.RepeatVector(2)(L.Flatten()(L.Permute((2, 1))(L.Conv1DTranspose(2, 2)(x))))
+    models.append(keras.Model(i, L.Dense(1, use_bias=False)(L.GRU(3, reset_after=False)(x))))
+    i = keras.Input((4, 8, 8, 2))
+    models.append(keras.Model(i, L.Dense(2)(L.Flatten()(L.ConvLSTM2D(3, 3)(i)))))
+    i = keras.Input((6, 6, 6, 1))
+    x = L.AveragePooling3D(2)(L.Conv3DTranspose(2, 2)(L.Conv3D(2, 3)(i)))
+    models.append(keras.Model(i, L.Normalization()(L.Dense(3)(L.GlobalMaxPooling3D()(x)))))
+    return models
+
+
+def _strip_shape_hints(obj: object) -> None:
+    """Remove what Keras 3 records about shapes (legacy configs have none): only propagation is left."""
+    if isinstance(obj, dict):
+        obj.pop("build_config", None)
+        if obj.get("class_name") == "__keras_tensor__":
+            obj["config"]["shape"] = []
+        for value in obj.values():
+            _strip_shape_hints(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            _strip_shape_hints(value)
+
+
+@pytest.mark.tf
+def test_parameter_count_from_config_matches_keras_on_a_layer_zoo() -> None:
+    """The budget is exact, not a guess: conv/separable/depthwise/transpose/grouped, BN/LN/GN, RNNs, wrappers,
+    attention, nested models, with Keras 3 shape hints and with shapes propagated through the graph alone."""
+    from wtool.config_check import check_config
+    from wtool.model import import_keras
+
+    keras = import_keras()
+    for model in _zoo():
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+        report = check_config(config, model.name)
+        assert (report.n_params, report.unsized_layers) == (model.count_params(), []), model.name
+        _strip_shape_hints(config)
+        report = check_config(config, model.name)
+        assert (report.n_params, report.unsized_layers) == (model.count_params(), []), model.name
+
+
 def test_max_params_option_overrides_the_budget(tmp_path: Path, out: Path) -> None:
     need("infer")
     res = run_cli("infer", XOR, XOR_DATA, "-o", out / "p.npy", "--max-params", "5")

@@ -796,10 +796,15 @@ class _Sizer:
         filters = _nonneg(_int(cfg.get("filters")))
         c = None if x is None or len(x) != rank + 3 else (x[2] if cfg.get("data_format") == "channels_first"
                                                           else x[-1])
+        out: list[Shape | None] | None = None
+        if x is not None and len(x) == rank + 3 and cfg.get("data_format") != "channels_first":
+            step = self._conv_out("Conv", cfg, [x[0], *x[2:]], k, filters, rank, False, c)
+            if step and step[0] is not None:
+                out = [[x[0], x[1], *step[0][1:]]] if cfg.get("return_sequences") else step
         if k is None or filters is None or c is None:
-            return None, None
+            return None, out
         kk = _prod(k) or 0
-        return 4 * (kk * c * filters + kk * filters * filters + bias * filters), None
+        return 4 * (kk * c * filters + kk * filters * filters + bias * filters), out
 
     def _attention(self, cls: str, cfg: dict[str, Any], ins: list[Shape | None] | None, bias: int
                    ) -> tuple[int | None, list[Shape | None] | None]:
