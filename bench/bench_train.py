@@ -27,6 +27,8 @@ JOBS = {
             1.0),
 }
 ROUNDS = int(os.environ.get("WTOOL_BENCH_ROUNDS", "2"))
+TINY_EPOCHS = 10_000  # wtool runs them all; fit runs FIT_TINY_EPOCHS and is scaled up (it needs ~35 ms an epoch)
+FIT_TINY_EPOCHS = 200
 
 
 def _prepare(job: str, workdir: Path) -> tuple[Path, Path]:
@@ -60,6 +62,7 @@ def _prepare(job: str, workdir: Path) -> tuple[Path, Path]:
 def _worker(tool: str, job: str, model_path: str, data_path: str) -> dict[str, float]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _spec, _shape, _rows, batch, epochs, _target = JOBS[job]
+    cpu: list[float] = []
     if tool == "fit":
         import numpy as np
 
@@ -75,25 +78,60 @@ def _worker(tool: str, job: str, model_path: str, data_path: str) -> dict[str, f
         class Timer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.t0 = time.perf_counter()
+                self.c0 = time.process_time()
 
             def on_epoch_end(self, epoch, logs=None):
                 times.append(time.perf_counter() - self.t0)
+                cpu.append(time.process_time() - self.c0)
 
         model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Timer()])
         rows = len(x)
         loss = float(model.evaluate(x, y, batch_size=1024, verbose=0)[0])
     else:
-        from wtool.train import TrainOptions, train
+        from wtool.train import Reporter, TrainOptions, train
+
+        class CpuClock(Reporter):
+            def epoch_begin(self, epoch):
+                self.c0 = time.process_time()
+
+            def epoch_end(self, record):
+                cpu.append(time.process_time() - self.c0)
 
         out = str(Path(model_path).with_name(f"{job}-wtool.keras"))
         result = train(TrainOptions(model=model_path, data=data_path, out=out, epochs=epochs, batch_size=batch,
-                                    seed=0, jit=os.environ.get("WTOOL_BENCH_JIT", "auto")))
+                                    seed=0, jit=os.environ.get("WTOOL_BENCH_JIT", "auto")), CpuClock())
         times = [r["seconds"] for r in result.history]
         rows = result.summary["samples"]
         loss = float(result.history[-1]["loss"])
     steady = statistics.median(times[1:])
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"samples_per_s": rows / steady, "peak_mb": peak_kb / 1024, "loss": loss}
+    return {"samples_per_s": rows / steady, "samples_per_cpu_s": rows / statistics.median(cpu[1:]),
+            "peak_mb": peak_kb / 1024, "loss": loss}
+
+
+def _tiny_worker(tool: str) -> dict[str, float]:
+    """Per-epoch overhead: epochs of the 4-row XOR set, wall time per epoch (TF start-up excluded)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    samples = HERE.parent / "sample_models"
+    if tool == "fit":
+        import numpy as np
+
+        from wtool.model import import_keras
+
+        keras = import_keras()
+        model = keras.saving.load_model(samples / "xor.keras")
+        with np.load(samples / "xor.npz") as d:
+            x, y = d["x"], d["y"]
+        t0 = time.perf_counter()
+        model.fit(x, y, batch_size=4, epochs=FIT_TINY_EPOCHS, verbose=0)
+        return {"seconds_per_epoch": (time.perf_counter() - t0) / FIT_TINY_EPOCHS}
+    from wtool.train import TrainOptions, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train(TrainOptions(model=str(samples / "xor.keras"), data=str(samples / "xor.npz"),
+                           out=f"{tmp}/xor.keras", epochs=TINY_EPOCHS, batch_size=4, seed=0))
+        return {"seconds_per_epoch": (time.perf_counter() - t0) / TINY_EPOCHS}
 
 
 def _spawn(tool: str, job: str, model_path: Path, data_path: Path) -> dict[str, float]:
@@ -123,14 +161,23 @@ def run() -> list[dict]:
                          "ratio": our_rate / fit_rate, "target": target})
             rows.append({"name": f"{label} peak RSS (fit/wtool)", "wtool": our_mem, "baseline": fit_mem,
                          "unit": "MB", "ratio": fit_mem / our_mem, "target": 1.0})
-            print(f"{job}: loss after training fit {fits[0]['loss']:.4f} wtool {ours[0]['loss']:.4f}",
-                  file=sys.stderr)
+            fit_cpu = statistics.median(r["samples_per_cpu_s"] for r in fits)
+            our_cpu = statistics.median(r["samples_per_cpu_s"] for r in ours)
+            print(f"{job}: per CPU-second fit {fit_cpu:.0f} wtool {our_cpu:.0f} samples ({our_cpu / fit_cpu:.2f}x); "
+                  f"loss after training fit {fits[0]['loss']:.4f} wtool {ours[0]['loss']:.4f}", file=sys.stderr)
+    fit_tiny = _spawn("fit", "tiny", Path("-"), Path("-"))["seconds_per_epoch"] * TINY_EPOCHS
+    our_tiny = _spawn("wtool", "tiny", Path("-"), Path("-"))["seconds_per_epoch"] * TINY_EPOCHS
+    rows.append({"name": f"train xor: {TINY_EPOCHS:,} epochs of 4 rows (s)", "wtool": our_tiny, "baseline": fit_tiny,
+                 "unit": "s", "ratio": fit_tiny / our_tiny, "target": 1.0})
     return rows
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(*sys.argv[2:6])))
+        if sys.argv[3] == "tiny":
+            print(json.dumps(_tiny_worker(sys.argv[2])))
+        else:
+            print(json.dumps(_worker(*sys.argv[2:6])))
     else:
         for row in run():
             print(f"{row['name']:<60} wtool {row['wtool']:>10.1f}  fit {row['baseline']:>10.1f} {row['unit']:<3} "

@@ -50,6 +50,8 @@ from wtool.train_data import (
 # Rows gathered per tf.function call are capped at this many bytes (steps_per_execution "auto").
 CHUNK_BYTES = 64 * 1024 * 1024
 MAX_STEPS_PER_CALL = 64
+# --jit auto compiles with XLA only for runs of at least this many steps (see _auto_jit).
+AUTO_JIT_MIN_STEPS = 5000
 SCHEDULES = ("constant", "cosine", "cosine-restarts", "exponential", "step", "inverse-time", "polynomial",
              "piecewise")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl", "lion",
@@ -851,8 +853,13 @@ def _y_dtype(y: np.ndarray, loss_name: str) -> str:
     return "float32"
 
 
-def _is_conv(model: Any, nodes: dict[str, LayerNode]) -> bool:
-    return any("Conv" in type(n.layer).__name__ or "Pool" in type(n.layer).__name__ for n in nodes.values())
+def _auto_jit(nodes: dict[str, LayerNode], planned_steps: int) -> bool:
+    """XLA where it helps: no convolutions (XLA slows them on CPU) or recurrent layers, and a run long enough
+    to repay compiling each chunk shape (seconds, and some hundreds of MB at peak)."""
+    slow = ("Conv", "Pool", "LSTM", "GRU", "RNN", "Bidirectional", "TimeDistributed")
+    if any(word in type(n.layer).__name__ for n in nodes.values() for word in slow):
+        return False
+    return planned_steps >= AUTO_JIT_MIN_STEPS
 
 
 def _monitor_mode(name: str) -> str:
@@ -949,9 +956,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     y_dtype = _y_dtype(data.y, loss_name)
     batches = Batches(data, batch, k, x_dtype, y_dtype, opts.shuffle, seed)
     val_batches = Batches(val, min(batch, len(val)), k, x_dtype, y_dtype, False, seed) if val is not None else None
-    jit = opts.jit == "on" or (opts.jit == "auto" and not _is_conv(model, nodes))
+    planned = (opts.epochs - (int(meta["epoch"]) if meta else 0)) * steps_per_epoch
+    jit = opts.jit == "on" or (opts.jit == "auto" and _auto_jit(nodes, planned))
     fns = _make_functions(tf, model, loss_obj, train_metrics, val_metrics, optimizer, trainable,
-                          data.x.shape[1:], data.y.shape[1:], x_dtype, y_dtype, jit)
+                          data.x.shape[1:], data.y.shape[1:], x_dtype, y_dtype, jit, val is not None)
 
     # Checkpoint state: model, optimizer, RNG (seed generators), metric accumulators, run metadata.
     weight_ids = {id(w) for w in model.weights}
@@ -1022,6 +1030,8 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
         meta_var.assign(json.dumps(meta_doc))
         return str(get_manager().save())
 
+    lr_varies = callable(getattr(optimizer, "_learning_rate", None))  # a schedule; a plain rate is fixed
+    lr_fixed = _current_lr(optimizer)
     steady_samples = 0
     steady_seconds = 0.0
     seen_shapes: set[tuple[int, ...]] = set()
@@ -1043,9 +1053,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
             chunks = batches.chunks(epoch, steps_done)
             for _steps, xs, ys in (_prefetch(chunks) if batches.steps > batches.k else chunks):
                 t_call = time.perf_counter()
-                ok, done, loss_sum = fns.train(xs, ys)
-                ok = bool(ok)
-                done = int(done)
+                ok_f, done_f, loss_sum = fns.train(xs, ys).numpy()
+                ok = bool(ok_f)
+                done = int(done_f)
                 elapsed = time.perf_counter() - t_call
                 rows = int(xs.shape[0] * xs.shape[1])
                 if xs.shape in seen_shapes:  # the first call of a shape traces (and compiles, with XLA)
@@ -1076,7 +1086,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                         f"resume with: {_fmt_resume(opts, ckpt_dir)}")
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": partial[0] / max(1.0, partial[1])}
             for m in train_metrics:
-                record[m.name] = float(np.asarray(m.result()))
+                record[m.name] = float(m.result().numpy())
             epoch_seconds = time.perf_counter() - t_epoch
             if val_batches is not None:
                 for m in val_metrics:
@@ -1086,8 +1096,8 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                     vsum += float(fns.eval(xs, ys))
                 record["val_loss"] = vsum / len(val_batches.x)
                 for m in val_metrics:
-                    record[f"val_{m.name}"] = float(np.asarray(m.result()))
-            record["lr"] = _current_lr(optimizer)
+                    record[f"val_{m.name}"] = float(m.result().numpy())
+            record["lr"] = _current_lr(optimizer) if lr_varies else lr_fixed
             record["seconds"] = round(epoch_seconds, 4)
             history.append(record)
             epochs_run += 1
@@ -1101,8 +1111,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                                             else current > es["best"] + opts.min_delta)
             if better:
                 es["best"], es["best_epoch"], es["wait"] = current, epoch + 1, 0
-                for b, w in zip(best_vars, model.weights, strict=False):
-                    b.assign(w)
+                if best_vars:
+                    for b, w in zip(best_vars, model.weights, strict=True):
+                        b.assign(w)
             else:
                 es["wait"] = int(es["wait"]) + 1
             reporter.epoch_end(record)
@@ -1188,7 +1199,8 @@ def _steady_rate(records: list[dict[str, Any]], n: int, chunk_samples: int, chun
 
 def _current_lr(optimizer: Any) -> float:
     try:
-        return float(np.asarray(optimizer.learning_rate))
+        lr = optimizer.learning_rate
+        return float(lr.numpy() if hasattr(lr, "numpy") else lr)
     except (TypeError, ValueError):
         return float("nan")
 
@@ -1220,8 +1232,10 @@ class _Functions:
 
 def _make_functions(tf: Any, model: Any, loss_obj: Any, train_metrics: list[Any], val_metrics: list[Any],
                     optimizer: Any, trainable: list[Any], x_shape: tuple[int, ...], y_shape: tuple[int, ...],
-                    x_dtype: str, y_dtype: str, jit: bool) -> _Functions:
-    """Two tf.functions over chunks shaped (steps, batch, ...): train (stops at a non-finite loss) and eval."""
+                    x_dtype: str, y_dtype: str, jit: bool, with_eval: bool) -> _Functions:
+    """Two tf.functions over chunks shaped (steps, batch, ...): train (stops at a non-finite loss) and eval.
+
+    No tf.cond around the update: it costs 10-25% of a step (more with XLA); see the comment below."""
     x_spec = tf.TensorSpec([None, None, *x_shape], x_dtype)
     y_spec = tf.TensorSpec([None, None, *y_shape], y_dtype)
 
@@ -1243,31 +1257,19 @@ def _make_functions(tf: Any, model: Any, loss_obj: Any, train_metrics: list[Any]
             y = ys[i]
             with tf.GradientTape() as tape:
                 loss, pred = step_loss(x, y, True)
-            finite = tf.math.is_finite(loss)
             if trainable:
-                grads = tape.gradient(loss, trainable)
-                present = [g for g in grads if g is not None]
-                if present:
-                    finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm(present)))
-
-                def apply(grads: Any = grads, y: Any = y, pred: Any = pred) -> Any:
-                    optimizer.apply(grads, trainable)
-                    for m in train_metrics:
-                        m.update_state(y, pred)
-                    return tf.constant(1)
-            else:
-                def apply(y: Any = y, pred: Any = pred) -> Any:
-                    for m in train_metrics:
-                        m.update_state(y, pred)
-                    return tf.constant(1)
-
-            inc = tf.cond(finite, apply, lambda: tf.constant(0))
-            if not finite:
+                optimizer.apply(tape.gradient(loss, trainable), trainable)
+            for m in train_metrics:
+                m.update_state(y, pred)
+            # A non-finite loss ends the call at once. Its update was applied, but a diverged model is
+            # never written or checkpointed, so the last good checkpoint stays the last good state.
+            if not tf.math.is_finite(loss):
                 ok = tf.constant(False)
                 break
-            done += inc
+            done += 1
             loss_sum += tf.cast(loss, tf.float32) * tf.cast(tf.shape(x)[0], tf.float32)
-        return ok, done, loss_sum
+        # One small tensor back, so the host pays for one transfer per call: [ok, steps done, loss sum].
+        return tf.stack([tf.cast(ok, tf.float64), tf.cast(done, tf.float64), tf.cast(loss_sum, tf.float64)])
 
     def eval_chunk(xs: Any, ys: Any) -> Any:
         k = tf.shape(xs)[0]
@@ -1281,7 +1283,9 @@ def _make_functions(tf: Any, model: Any, loss_obj: Any, train_metrics: list[Any]
             loss_sum += tf.cast(loss, tf.float32) * tf.cast(tf.shape(x)[0], tf.float32)
         return loss_sum
 
+    # Concrete functions: one trace for every chunk shape, and calls skip tf.function's argument matching
+    # (a third of the per-epoch overhead on tiny data sets).
     train_fn = tf.function(train_chunk, input_signature=[x_spec, y_spec], jit_compile=jit or None)
     eval_fn = tf.function(eval_chunk, input_signature=[x_spec, y_spec], jit_compile=jit or None)
-    return _Functions(train_fn, eval_fn)
+    return _Functions(train_fn.get_concrete_function(), eval_fn.get_concrete_function() if with_eval else None)
 

@@ -242,7 +242,7 @@ def _render(summary: dict[str, Any]) -> Any:
               help="Write TensorBoard scalars and weight histograms to DIR.")
 @click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
 @click.option("--jit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="XLA compilation (auto: on unless the model has convolutions).")
+              help="XLA compilation (auto: on for long runs of models without convolutions or recurrent layers).")
 @common_options
 def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
             data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None,
