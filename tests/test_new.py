@@ -125,7 +125,7 @@ def test_new_prints_summary_and_json(wtool, tmp_path):
                                       "non_trainable": 16}
     human = wtool("new", tmp_path / "x.keras", "--input-shape", "2", "--layers", "dense:3:sigmoid:nobias,dense:1")
     assert human.exit_code == 0
-    assert "dense_1" in human.stdout and "10 parameters" in human.stdout
+    assert "dense_1" in human.stdout and "total 10 params" in human.stdout
 
 
 @pytest.mark.tf

@@ -9,12 +9,11 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import IncompatibleError, InputError, UnsafeError, UsageError
 from wtool.fileio import check_input_file
-from wtool.render import Output, fmt_int, fmt_shape
+from wtool.render import Output
 from wtool.spec import parse_layers, parse_shape
 
 # A model config larger than this is not a config someone wrote by hand or exported (exit 3).
@@ -97,21 +96,20 @@ def summarize(model: Any) -> dict[str, Any]:
 
 
 def _human(doc: dict[str, Any]) -> Any:
+    """The summary `wtool inspect OUT` prints, read back from the written file, then seed and compile settings."""
+
     def render(console: Console) -> None:
-        table = Table(title=f"{doc['output']}: {doc['model']['name']} ({doc['model']['class']})", title_justify="left")
-        table.add_column("layer")
-        table.add_column("type")
-        table.add_column("output shape")
-        table.add_column("params", justify="right")
-        for layer in doc["model"]["layers"]:
-            name = layer["name"] + ("" if layer["trainable"] else " (frozen)")
-            table.add_row(name, layer["class"], fmt_shape(layer["output_shape"]), fmt_int(layer["params"]))
-        console.print(table)
-        p = doc["model"]["params"]
-        console.print(f"input {fmt_shape(doc['model']['input_shape'])}; {fmt_int(p['total'])} parameters "
-                      f"({fmt_int(p['trainable'])} trainable, {fmt_int(p['non_trainable'])} non-trainable)"
-                      + (f"; seed {doc['seed']}" if doc.get("seed") is not None else "")
-                      + (f"; compiled with {doc['compiled']}" if doc.get("compiled") else ""), highlight=False)
+        from wtool.commands.inspect import _render
+        from wtool.inspect import summarize
+        from wtool.store import open_model
+
+        with open_model(doc["output"]) as mf:
+            summary = summarize(mf)
+        _render(console, summary, {}, False, False, False, None, None)
+        extra = [f"seed {doc['seed']}" if doc.get("seed") is not None else "",
+                 f"compiled with {doc['compiled']}" if doc.get("compiled") else ""]
+        if any(extra):
+            console.print("; ".join(e for e in extra if e), highlight=False)
 
     return render
 
