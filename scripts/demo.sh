@@ -19,3 +19,9 @@ step "Set weights directly: every value checked first, read back after" \
   "$WTOOL" set-weights $S/mlp.keras --init 'out=zeros' --init hidden/kernel=he_normal --seed 0 -o "$OUT/reinit.keras" -q
 step "Transfer weights into another architecture: what moved, what was skipped and why" \
   "$WTOOL" transfer $S/mlp.h5 $S/cnn.keras --skip-mismatch -o "$OUT/cnn_warm.keras" -q
+step "Make a fresh model from a compact layer spec (the classic XOR network, no biases)" \
+  "$WTOOL" new "$OUT/xor.keras" --input-shape 2 --layers "dense:3:sigmoid:nobias,dense:1:sigmoid:nobias" --seed 0
+step "Train the sample XOR network with its saved plain SGD and mse (a GradientTape loop; 5,000 epochs)" \
+  "$WTOOL" train $S/xor.keras --data $S/xor.npz -o "$OUT/xor-trained.keras" --lr 20 --epochs 5000 --seed 0
+step "It learned XOR: 0, 1, 1, 0" \
+  "$WTOOL" infer "$OUT/xor-trained.keras" $S/xor.npz --threshold 0.5 -q

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import UsageError
@@ -50,7 +49,8 @@ class LineReporter:
         self.plan = plan
         for note in plan.notes:
             self.out.info(note)
-        self.out.info(f"training {fmt_int(plan.samples)} samples ({plan.steps_per_epoch} steps of {plan.batch_size}"
+        steps = f"{plan.steps_per_epoch} step{'s' if plan.steps_per_epoch != 1 else ''}"
+        self.out.info(f"training {fmt_int(plan.samples)} samples ({steps} of {plan.batch_size}"
                       f"{f', validating on {fmt_int(plan.val_samples)}' if plan.val_samples else ''}) for "
                       f"{plan.epochs} epochs: {plan.optimizer}, loss {plan.loss}; {plan.trainable_weights} trainable "
                       f"and {plan.frozen_weights} frozen weights; seed {plan.seed}")
@@ -155,9 +155,7 @@ def _resume_command(ctx: click.Context) -> str:
 
 def _render(summary: dict[str, Any]) -> Any:
     def human(console: Console) -> None:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
+        rows: list[tuple[str, str]] = []
         last = summary["last_epoch"]
         first = last - summary["epochs_run"] + 1
         epochs = f"{summary['epochs_run']} run ({first}..{last} of {summary['epochs']})"
@@ -166,25 +164,26 @@ def _render(summary: dict[str, Any]) -> Any:
         if summary["best_epoch"] is not None:
             epochs += f"; best epoch {summary['best_epoch']} ({summary['monitor']} {fmt_float(summary['best'])})"
             if summary["restored_best_weights"]:
-                epochs += ", its weights restored"
-        grid.add_row("epochs", epochs)
+                epochs += ", its weights written"
+        rows.append(("epochs", epochs))
         final = summary["final"]
-        grid.add_row("final", "  ".join(f"{k} {fmt_float(v)}" for k, v in final.items() if k != "lr")
-                     + (f"  (lr {fmt_float(final['lr'])})" if "lr" in final else ""))
+        rows.append(("final", "  ".join(f"{k} {fmt_float(v)}" for k, v in final.items() if k != "lr")
+                     + (f"  (lr {fmt_float(final['lr'])})" if "lr" in final else "")))
         rate = summary["samples_per_s"]
-        grid.add_row("time", f"{summary['wall_time_s']:.1f} s wall"
-                     + (f", {fmt_int(int(rate))} samples/s steady state" if rate else ""))
+        rows.append(("time", f"{summary['wall_time_s']:.1f} s wall"
+                     + (f", {fmt_int(int(rate))} samples/s steady state" if rate else "")))
         steps = f"{summary['optimizer']}, {fmt_int(summary['optimizer_steps'])} steps"
         if summary["restored_optimizer_steps"]:
             steps += f" ({fmt_int(summary['restored_optimizer_steps'])} before this run)"
-        grid.add_row("optimizer", steps)
+        rows.append(("optimizer", steps))
         frozen = summary["frozen"]["weights"]
-        grid.add_row("frozen", f"{frozen} frozen weights unchanged" if frozen else "no frozen weights")
-        grid.add_row("seed", str(summary["seed"]))
+        rows.append(("frozen", f"{frozen} frozen weights unchanged" if frozen else "no frozen weights"))
+        rows.append(("seed", str(summary["seed"])))
         if summary.get("history_file"):
-            grid.add_row("history", str(summary["history_file"]))
-        console.print(f"trained {summary['model']} -> {summary['output']}", highlight=False)
-        console.print(grid, highlight=False)
+            rows.append(("history", str(summary["history_file"])))
+        console.print(f"trained {summary['model']} -> {summary['output']}", highlight=False, soft_wrap=True)
+        for key, value in rows:
+            console.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
 
     return human
 
