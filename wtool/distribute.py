@@ -183,8 +183,8 @@ class Distribution:
 
     @property
     def distributed(self) -> bool:
-        """True when steps go through strategy.run (more than one replica, or more than one worker)."""
-        return self.replicas > 1 or self.workers > 1
+        """True when steps go through strategy.run (any strategy but the default one, even with one replica)."""
+        return self.kind != "one-device"
 
     @property
     def is_chief(self) -> bool:
@@ -521,21 +521,24 @@ class ShardedBatches:
 
 @dataclass
 class DistributedFunctions:
-    """Same calling convention as the plain loop's: train(xs, ys) -> (ok, steps done, loss sum); eval -> sum."""
+    """Same calling convention as the plain loop's: train(xs, ys) -> tensor [ok, steps done, loss sum];
+    eval(xs, ys) -> the summed loss of the rows."""
 
-    train: Callable[[Shard, Shard], tuple[Any, Any, Any]]
+    train: Callable[[Shard, Shard], Any]
     eval: Callable[[Shard, Shard], Any]
 
 
 def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics: list[Any],
-                   val_metrics: list[Any], optimizer: Any, trainable: list[Any]) -> DistributedFunctions:
+                   val_metrics: list[Any], optimizer: Any, trainable: list[Any],
+                   jit: bool = False) -> DistributedFunctions:
     """tf.functions running each step through strategy.run.
 
     Per step: (1) every replica computes its loss and gradients and one small all-reduce agrees on the
     loss sum and on whether anything is NaN/Inf; (2) unless something is, every replica applies its
     gradients with the Keras optimizer (which all-reduces them) and updates the metrics. Deciding before
     applying keeps all replicas in step (a conditional all-reduce would deadlock) and leaves the weights
-    and optimizer state untouched at a divergence, as in the plain loop.
+    and optimizer state untouched at a divergence, as in the plain loop. With `jit`, each replica's
+    forward and backward pass (no collectives in it) is compiled with XLA.
     """
     import tensorflow as tf
 
@@ -545,8 +548,7 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
     clip = getattr(optimizer, "global_clipnorm", None)
     sum_op = tf.distribute.ReduceOp.SUM
 
-    def compute(xs: Any, ys: Any, gb: Any, i: Any) -> Any:
-        x, y = xs[i], ys[i]
+    def local_step(x: Any, y: Any, gb: Any) -> Any:
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             loss, local_sum = scaled_loss(tf, loss_none, y, pred, gb, model.losses, replicas)
@@ -555,6 +557,13 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
         bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         if grads:
             bad += tf.cast(tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads))), tf.float32)
+        return grads, pred, local_sum, bad
+
+    if jit:
+        local_step = tf.function(local_step, jit_compile=True)
+
+    def compute(xs: Any, ys: Any, gb: Any, i: Any) -> Any:
+        grads, pred, local_sum, bad = local_step(xs[i], ys[i], gb)
         ctx = tf.distribute.get_replica_context()
         agreed = ctx.all_reduce(sum_op, tf.stack([local_sum, bad]))
         if clip and grads:
@@ -586,7 +595,8 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
             strategy.run(apply, args=(grads, ys, pred, i))
             done += 1
             loss_sum += agreed[0]
-        return ok, done, loss_sum
+        # As the plain loop: one small tensor back, [ok, steps done, loss sum].
+        return tf.stack([tf.cast(ok, tf.float64), tf.cast(done, tf.float64), tf.cast(loss_sum, tf.float64)])
 
     def eval_one(xs: Any, ys: Any, gb: Any, i: Any) -> Any:
         x, y = xs[i], ys[i]
