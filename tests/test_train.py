@@ -486,3 +486,68 @@ def test_keras_1_2_optimizer_state_is_refused_without_reset(wtool, tmp_path, cor
     assert not out.exists()
     ok = wtool("train", path, "--data", data, "-o", out, "--reset-optimizer")
     assert ok.exit_code == 0, ok
+
+
+def test_schedules_clip_norm_and_weight_decay(wtool, tmp_path, samples):
+    common = [samples / "nested.keras", "--data", samples / "nested.npz", "--epochs", "3", "--seed", "0"]
+    res = train(wtool, *common, "-o", tmp_path / "a.keras", "--optimizer", "adamw", "--lr", "0.01",
+                "--lr-schedule", "cosine", "--min-lr", "0.001", "--clip-norm", "1.0", "--weight-decay", "0.01")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    lrs = [h["lr"] for h in doc["history"]]
+    assert lrs[0] > lrs[1] > lrs[2] and abs(lrs[2] - 0.001) < 1e-6  # cosine over the whole run, down to --min-lr
+    assert doc["optimizer"].startswith("adamw (lr CosineDecay(0.01)") and "clip norm 1" in doc["optimizer"]
+    step = train(wtool, *common, "-o", tmp_path / "b.keras", "--optimizer", "sgd", "--lr", "0.1",
+                 "--lr-schedule", "piecewise", "--boundaries", "13,26", "--lr-values", "0.1,0.01,0.001")
+    assert step.exit_code == 0, step
+    assert [round(h["lr"], 6) for h in step.json()["history"]] == [0.1, 0.01, 0.001]  # Keras: step <= 13 -> 0.1
+    bad = wtool("train", *common, "-o", tmp_path / "c.keras", "--lr-schedule", "piecewise", "--boundaries", "5")
+    assert bad.exit_code == 2 and "one more value than boundaries" in bad.stderr
+    bad = wtool("train", *common, "-o", tmp_path / "c.keras", "--momentum", "0.9", "--optimizer", "adam")
+    assert bad.exit_code == 2 and "--momentum does not apply to Adam" in bad.stderr
+
+
+def test_resume_refuses_what_would_not_equal_the_run(wtool, tmp_path, samples):
+    common = [samples / "nested.keras", "--data", samples / "nested.npz", "--seed", "0"]
+    res = wtool("train", *common, "-o", tmp_path / "o.keras", "--resume", "--checkpoint-dir", tmp_path / "none")
+    assert res.exit_code == 3 and "does not exist" in res.stderr
+    ck = tmp_path / "ck"
+    assert train(wtool, *common, "-o", tmp_path / "a.keras", "--checkpoint-dir", ck).exit_code == 0
+    res = wtool("train", *common, "-o", tmp_path / "b.keras", "--checkpoint-dir", ck, "--resume", "--epochs", "2",
+                "--batch-size", "16")
+    assert res.exit_code == 4 and "batch size 32" in res.stderr, res
+    assert not (tmp_path / "b.keras").exists()
+
+
+def test_validation_file_and_input_left_untouched(wtool, tmp_path, samples):
+    import hashlib
+
+    d = np.load(samples / "nested.npz")
+    val = _write(tmp_path, "val.npz", x=d["x"][:50], y=d["y"][:50])
+    before = hashlib.sha256((samples / "nested.keras").read_bytes()).hexdigest()
+    res = train(wtool, samples / "nested.keras", "--data", samples / "nested.npz", "--val-data", val, "-o",
+                tmp_path / "o.h5", "--seed", "0")
+    assert res.exit_code == 0, res
+    assert "val_loss" in res.json()["history"][0]
+    assert hashlib.sha256((samples / "nested.keras").read_bytes()).hexdigest() == before
+    assert load(tmp_path / "o.h5").count_params() == 1268  # .h5 output follows the extension
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_too(tmp_path, samples):
+    out = tmp_path / "out.keras"
+    ck = tmp_path / "ck"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "wtool", "train", str(samples / "nested.keras"), "--data", str(samples / "nested.npz"),
+           "--batch-size", "8", "--epochs", "300", "-o", str(out), "--checkpoint-dir", str(ck), "--checkpoint-every",
+           "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("epoch 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "interrupted (SIGTERM)" in rest and f"--checkpoint-dir {ck}" in rest and "--resume" in rest
+    assert (ck / "checkpoint").exists() and not out.exists()
