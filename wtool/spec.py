@@ -12,7 +12,7 @@ Parsing is TensorFlow-free; `build_model` imports Keras inside the function.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +72,15 @@ class Kind:
     positional: tuple[Param, ...] = ()
     activation: bool = False
     flags: tuple[str, ...] = ()
-    options: dict[str, tuple[Callable[[str], Any], str]] = field(default_factory=dict)
+    options: Mapping[str, tuple[Callable[[str], Any], str]] = field(default_factory=dict)
     usage: str = ""
 
 
-_POOL_OPTS = {"stride": (_size, "a stride such as 2 or 2x2"), "padding": (str, "valid or same")}
-_CONV_OPTS = {"stride": (_size, "a stride such as 1 or 2x2"), "padding": (str, "valid, same or causal"),
+Options = Mapping[str, tuple[Callable[[str], Any], str]]
+_POOL_OPTS: Options = {"stride": (_size, "a stride such as 2 or 2x2"), "padding": (str, "valid or same")}
+_CONV_OPTS: Options = {"stride": (_size, "a stride such as 1 or 2x2"), "padding": (str, "valid, same or causal"),
               "dilation": (_size, "a dilation rate such as 1 or 2x2")}
-_RNN_OPTS = {"dropout": (_rate, "a rate in [0, 1)"), "recurrent_dropout": (_rate, "a rate in [0, 1)")}
+_RNN_OPTS: Options = {"dropout": (_rate, "a rate in [0, 1)"), "recurrent_dropout": (_rate, "a rate in [0, 1)")}
 
 KINDS: dict[str, Kind] = {
     "dense": Kind((Param("units", _int, "a positive number of units"),), activation=True, flags=("nobias",),

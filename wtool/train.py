@@ -207,8 +207,8 @@ def _h5_state(h5: Any, source: str) -> SavedOptimizerState | None:
     """Keras 3 `optimizer/vars/<i>` or legacy `optimizer_weights` (with `weight_names`)."""
     if "optimizer" in h5 and "vars" in h5["optimizer"]:
         group = h5["optimizer"]["vars"]
-        keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-        return SavedOptimizerState([np.asarray(group[k]) for k in keys], None, source=source)
+        order = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
+        return SavedOptimizerState([np.asarray(group[k]) for k in order], None, source=source)
     if "optimizer_weights" in h5:
         group = h5["optimizer_weights"]
         raw = group.attrs.get("weight_names")
@@ -607,14 +607,14 @@ def restore_optimizer_state(optimizer: Any, state: SavedOptimizerState, saved_ba
             if _slot_key(var) == "iteration" and iteration is not None:
                 var.assign(iteration)
             continue
-        value = saved.get((id(trainable[owner[0]]), owner[1]))
-        if value is None:
+        saved_value = saved.get((id(trainable[owner[0]]), owner[1]))
+        if saved_value is None:
             missing += 1
             continue
-        if tuple(var.shape) != value.shape:
-            raise IncompatibleError(f"{src}: saved optimizer variable {_slot_key(var)} has shape {value.shape}, "
+        if tuple(var.shape) != saved_value.shape:
+            raise IncompatibleError(f"{src}: saved optimizer variable {_slot_key(var)} has shape {saved_value.shape}, "
                                     f"this model needs {tuple(var.shape)}", hint)
-        var.assign(value)
+        var.assign(saved_value)
         used += 1
     if saved and not used:
         raise IncompatibleError(f"{src}: none of the {len(saved)} saved optimizer variables belongs to a weight "
@@ -983,7 +983,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
         return manager
 
     history: list[dict[str, Any]] = []
-    es = {"best": None, "best_epoch": None, "wait": 0}
+    es: dict[str, Any] = {"best": None, "best_epoch": None, "wait": 0}
     start_epoch, start_step = 0, 0
     partial = [0.0, 0.0]  # loss sum and samples of the running epoch
     if opts.resume and latest is not None:
