@@ -671,19 +671,23 @@ def resolve_metrics(opts: TrainOptions, compile_config: dict[str, Any] | None, y
                 idents.extend(m)
             else:
                 idents.append(m)
-    train_m, val_m = [], []
+    train_m, val_m, for_compile = [], [], []
     for ident in idents:
+
+        def fresh(ident: Any = ident) -> Any:  # a new object each time: train and validation keep apart states
+            return keras.metrics.deserialize(ident) if isinstance(ident, dict) else ident
+
         try:
-            obj = keras.metrics.deserialize(ident) if isinstance(ident, dict) else ident
-            train_m.append(compile_utils.get_metric(obj, y_sample, pred_sample))
-            val_m.append(compile_utils.get_metric(obj, y_sample, pred_sample))
+            train_m.append(compile_utils.get_metric(fresh(), y_sample, pred_sample))
+            val_m.append(compile_utils.get_metric(fresh(), y_sample, pred_sample))
+            for_compile.append(fresh())
         except (ValueError, TypeError) as exc:
             raise UsageError(f"--metric '{ident}' is not a Keras metric ({str(exc).splitlines()[0][:120]})",
                              "e.g. accuracy, mae, mse, auc, precision, recall") from None
     names = [m.name for m in train_m]
     if len(set(names)) != len(names) or "loss" in names:
         raise UsageError(f"metric names must differ from each other and from 'loss' (got {', '.join(names)})")
-    return idents, train_m, val_m
+    return for_compile, train_m, val_m
 
 
 # -------------------------------------------------------------------------------------------- batches
