@@ -134,6 +134,14 @@ def run_case(label: str, argv: list[str], out: Path, directory: Path, expect: tu
                 assert M.SECRET.encode() not in produced.read_bytes(), f"secret copied into {produced}: {where}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_keras_names() -> Iterator[None]:
+    """Leave Keras's automatic layer names as they were (other tests in this worker build fixtures by name)."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+
+
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     path = tmp_path / "out"
