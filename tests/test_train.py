@@ -551,3 +551,22 @@ def test_sigterm_saves_a_checkpoint_too(tmp_path, samples):
     assert proc.wait(timeout=120) == 130, rest
     assert "interrupted (SIGTERM)" in rest and f"--checkpoint-dir {ck}" in rest and "--resume" in rest
     assert (ck / "checkpoint").exists() and not out.exists()
+
+
+def test_freeze_reaches_sublayers_by_their_weight_path_prefix(wtool, tmp_path):
+    from wtool.model import import_keras
+
+    keras = import_keras()
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4), name="bidir"),
+                              keras.layers.Dense(1, name="out")])
+    model.compile(optimizer="sgd", loss="mse")
+    model.save(tmp_path / "b.keras")
+    rng = np.random.default_rng(0)
+    data = _write(tmp_path, "b.npz", x=rng.random((16, 6, 3), dtype=np.float32), y=rng.random((16, 1), dtype=np.float32))
+    res = train(wtool, tmp_path / "b.keras", "--data", data, "-o", tmp_path / "o.keras", "--freeze", "bidir/forward*")
+    assert res.exit_code == 0, res
+    assert res.json()["frozen"]["weights"] == 3 and res.json()["trainable_weights"] == 5
+    before = {w.path: w.numpy() for w in load(tmp_path / "b.keras").weights}
+    after = {w.path: w.numpy() for w in load(tmp_path / "o.keras").weights}
+    moved = {k for k in before if before[k].tobytes() != after[k].tobytes()}
+    assert moved and not any("forward" in k for k in moved) and any("backward" in k for k in moved)

@@ -282,22 +282,30 @@ class LayerNode:
 
 
 def layer_tree(model: Any) -> dict[str, LayerNode]:
-    """Layers by path (`features`, `features/d1`), parents before children; models are walked into."""
+    """Layers by path, parents before children, named like weight paths (wtool.keras_paths): models are
+    walked into (`features/d1`), so are other layers' sub-layers (`bidir/forward_lstm`), except RNN cells
+    and TimeDistributed's inner layer, which add no level."""
+    from wtool.keras_paths import _sublayers, _transparent
+
     keras = _keras()
     nodes: dict[str, LayerNode] = {}
 
-    def walk(container: Any, prefix: str, parent: str | None) -> None:
-        for layer in container.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            path = f"{prefix}{layer.name}"
-            nodes[path] = LayerNode(path, layer, parent)
-            if parent is not None:
-                nodes[parent].children.append(path)
-            if isinstance(layer, keras.Model):
-                walk(layer, path + "/", path)
+    def add(layer: Any, path: str, parent: str | None) -> None:
+        nodes[path] = LayerNode(path, layer, parent)
+        if parent is not None:
+            nodes[parent].children.append(path)
+        if isinstance(layer, keras.Model):
+            for sub in layer.layers:
+                if not isinstance(sub, keras.layers.InputLayer):
+                    add(sub, f"{path}/{sub.name}", path)
+            return
+        for sub in _sublayers(layer):
+            if not _transparent(layer, sub) and sub.weights and f"{path}/{sub.name}" not in nodes:
+                add(sub, f"{path}/{sub.name}", path)
 
-    walk(model, "", None)
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            add(layer, layer.name, None)
     return nodes
 
 
@@ -313,8 +321,9 @@ def _effective(nodes: dict[str, LayerNode], path: str) -> bool:
 def _matching(nodes: dict[str, LayerNode], pattern: str, option: str) -> list[str]:
     hits = [p for p in nodes if fnmatch.fnmatchcase(p, pattern)]
     if not hits:
-        top = ", ".join(p for p, n in nodes.items() if n.parent is None)
-        raise UsageError(f"{option} '{pattern}' matches no layer", f"layer paths: {top} (nested ones as outer/inner)")
+        paths = list(nodes)
+        shown = ", ".join(paths[:20]) + (f", ... ({len(paths)} in all)" if len(paths) > 20 else "")
+        raise UsageError(f"{option} '{pattern}' matches no layer", f"layer paths: {shown}")
     return hits
 
 
@@ -344,15 +353,16 @@ def apply_freezing(nodes: dict[str, LayerNode], freeze: tuple[str, ...], unfreez
 
 
 def frozen_weights(model: Any, nodes: dict[str, LayerNode]) -> list[tuple[str, Any]]:
-    """(path, variable) of every weight in a frozen layer (trainable or not: none of them may move)."""
+    """(path, variable) of every weight of a frozen layer (trainable or not: none of them may move)."""
     names = _weight_names(model)
     out = []
     seen: set[int] = set()
     for path, node in nodes.items():
-        if node.children or _effective(nodes, path):
+        if _effective(nodes, path):
             continue
+        below = {id(w) for child in node.children for w in nodes[child].layer.weights}
         for w in node.layer.weights:
-            if id(w) in seen:
+            if id(w) in seen or id(w) in below:
                 continue
             seen.add(id(w))
             out.append((names.get(id(w), f"{path}/{w.name}"), w))
