@@ -373,6 +373,8 @@ def _write(tmp_path, name, **arrays):
     ("no_data", 2, "no training data"),
     ("no_output", 2, "-o OUT"),
     ("bad_loss", 2, "not a Keras loss"),
+    ("bad_output", 2, "must end in .keras"),
+    ("no_output_dir", 2, "does not exist"),
     ("no_saved_loss", 2, "no saved loss"),
 ])
 def test_bad_input(wtool, tmp_path, samples, case, code, fragment):
@@ -406,6 +408,11 @@ def test_bad_input(wtool, tmp_path, samples, case, code, fragment):
         return
     elif case == "bad_loss":
         args = [mlp, "--data", samples / "mlp.npz", "--loss", "msee"]
+    elif case in ("bad_output", "no_output_dir"):
+        target = tmp_path / "o.npz" if case == "bad_output" else tmp_path / "missing" / "o.keras"
+        res = wtool("train", mlp, "--data", samples / "mlp.npz", "-o", target)
+        assert res.exit_code == code and fragment in res.stderr, res
+        return
     elif case == "no_saved_loss":
         model = tmp_path / "raw.keras"
         assert wtool("new", model, "--input-shape", "2", "--layers", "dense:1").exit_code == 0

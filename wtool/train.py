@@ -831,6 +831,11 @@ def _resolve_out(opts: TrainOptions) -> Path:
         raise UsageError(f"-o {opts.out} is the input model", "write elsewhere, or pass --in-place to replace it")
     if opts.in_place and not same:
         raise UsageError("--in-place replaces the input model; do not also pass a different -o")
+    if not out.name.lower().endswith((".keras", ".h5", ".hdf5")):
+        raise UsageError(f"-o {out}: the output must end in .keras, .h5 or .weights.h5")
+    for target in (out, Path(opts.history) if opts.history else None):
+        if target is not None and not (target.parent if str(target.parent) else Path(".")).is_dir():
+            raise UsageError(f"{target}: directory {target.parent} does not exist")
     return out
 
 
