@@ -296,6 +296,7 @@ def test_nan_divergence_exits_6_and_keeps_the_last_good_checkpoint(wtool, tmp_pa
     assert len(values) >= 3 and all(np.all(np.isfinite(v)) for v in values)  # kernel, bias, learning rate
     history = json.loads((tmp_path / "h.json").read_text())
     assert history and all(np.isfinite(h["loss"]) for h in history)
+    assert "--resume with a lower --lr" in res.stderr
     # the same run with a sane learning rate converges
     ok = train(wtool, model, "--data", data, "-o", out, "--optimizer", "sgd", "--lr", "0.1", "--loss", "mse",
                "--batch-size", "64", "--epochs", "200")
@@ -524,6 +525,11 @@ def test_resume_refuses_what_would_not_equal_the_run(wtool, tmp_path, samples):
                 "--batch-size", "16")
     assert res.exit_code == 4 and "batch size 32" in res.stderr, res
     assert not (tmp_path / "b.keras").exists()
+    # a resumed run may lower the learning rate (what the divergence hint suggests)
+    res = train(wtool, *common, "-o", tmp_path / "b.keras", "--checkpoint-dir", ck, "--resume", "--epochs", "2",
+                "--lr", "0.0001")
+    assert res.exit_code == 0, res
+    assert [round(h["lr"], 6) for h in res.json()["history"]] == [0.001, 0.0001]
 
 
 def test_validation_file_and_input_left_untouched(wtool, tmp_path, samples):

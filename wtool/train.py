@@ -1018,6 +1018,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
             raise IncompatibleError(f"--resume: {latest} does not fit this model and options "
                                     f"({str(exc).splitlines()[0][:200]})",
                                     "resume with the model, --freeze and --metric options of the interrupted run") from None
+        lr_var = getattr(optimizer, "_learning_rate", None)
+        if opts.lr is not None and hasattr(lr_var, "assign"):  # e.g. resuming a diverged run with a lower rate
+            lr_var.assign(float(opts.lr))
         history = meta.get("history", [])
         es = meta.get("es", es)
         start_epoch, start_step = int(meta["epoch"]), int(meta["step"])
@@ -1091,10 +1094,12 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                     lr_now = _current_lr(optimizer)
                     kept = (f"; the last good checkpoint is kept: {last}" if last else
                             "; no checkpoint was saved (pass --checkpoint-dir DIR to keep one every epoch)")
+                    again = (f"; to go on from the checkpoint, add --checkpoint-dir {ckpt_dir} --resume with a lower "
+                             "--lr" if last else "")
                     raise DivergedError(
                         f"training diverged at epoch {epoch + 1}, step {steps_done + 1}: the loss became NaN or Inf"
                         f"{kept}; {opts.out or opts.model} was not written",
-                        f"lower the learning rate (--lr, now {lr_now:g}) or clip gradients (--clip-norm 1.0)")
+                        f"lower the learning rate (--lr, now {lr_now:g}) or clip gradients (--clip-norm 1.0){again}")
                 if partial[1]:
                     reporter.progress(epoch, steps_done, partial[0] / partial[1])
                 if guard.signum is not None:
