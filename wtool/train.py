@@ -1018,7 +1018,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
             raise IncompatibleError(f"--resume: {latest} does not fit this model and options "
                                     f"({str(exc).splitlines()[0][:200]})",
                                     "resume with the model, --freeze and --metric options of the interrupted run") from None
-        lr_var = getattr(optimizer, "_learning_rate", None)
+        lr_var: Any = getattr(optimizer, "_learning_rate", None)
         if opts.lr is not None and hasattr(lr_var, "assign"):  # e.g. resuming a diverged run with a lower rate
             lr_var.assign(float(opts.lr))
         history = meta.get("history", [])
