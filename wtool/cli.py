@@ -5,6 +5,7 @@ No TensorFlow here: commands import it lazily inside the functions that run a gr
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -26,6 +27,12 @@ COMMANDS = {
     "set-weights": "set_weights",
     "transfer": "transfer",
 }
+
+
+def _exit(code: int, standalone_mode: bool) -> int:
+    if standalone_mode:
+        sys.exit(code)
+    return code
 
 
 def _debug_enabled(ctx: click.Context | None) -> bool:
@@ -67,6 +74,37 @@ class WtoolGroup(click.Group):
         command: click.Command = module.command
         return command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = click.utils.make_str(args[0]) if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+            raise click.UsageError(f"no such command '{name}'{suggestion}", ctx)
+        return super().resolve_command(ctx, args)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run the app; click's own usage errors become one `error:` line plus a `hint:`, exit 2."""
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+            return _exit(2, standalone_mode)
+        except click.UsageError as exc:
+            message = " ".join(exc.format_message().split())
+            click.echo(_printable(f"error: {message[:1].lower()}{message[1:]}"), err=True)
+            command_path = exc.ctx.command_path if exc.ctx is not None else "wtool"
+            click.echo(f"hint: see '{command_path} --help'", err=True)
+            return _exit(2, standalone_mode)
+        except click.ClickException as exc:
+            click.echo(_printable(f"error: {exc.format_message()}"), err=True)
+            return _exit(exc.exit_code, standalone_mode)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted", err=True)
+            return _exit(130, standalone_mode)
+        code = result if isinstance(result, int) else 0
+        return _exit(code, standalone_mode)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -103,6 +141,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     if debug:
         ctx.meta["wtool.debug"] = True
+        os.environ["WTOOL_DEBUG"] = "1"
 
 
 def main() -> None:

@@ -32,7 +32,13 @@ def atomic_output(target: str | os.PathLike[str], suffix: str | None = None) -> 
         raise UsageError(f"{target}: output directory {directory} does not exist")
     if suffix is None:
         suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".weights.h5") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=directory)
+    if target.is_dir():
+        raise UsageError(f"{target}: is a directory; give a file name for the output")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=directory)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write here ({exc.strerror or exc})",
+                         "choose an output path in a directory you can write to") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -39,11 +39,36 @@ MAX_LISTED = 6
 
 
 def import_keras() -> Any:
-    """Import keras quietly (TF's C++ logging off) and return the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import logging
+    """Import keras (and TensorFlow) quietly and return the module.
 
-    import keras
+    TensorFlow's C++ start-up lines (oneDNN, CUDA drivers, absl) go straight to file
+    descriptor 2 before any log level applies, so stderr is pointed at /dev/null while
+    it loads; with WTOOL_DEBUG or TF_CPP_MIN_LOG_LEVEL set by the user they are kept.
+    """
+    import logging
+    import sys
+
+    if "keras" in sys.modules and "tensorflow" in sys.modules:
+        return sys.modules["keras"]
+    quiet = not os.environ.get("WTOOL_DEBUG") and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved_fd = None
+    if quiet:
+        try:
+            sys.stderr.flush()
+            saved_fd = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:  # no real fd 2 (embedded use): import noisily
+            saved_fd = None
+    try:
+        import keras
+        import tensorflow  # noqa: F401  (its start-up messages belong inside the redirect)
+    finally:
+        if saved_fd is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     return keras

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ctx = click.get_current_context()
         if debug:
             ctx.find_root().meta["wtool.debug"] = True
+            os.environ["WTOOL_DEBUG"] = "1"  # also keeps TensorFlow's start-up messages
         token = limits.set_current(limits.from_options(max_params, max_layers, max_bytes))
         try:
             return func(*args, out=Output(json_mode=json_mode, quiet=quiet), **kwargs)

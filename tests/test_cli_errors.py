@@ -1,0 +1,50 @@
+"""The click layer's own errors keep the one-line `error:` / `hint:` contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["inspect", "sample_models/mlp.keras", "--weigths"], "no such option '--weigths'"),
+        (["inspec", "sample_models/mlp.keras"], "did you mean 'inspect'"),
+        (["inspect", "sample_models/mlp.keras", "--sample", "0"], "invalid value for '--sample'"),
+        (["inspect"], "missing argument 'MODEL'"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_a_hint(args, fragment):
+    os.chdir(REPO)
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert lines[1].startswith("hint: see 'wtool")
+    assert result.stdout == ""
+
+
+def test_unwritable_output_is_a_usage_error_not_a_bug(tmp_path):
+    result = run_cli("inspect", REPO / "sample_models" / "xor.keras", "--export", "/proc/wtool-no/out.npz")
+    assert result.exit_code == 2, result
+    assert "cannot write here" in result.stderr or "does not exist" in result.stderr
+    assert "bug" not in result.stderr
+
+
+@pytest.mark.tf
+def test_graph_commands_keep_tensorflow_start_up_noise_off_stderr(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WTOOL_DEBUG")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wtool", "infer", str(REPO / "sample_models" / "xor.keras"),
+         str(REPO / "sample_models" / "xor.npz"), "--input-key", "x", "-o", str(tmp_path / "p.npy"), "-q"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()
