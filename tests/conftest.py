@@ -35,7 +35,7 @@ def run_cli(*args: str | os.PathLike, input: str | bytes | None = None) -> Resul
     from wtool.cli import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=True)
+    res = runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=True, prog_name="wtool")
     return Result(res.exit_code, res.stdout, res.stderr, res.exception)
 
 
