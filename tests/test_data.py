@@ -149,7 +149,7 @@ def test_bad_npy_inputs(tmp_path):
     with pytest.raises(InputError, match="empty input"):
         data.open_rows(tmp_path / "empty.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match="Python objects; refused"):
+    with pytest.raises(InputError, match="is not numeric"):
         data.open_rows(tmp_path / "obj.npy")
     raw = (tmp_path / "empty.npy").read_bytes()
     np.save(tmp_path / "full.npy", ROWS)
@@ -159,6 +159,12 @@ def test_bad_npy_inputs(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not an array at all" + raw[:4])
     with pytest.raises(InputError, match="not a valid .npy"):
         data.open_rows(tmp_path / "junk.npy")
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    with pytest.raises(InputError, match="is not numeric"):
+        data.open_rows(tmp_path / "text.npy")
+    (tmp_path / "long.npy").write_bytes((tmp_path / "full.npy").read_bytes() + b"extra")
+    with pytest.raises(InputError, match="the header declares"):
+        data.open_rows(tmp_path / "long.npy")
     np.save(tmp_path / "scalar.npy", np.float32(3))
     with pytest.raises(InputError, match="0-d array"):
         data.open_rows(tmp_path / "scalar.npy")
@@ -301,3 +307,18 @@ def test_reading_a_large_npy_keeps_memory_flat(tmp_path):
     res = subprocess.run([sys.executable, "-c", FLAT_MEMORY, str(path)], capture_output=True, text=True, check=True)
     grown_mb = int(res.stdout.strip())
     assert grown_mb < 40, f"reading a 200 MB .npy grew the process by {grown_mb} MB"
+
+
+def test_npz_with_duplicate_members_is_refused(tmp_path):
+    import warnings
+
+    from wtool.errors import UnsafeError
+
+    buf = io.BytesIO()
+    np.save(buf, ROWS)
+    with warnings.catch_warnings(), zipfile.ZipFile(tmp_path / "dup.npz", "w") as zf:
+        warnings.simplefilter("ignore")
+        zf.writestr("x.npy", buf.getvalue())
+        zf.writestr("x.npy", buf.getvalue())
+    with pytest.raises(UnsafeError, match="duplicate member name"):
+        data.open_rows(tmp_path / "dup.npz")

@@ -137,6 +137,8 @@ def cast_rows(batch: np.ndarray, dtype: np.dtype[Any], name: str = "input", firs
     """Cast a batch to `dtype`, refusing casts that would change values (1.5 -> int, 300 -> uint8)."""
     if batch.dtype == dtype:
         return batch
+    if batch.dtype.kind == "c" and dtype.kind != "c":
+        raise IncompatibleError(f"{name}: complex values; the model input is {dtype}")
     if dtype.kind in "iub" and batch.dtype.kind in "fc":
         bad = ~np.isfinite(batch) | (batch != np.round(batch)) if batch.size else np.zeros(0, bool)
         if np.any(bad):
@@ -174,23 +176,10 @@ class ArraySource(RowSource):
 
 
 def _read_npy_header(fh: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            try:  # version 3.0 (utf-8 header): no public reader
-                from numpy.lib._format_impl import _read_array_header  # type: ignore[attr-defined]
-            except ImportError:  # numpy < 2
-                from numpy.lib.format import _read_array_header  # type: ignore[attr-defined,no-redef]
-            shape, fortran, dtype = _read_array_header(fh, version)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise InputError(f"{name}: not a valid .npy array ({str(exc).splitlines()[0][:200]})") from None
-    if dtype.hasobject:
-        raise InputError(f"{name}: holds Python objects; refused (arrays are read with allow_pickle=False)",
-                         "save plain numeric arrays")
+    """The shared .npy header checks (numbers and bools only, bounded dims), plus: rows, not a scalar."""
+    from wtool.arrays import read_npy_header
+
+    shape, fortran, dtype = read_npy_header(fh, name)
     if len(shape) == 0:
         raise InputError(f"{name}: a single value (0-d array), not rows")
     return tuple(int(d) for d in shape), bool(fortran), dtype
@@ -212,10 +201,11 @@ class NpySource(RowSource):
         self.dtype = dtype
         self.fortran = fortran and len(shape) > 1
         self.row_bytes = int(dtype.itemsize * math.prod(self.row_shape))
-        if size is not None and self.data_offset + self.row_bytes * self.n_rows > size:
-            raise InputError(f"{name}: truncated: the header declares {fmt_row_shape(shape)} {dtype} "
-                             f"({self.row_bytes * self.n_rows} bytes) but the file holds "
-                             f"{size - self.data_offset} bytes of data")
+        if size is not None and self.data_offset + self.row_bytes * self.n_rows != size:
+            held = size - self.data_offset
+            raise InputError(f"{name}: {'truncated: ' if held < self.row_bytes * self.n_rows else ''}the header "
+                             f"declares {fmt_row_shape(shape)} {dtype} ({self.row_bytes * self.n_rows} bytes) but "
+                             f"the file holds {held} bytes of data")
         self._fortran_array: np.ndarray | None = None
 
     def _batches(self, batch_size: int, start: int, stop: int) -> Iterator[np.ndarray]:
