@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +218,8 @@ def check_fits(data: LabelledData, io_: ModelIO, loss: str | None) -> None:
         raise IncompatibleError(f"model expects {fmt_shape((None, *want))}; x has rows of shape {fmt_shape(rows)}",
                                 f"in {data.source}; reshape the data or pick a model with that input")
     if io_.input_dtype.startswith("int") and data.x.dtype.kind == "f":
-        if not np.all(np.asarray(data.x[: min(len(data), 10000)]) == np.round(np.asarray(data.x[: min(len(data), 10000)]))):
+        head = np.asarray(data.x[:10000])
+        if not np.all(head == np.round(head)):
             raise IncompatibleError(f"model expects integer inputs ({io_.input_dtype}); x has fractional values",
                                     f"in {data.source}")
     out = io_.output_shape
@@ -272,10 +272,3 @@ def _fits(ys: tuple[int, ...], out: tuple[int | None, ...]) -> bool:
         return True
     return bool(ys and ys[-1] == 1 and same(ys[:-1], out))
 
-
-def data_bytes(data: LabelledData) -> int:
-    return int(data.x.nbytes + data.y.nbytes)
-
-
-def describe(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
