@@ -246,7 +246,7 @@ def test_stdout_is_json_lines_when_piped(mlp_reference):
     rows = jsonl(res.stdout)
     assert len(rows) == 10 and len(rows[0]) == 10
     np.testing.assert_array_equal(np.array(rows, dtype=np.float32), mlp_reference[:10])
-    assert "10 rows in 1 batches" in res.stderr
+    assert "10 rows in 1 batch, " in res.stderr
     res = ok(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", "--shard", "1/60", "--json", "--argmax")
     assert jsonl(res.stdout) == mlp_reference[:10].argmax(axis=1).tolist()
 

@@ -206,7 +206,8 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
         wall_time_s=time.perf_counter() - t0, weights_unchanged=unchanged)
     if collected is not None:
         render_table(out.stdout, plan.columns, collected.batches, plan.start)
-    summary = (f"{fmt_int(report.rows)} rows in {fmt_int(report.batches)} batches, "
+    summary = (f"{fmt_int(report.rows)} row{'s' * (report.rows != 1)} in {fmt_int(report.batches)} "
+               f"batch{'es' * (report.batches != 1)}, "
                f"{report.predict_time_s:.2f} s ({fmt_int(round(report.rows_per_s))} rows/s)")
     if out_path is not None:
         out.result(report.as_dict())
