@@ -48,3 +48,14 @@ def test_graph_commands_keep_tensorflow_start_up_noise_off_stderr(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()
+
+
+@pytest.mark.tf
+def test_one_line_json_document_on_stdin_hints_at_input_format_json():
+    model = str(REPO / "sample_models" / "xor.keras")
+    refused = run_cli("infer", model, "-", "-q", input="[[1,0],[0,1]]\n")
+    assert refused.exit_code == 4, refused
+    assert "hint: for one JSON document holding a list of rows, pass --input-format json" in refused.stderr
+    accepted = run_cli("infer", model, "-", "-q", "--input-format", "json", input="[[1,0],[0,1]]\n")
+    assert accepted.exit_code == 0, accepted
+    assert len(accepted.stdout.strip().splitlines()) == 2

@@ -335,10 +335,17 @@ def fit_rows(spec: InputSpec, row_shape: tuple[int, ...], source: str, n_inputs:
     if known and len(row_shape) <= 1 and math.prod(w for w in want if w is not None) == math.prod(row_shape):
         return tuple(int(w) for w in want if w is not None)  # flat rows, e.g. 784 CSV columns for (28, 28, 1)
     who = f"input {shown(spec.name)}: " if n_inputs > 1 else ""
+    hint = "give rows of the model's input shape (see `wtool inspect MODEL`)"
+    if source == "stdin" and len(row_shape) == len(want) + 1 and _fits(want, row_shape[1:]):
+        # One line of JSON on stdin reads as one JSON-lines row; it was probably a list of rows.
+        hint = "for one JSON document holding a list of rows, pass --input-format json"
     raise IncompatibleError(
         f"{who}model expects {fmt_row_shape(spec.shape)}; input rows have shape {fmt_row_shape(row_shape)} "
-        f"in {source}",
-        "give rows of the model's input shape (see `wtool inspect MODEL`)")
+        f"in {source}", hint)
+
+
+def _fits(want: tuple[int | None, ...], row_shape: tuple[int, ...]) -> bool:
+    return len(want) == len(row_shape) and all(w is None or w == r for w, r in zip(want, row_shape, strict=True))
 
 
 def numpy_dtype(spec: InputSpec) -> np.dtype[Any]:
