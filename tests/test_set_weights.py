@@ -520,3 +520,35 @@ def test_output_in_another_format_goes_through_keras(tmp_path):
     want = weights_of(SAMPLES / "nested.h5")
     np.testing.assert_array_equal(model.get_layer("features").get_layer("d1").kernel.numpy(),
                                   want["features/d1/kernel"])
+
+
+# --------------------------------------------------------------------------- format matrix
+
+CONVERSIONS = [(s, o) for s in FORMATS for o in FORMATS]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize(("src", "dst"), CONVERSIONS, ids=[f"{s}-to-{o}" for s, o in CONVERSIONS])
+def test_every_source_format_into_every_output_format(tmp_path, src, dst):
+    """export -> edit -> set-weights works from every format into every format that can hold the result;
+    a weights-only source into a full-model output is a clear exit 4, nothing written."""
+    exported = tmp_path / "w.npz"
+    assert run_cli("inspect", SAMPLES / f"nested.{src}", "--export", exported, "-q").exit_code == 0
+    arrays = dict(np.load(exported))
+    arrays["classifier/bias"] = np.full_like(arrays["classifier/bias"], 0.25)
+    np.savez(exported, **arrays)
+    out = tmp_path / f"edited.{dst}"
+    res = run_cli("set-weights", SAMPLES / f"nested.{src}", "--npz", exported, "-o", out, "-q")
+    if src == "weights.h5" and dst != "weights.h5":
+        assert res.exit_code == 4, res
+        assert "no architecture" in res.stderr and "internal error" not in res.stderr
+        assert not out.exists() and list(tmp_path.iterdir()) == [exported]
+        return
+    assert res.exit_code == 0, res
+    got = weights_of(out)
+    want = weights_of(SAMPLES / f"nested.{src}")
+    assert got.keys() == want.keys()
+    for path, value in got.items():
+        expect = arrays[path] if path == "classifier/bias" else want[path]
+        np.testing.assert_array_equal(value, expect, err_msg=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([exported.name, out.name])  # no staging left

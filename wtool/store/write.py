@@ -500,6 +500,10 @@ def write_weights(
         raise UsageError(f"{out}: a .weights.h5 file has no config to record frozen layers in",
                          "write a .keras or .h5 file, or drop --freeze")
     if source_format == "weights.h5" and out_format == "h5":
+        if _keras3_layout(source):
+            raise IncompatibleError(
+                f"{source}: a weights-only file has no architecture to save as a full-model .h5 ({out})",
+                "name the output .weights.h5, or start from a .keras or .h5 model")
         out_format = "weights.h5"  # a weights-only file named .h5 (legacy layout) stays what it is
     if out_format == source_format or (source_format == "keras" and out_format == "weights.h5"):
         with atomic_output(out) as tmp:
@@ -507,6 +511,12 @@ def write_weights(
                                  reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
     return _write_via_keras(source, source_format, out, out_format, writes,
                             reset_optimizer=reset_optimizer, freeze=freeze, unsafe=unsafe)
+
+
+def _keras3_layout(path: Path) -> bool:
+    """A weights-only file in the Keras 3 layout (`layers/<name>/vars/<i>`, no `layer_names`)."""
+    with h5py.File(path, "r") as h5:
+        return "layer_names" not in h5.attrs
 
 
 def _write_via_keras(source: Path, source_format: str, out: Path, out_format: str,
@@ -742,7 +752,7 @@ def _splice_archive(source: Path, image: H5Image, tmp: Path, targets: Sequence[_
         src_fds = _open_sources(targets, stack)
         in_fd = os.open(source, os.O_RDONLY)
         stack.callback(os.close, in_fd)
-        fd = os.open(tmp, os.O_RDWR)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)  # tmp may not exist yet (staged for Keras)
         stack.callback(os.close, fd)
         result.bytes_written += _compose(in_fd, 0, size, fd, image.offset, targets, src_fds)
         crc = _member_crc_after(in_fd, fd, image, targets)
