@@ -142,10 +142,9 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
 
     Examples:
 
+    \b
       wtool new xor.keras --input-shape 2 --layers "dense:3:sigmoid:nobias,dense:1:sigmoid:nobias" --seed 0
-
       wtool new cnn.keras --input-shape 28,28,1 --layers "conv2d:8:3:relu,maxpool,flatten,dense:10:softmax" --loss sparse_categorical_crossentropy --optimizer adam
-
       wtool new copy.keras --config sample_models/mlp.keras --seed 1
     """
     if config_file and (layers_spec or input_shape):

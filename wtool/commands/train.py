@@ -263,11 +263,11 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
 
     Examples:
 
-      wtool train sample_models/xor.keras --data sample_models/xor.npz -o xor-trained.keras --epochs 2000 --seed 0
-
-      wtool train sample_models/nested.keras --data sample_models/nested.npz -o tuned.keras --freeze 'features' --epochs 5
-
+    \b
+      wtool train sample_models/xor.keras --data sample_models/xor.npz -o xor-trained.keras --lr 20 --epochs 5000 --seed 0
+      wtool train sample_models/nested.keras --data sample_models/nested.npz -o tuned.keras --freeze features --epochs 5
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
+      wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
     """
     from wtool.train import ScheduleOptions, TrainOptions, train
 
