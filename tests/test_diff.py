@@ -107,3 +107,39 @@ def test_unreadable_input_exit_3(tmp_path):
     res = run_cli("diff", SAMPLES / "xor.keras", bad)
     assert res.exit_code == 3
     assert res.stderr.startswith("error: ") and "text file" in res.stderr and "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- .npz keyed by weight path
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "weights.h5"])
+def test_diff_a_model_against_its_export_then_an_edit(tmp_path, fmt):
+    """export -> edit with numpy -> diff: the npz side is keyed by weight path like the model."""
+    exported = tmp_path / "w.npz"
+    assert run_cli("inspect", SAMPLES / f"nested.{fmt}", "--export", exported, "-q").exit_code == 0
+    res = run_cli("diff", SAMPLES / f"nested.{fmt}", exported)
+    assert res.exit_code == 0, res
+    assert res.stdout.splitlines()[-1].startswith("equal: 10 weights, 10 same")
+
+    arrays = dict(np.load(exported))
+    arrays["features/d1/kernel"][0, 0] += 0.5
+    del arrays["classifier/bias"]
+    edited = tmp_path / "edited.npz"
+    np.savez(edited, **arrays)
+    doc = run_cli("diff", SAMPLES / f"nested.{fmt}", edited, "--json").json()
+    by_path = {w["path"]: w for w in doc["weights"]}
+    assert doc["equal"] is False
+    assert by_path["features/d1/kernel"]["status"] == "changed"
+    assert by_path["features/d1/kernel"]["max_abs_diff"] == pytest.approx(0.5)
+    assert by_path["features/d1/kernel"]["mismatched"] == 1
+    assert by_path["classifier/bias"]["status"] == "only_a"
+    res = run_cli("diff", edited, SAMPLES / f"nested.{fmt}")
+    assert res.exit_code == 1 and "only in B" in res.stdout
+
+
+def test_diff_npz_with_a_pickled_member_is_refused(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{"out/bias": np.array([{"a": 1}], dtype=object)})
+    res = run_cli("diff", SAMPLES / "mlp.keras", bad)
+    assert res.exit_code == 3, res
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr

@@ -260,3 +260,14 @@ def test_check_reports_the_graph_verdict():
     res = run_cli("inspect", SAMPLES / "xor.weights.h5", "--check", "--json")
     assert res.exit_code == 4
     assert res.json()["check"]["status"] == "no-graph"
+
+
+@pytest.mark.parametrize("command", ["inspect", "set-weights"])
+def test_numpy_archive_is_named_as_such(tmp_path, command):
+    """An .npz (data or an --export) given as a model is called a numpy archive, not a broken .keras."""
+    args = ["--init", "out=zeros", "-o", tmp_path / "o.keras"] if command == "set-weights" else []
+    res = run_cli(command, SAMPLES / "mlp.npz", *args)
+    assert res.exit_code == 3, res
+    assert "a numpy .npz archive" in res.stderr and ".keras archive" not in res.stderr
+    assert "hint: `wtool diff MODEL FILE.npz`" in res.stderr
+    assert not (tmp_path / "o.keras").exists()

@@ -28,6 +28,7 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
     """Compare two model or weights files weight by weight, without TensorFlow.
 
     Weights are matched by path, so a model saved as .keras and as .h5 compares equal.
+    A or B may be an .npz keyed by weight path (what `inspect --export` writes).
     Each weight is same, changed (max |a-b| and relative L2 change ||a-b||/||a||),
     shape differs, only in A or only in B. Exit status 0 when everything is equal
     within the tolerance, 1 when anything differs.
@@ -41,9 +42,9 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
       wtool diff a.keras b.weights.h5 --json
     """
     from wtool.inspect import diff_models
-    from wtool.store import open_model
+    from wtool.store.npz import open_weights
 
-    with open_model(a) as ma, open_model(b) as mb:
+    with open_weights(a) as ma, open_weights(b) as mb:
         report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None)
     out.result(_document(report), lambda console: _render(console, report, show_all))
     if not report.equal:

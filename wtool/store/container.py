@@ -166,7 +166,10 @@ def open_source(path: Path) -> Source:
 def _open_zip(path: Path) -> Source:
     # The whole archive is checked first (structure, names, caps, every CRC, streamed): wtool.archive.
     from wtool.archive import check_archive
+    from wtool.store.npz import is_numpy_archive, numpy_archive_message
 
+    if is_numpy_archive(path):
+        raise InputError(*numpy_archive_message(path))
     try:
         report = check_archive(path)
     except (OSError, ValueError, EOFError) as exc:  # a corrupt directory can send the checker astray

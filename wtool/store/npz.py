@@ -1,0 +1,99 @@
+"""Numpy `.npz` archives of weights keyed by path (what `wtool inspect --export` writes).
+
+`diff` compares a model with such an archive (export -> edit with numpy -> diff), so the
+archive is presented with the few read methods `wtool.inspect.diff_models` uses. Other
+commands that expect a model say plainly that an .npz is a numpy archive, not a model.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from wtool.errors import IncompatibleError
+from wtool.fileio import check_input_file
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+from wtool.store.types import WeightInfo
+
+
+def is_numpy_archive(path: str | os.PathLike[str]) -> bool:
+    """A zip whose first member is a `.npy` array (numpy's savez layout), judged from its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(30)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                return False
+            name_len = struct.unpack("<H", head[26:28])[0]
+            name = fh.read(name_len)
+    except OSError:
+        return False
+    return name.endswith(b".npy")
+
+
+def numpy_archive_message(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The (error, hint) for an .npz given where a model file is expected."""
+    error = (f"{os.fspath(path)}: a numpy .npz archive (data, or weights exported by `inspect --export`), "
+             "not a Keras model")
+    hint = ("`wtool diff MODEL FILE.npz` compares a model with exported weights; "
+            "`wtool set-weights MODEL --npz FILE.npz -o OUT` assigns them")
+    return error, hint
+
+
+class NpzWeights:
+    """An .npz of arrays keyed by weight path, read with `wtool.arrays.load_npz` (no pickles)."""
+
+    format = "npz"
+    layout = "npz"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from wtool.arrays import load_npz
+
+        self.path = check_input_file(path)
+        raw = load_npz(self.path)
+        self._arrays: dict[str, np.ndarray] = {}
+        for key, value in raw.items():
+            name = key.strip("/")
+            name = name[:-2] if name.endswith(":0") else name
+            self._arrays[name] = value
+        self.weights = [WeightInfo(path=k, layer=k.rpartition("/")[0], name=k.rpartition("/")[2],
+                                   shape=tuple(int(n) for n in v.shape), dtype=str(v.dtype), trainable=True,
+                                   h5_name=k)
+                        for k, v in self._arrays.items()]
+        self._by_path = {w.path: w for w in self.weights}
+
+    def weight(self, path: str) -> WeightInfo:
+        try:
+            return self._by_path[path]
+        except KeyError:
+            raise IncompatibleError(f"{self.path}: has no array {path!r}") from None
+
+    def read(self, path: str) -> np.ndarray:
+        return self._arrays[path]
+
+    def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
+        value = self._arrays[path]
+        for index in iter_blocks(tuple(value.shape), max_elements):
+            yield np.asarray(value[index] if index else value[()])
+
+    def close(self) -> None:
+        self._arrays.clear()
+
+    def __enter__(self) -> NpzWeights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_weights(path: str | os.PathLike[str]) -> Any:
+    """A model/weights file (`open_model`), or an .npz keyed by weight path (`NpzWeights`)."""
+    from wtool.store.model_file import open_model
+
+    p = check_input_file(path)  # before any open: no FIFO/device/URL
+    if is_numpy_archive(p):
+        return NpzWeights(p)
+    return open_model(p)
