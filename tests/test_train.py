@@ -374,6 +374,7 @@ def _write(tmp_path, name, **arrays):
     ("no_data", 2, "no training data"),
     ("no_output", 2, "-o OUT"),
     ("bad_loss", 2, "not a Keras loss"),
+    ("bad_monitor", 2, "--monitor val_auc is not logged"),
     ("bad_output", 2, "must end in .keras"),
     ("no_output_dir", 2, "does not exist"),
     ("no_saved_loss", 2, "no saved loss"),
@@ -407,6 +408,8 @@ def test_bad_input(wtool, tmp_path, samples, case, code, fragment):
         res = wtool("train", mlp, "--data", samples / "mlp.npz")
         assert res.exit_code == code and fragment in res.stderr, res
         return
+    elif case == "bad_monitor":
+        args = [mlp, "--data", samples / "mlp.npz", "--early-stopping", "2", "--monitor", "val_auc", "--val-split", "0.2"]
     elif case == "bad_loss":
         args = [mlp, "--data", samples / "mlp.npz", "--loss", "msee"]
     elif case in ("bad_output", "no_output_dir"):

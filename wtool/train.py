@@ -1030,6 +1030,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     monitor = opts.monitor or ("val_loss" if val is not None else "loss")
     if opts.early_stopping is not None and monitor.startswith("val_") and val is None:
         raise UsageError(f"--monitor {monitor} needs validation data", "pass --val-data or --val-split")
+    logged = ["loss", *(m.name for m in train_metrics)]
+    logged += [f"val_{name}" for name in logged] if val is not None else []
+    if monitor not in logged:
+        raise UsageError(f"--monitor {monitor} is not logged by this run", f"logged: {', '.join(logged)}")
     mode = _monitor_mode(monitor)
     snapshot = {path: np.array(w.numpy(), copy=True) for path, w in frozen}
 
@@ -1128,9 +1132,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
             if tb is not None:
                 tb.on_epoch_end(epoch, {k2: v for k2, v in record.items() if k2 not in ("epoch", "seconds", "lr")})
             # Early stopping (Keras EarlyStopping semantics, with state that survives a resume).
-            current = record.get(monitor)
-            if current is None:
-                raise UsageError(f"--monitor {monitor} is not logged", f"logged: {', '.join(k for k in record)}")
+            current = record[monitor]
             better = es["best"] is None or (current < es["best"] - opts.min_delta if mode == "min"
                                             else current > es["best"] + opts.min_delta)
             if better:
