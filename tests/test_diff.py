@@ -77,8 +77,32 @@ def test_nan_equals_nan_but_not_a_number(tmp_path):
     res = run_cli("diff", SAMPLES / "mlp.keras", b, "--json")
     assert res.exit_code == 1
     row = [w for w in res.json()["weights"] if w["path"] == "hidden/kernel"][0]
-    assert row["mismatched"] == 1 and row["max_abs_diff"] == "inf"
+    # the only difference is a NaN: said as such, not as an infinite max |a-b|
+    assert row["mismatched"] == 1 and row["nan_mismatched"] == 1
+    assert row["max_abs_diff"] == 0.0 and row["rel_l2_change"] == 0.0
+    human = run_cli("diff", SAMPLES / "mlp.keras", b)
+    head, line = human.stdout.splitlines()[:2]
+    assert head.split()[-2:] == ["NaN", "mismatch"] and "inf" not in line
+    assert line.split()[-2:] == ["1", "1"]
     assert run_cli("diff", b, b).exit_code == 0
+
+
+def test_an_infinite_value_is_still_an_infinite_difference(tmp_path):
+    b = _edited(tmp_path, **{KERNEL: ((1, 1), float("inf"))})
+    row = [w for w in run_cli("diff", SAMPLES / "mlp.keras", b, "--json").json()["weights"]
+           if w["path"] == "hidden/kernel"][0]
+    assert row["max_abs_diff"] == "inf" and row["nan_mismatched"] == 0 and row["mismatched"] == 1
+
+
+def test_relative_change_of_an_all_zero_weight_is_undefined(tmp_path):
+    """mlp's out/bias is all zeros: its relative change is n/a (JSON null), not inf."""
+    b = _edited(tmp_path, **{"model_weights/out/mlp/out/bias": ((3,), 0.5)})
+    assert not np.any(h5py.File(SAMPLES / "mlp.h5")["model_weights/out/mlp/out/bias"][()])
+    doc = run_cli("diff", SAMPLES / "mlp.h5", b, "--json").json()
+    row = [w for w in doc["weights"] if w["path"] == "out/bias"][0]
+    assert row["status"] == "changed" and row["rel_l2_change"] is None and row["max_abs_diff"] == 0.5
+    line = [ln for ln in run_cli("diff", SAMPLES / "mlp.h5", b).stdout.splitlines() if ln.startswith("out/bias")][0]
+    assert line.split()[-2:] == ["n/a", "1"] and "inf" not in line
 
 
 def test_different_models_only_in_and_shape():

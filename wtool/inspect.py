@@ -218,7 +218,8 @@ class WeightDiff:
     dtype_b: str | None = None
     max_abs_diff: float | None = None
     rel_l2_change: float | None = None
-    mismatched: int = 0  # values outside the tolerance
+    mismatched: int = 0  # values outside the tolerance (NaN mismatches included)
+    nan_mismatched: int = 0  # places where exactly one side is NaN
 
 
 @dataclass
@@ -278,6 +279,7 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
     max_abs = 0.0
     diff_sq = 0.0
     mismatched = 0
+    nan_mismatched = 0
     for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements), strict=True):
         if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
             continue  # the common case, without float64 copies (NaN blocks take the slow path)
@@ -288,10 +290,11 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
         d[equal_special] = 0.0
         bad = ~(d <= atol + rtol * np.abs(y)) & ~equal_special  # NaN against a number is a mismatch
         mismatched += int(np.count_nonzero(bad))
-        finite = np.isfinite(d)
-        if not finite.all():
-            max_abs = math.inf
-            d = d[finite]
+        nan = np.isnan(d)  # NaN on one side only (NaN on both is equal_special, d = 0)
+        nan_mismatched += int(np.count_nonzero(nan))
+        if np.isinf(d).any():
+            max_abs = math.inf  # a real infinite difference: Inf against a number, or Inf against -Inf
+        d = d[np.isfinite(d)]
         if d.size:
             max_abs = max(max_abs, float(d.max()))
             diff_sq += float(np.dot(d, d))
@@ -303,8 +306,10 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
             x = np.asarray(block, dtype=np.float64).ravel()
             x = x[np.isfinite(x)]
             ref_sq += float(np.dot(x, x))
-        row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else math.inf
+        # undefined (None) when A is all zeros: a fresh bias after training is not an "inf" change
+        row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else None
     row.mismatched = mismatched
+    row.nan_mismatched = nan_mismatched
     row.status = "changed" if mismatched else "same"
     return row
 

@@ -30,7 +30,9 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
     Weights are matched by path, so a model saved as .keras and as .h5 compares equal.
     A or B may be an .npz keyed by weight path (what `inspect --export` writes).
     Each weight is same, changed (max |a-b| and relative L2 change ||a-b||/||a||),
-    shape differs, only in A or only in B. Exit status 0 when everything is equal
+    shape differs, only in A or only in B. NaN equals NaN at the same place; a NaN
+    against a number is counted under "NaN mismatch" (max |a-b| and L2 are over the
+    other values). The relative change is n/a (JSON null) when A's weight is all zeros. Exit status 0 when everything is equal
     within the tolerance, 1 when anything differs.
 
     Examples:
@@ -64,7 +66,7 @@ def _document(report: Any) -> dict[str, Any]:
                      "shape_b": list(w.shape_b) if w.shape_b is not None else None,
                      "dtype_a": w.dtype_a, "dtype_b": w.dtype_b,
                      "max_abs_diff": w.max_abs_diff, "rel_l2_change": w.rel_l2_change,
-                     "mismatched": w.mismatched} for w in report.weights],
+                     "mismatched": w.mismatched, "nan_mismatched": w.nan_mismatched} for w in report.weights],
     }
 
 
@@ -79,19 +81,24 @@ def _summary_line(report: Any) -> str:
 
 def _render(console: Console, report: Any, show_all: bool) -> None:
     rows = []
-    for w in report.weights:
-        if not show_all and w.status == "same":
-            continue
+    shown = [w for w in report.weights if show_all or w.status != "same"]
+    with_nan = any(w.nan_mismatched for w in shown)
+    for w in shown:
+        compared = w.status in ("changed", "same")
         shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
         if w.status == "shape":
             shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
-        rows.append([w.path, STATUS_TEXT[w.status], shape,
-                     fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-",
-                     fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else "-",
-                     str(w.mismatched) if w.status in ("changed", "same") else "-"])
+        rel = fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else ("n/a" if compared else "-")
+        row = [w.path, STATUS_TEXT[w.status], shape,
+               fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-", rel,
+               str(w.mismatched) if compared else "-"]
+        if with_nan:
+            row.append(str(w.nan_mismatched) if compared else "-")
+        rows.append(row)
     if rows:
         headers = ["weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"]
-        text = fmt_table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched"})
+        headers += ["NaN mismatch"] if with_nan else []
+        text = fmt_table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched", "NaN mismatch"})
         head, _, body = text.partition("\n")
         console.print(head, style="bold", markup=False, highlight=False, soft_wrap=True)
         console.print(body, markup=False, highlight=False, soft_wrap=True)
