@@ -84,8 +84,9 @@ def test_same_architecture_moves_everything(tmp_path, src, dst):
     assert res.exit_code == 0, res
     doc = res.json()
     want = weights_of(donor)
-    assert doc["counts"] == {"transferred": len(want), "skipped": 0, "missing_in_source": 0,
-                             "unused_from_source": 0}
+    assert doc["counts"] == {"matched": len(want), "transferred": len(want), "skipped": 0, "mismatched": 0,
+                             "missing_in_source": 0, "unused_from_source": 0}
+    assert doc["written"] is True and doc["matched"] == doc["transferred"]
     assert doc["verified"] is True and doc["optimizer"] in ("kept", "none")
     got = weights_of(out)
     assert got.keys() == want.keys()
@@ -440,3 +441,39 @@ def test_read_back_catches_a_bad_copy(tmp_path, monkeypatch):
     assert res.exit_code == 70
     assert "read-back check failed" in res.stderr and "layers/dense/vars/0" in res.stderr
     assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def _status_words(stdout: str) -> list[str]:
+    return [" ".join(line.split()[:2]) for line in stdout.splitlines()[1:-1]]
+
+
+def test_nothing_written_is_never_called_transferred(tmp_path):
+    """A refused (exit 4) or --dry-run transfer says matched / would transfer, never transferred;
+    strict shape mismatches are 'mismatch' (the refusal's reason), not 'skipped'."""
+    out = tmp_path / "c.keras"
+    refused = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "-o", out)
+    assert refused.exit_code == 4 and not out.exists()
+    words = _status_words(refused.stdout)
+    assert "matched out/bias" in words and "mismatch (shape)" in words
+    assert not any(w.startswith(("transferred", "skipped")) for w in words)
+    assert refused.stdout.splitlines()[-1] == ("1 matched, 1 mismatched, 8 missing in source, 2 unused from source; "
+                                               "refused: nothing written")
+    doc = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "-o", out, "--json").json()
+    assert doc["written"] is False and doc["ok"] is False and doc["transferred"] == [] and doc["skipped"] == []
+    assert doc["counts"]["transferred"] == 0 and doc["counts"]["matched"] == 1
+    assert doc["counts"]["mismatched"] == 1 and doc["counts"]["skipped"] == 0
+    assert [p["target"] for p in doc["mismatched"]] == ["out/kernel"]
+
+    dry = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "-o", out, "--skip-mismatch", "--dry-run")
+    assert dry.exit_code == 0 and not out.exists()
+    words = _status_words(dry.stdout)
+    assert "would transfer" in words and "would skip" in words
+    assert dry.stdout.splitlines()[-1].startswith("1 would transfer, 1 would skip, 8 missing in source")
+    doc = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "--skip-mismatch", "--dry-run",
+                  "--json").json()
+    assert doc["written"] is False and doc["counts"]["transferred"] == 0 and doc["counts"]["skipped"] == 1
+
+    done = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "-o", out, "--skip-mismatch")
+    assert done.exit_code == 0 and out.exists()
+    assert {"transferred out/bias", "skipped (shape)"} <= set(_status_words(done.stdout))
+    assert done.stdout.splitlines()[-1].startswith("1 transferred, 1 skipped, 8 missing in source")

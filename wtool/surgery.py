@@ -584,8 +584,18 @@ class TransferPlan:
     result: store_write.WriteResult | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def written(self) -> bool:
+        """True once OUT holds the transferred weights (not for --dry-run or a refused transfer)."""
+        return self.result is not None and not self.problems and not self.dry_run
+
     def counts(self) -> dict[str, int]:
-        return {"transferred": len(self.transferred), "skipped": len(self.skipped),
+        """`matched` pairs fit; `transferred` is how many were written (0 when nothing was);
+        `skipped` were left out by --skip-mismatch, `mismatched` refused the transfer (strict)."""
+        mismatches = len(self.skipped)
+        return {"matched": len(self.transferred), "transferred": len(self.transferred) if self.written else 0,
+                "skipped": mismatches if self.skip_mismatch else 0,
+                "mismatched": 0 if self.skip_mismatch else mismatches,
                 "missing_in_source": len(self.missing_in_source),
                 "unused_from_source": len(self.unused_from_source)}
 
@@ -596,9 +606,11 @@ class TransferPlan:
         return {
             "source": self.source, "target": self.target,
             "output": None if self.dry_run else self.output,
-            "dry_run": self.dry_run, "by": self.by, "ok": not self.problems,
-            "transferred": [p.to_json() for p in self.transferred],
-            "skipped": [p.to_json() for p in self.skipped],
+            "dry_run": self.dry_run, "by": self.by, "ok": not self.problems, "written": self.written,
+            "matched": [p.to_json() for p in self.transferred],
+            "transferred": [p.to_json() for p in self.transferred] if self.written else [],
+            "skipped": [p.to_json() for p in self.skipped] if self.skip_mismatch else [],
+            "mismatched": [] if self.skip_mismatch else [p.to_json() for p in self.skipped],
             "missing_in_source": self.missing_in_source,
             "unused_from_source": self.unused_from_source,
             "counts": self.counts(),

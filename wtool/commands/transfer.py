@@ -15,21 +15,33 @@ from wtool.render import Output, fmt_shape
 
 
 def render_plan(console: Console, plan: Any) -> None:
-    """Transferred and skipped pairs in one table, then what had no partner, then the counts."""
+    """Matched and mismatched pairs in one table, then what had no partner, then the counts.
+
+    The words say whether anything moved: `transferred` / `skipped` only when OUT was
+    written; `would transfer` / `would skip` for --dry-run; `matched` / `mismatch` when the
+    transfer was refused (exit 4).
+    """
     from rich.table import Table
 
     doc = plan.to_json()
+    counts = doc["counts"]
+    if plan.written:
+        moved, left = "transferred", "skipped"
+    elif plan.problems:
+        moved, left = "matched", "mismatch"
+    else:
+        moved, left = "would transfer", "would skip" if plan.skip_mismatch else "mismatch"
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("status", "source", "", "target", "shape"):
         table.add_column(name, no_wrap=True)
     for p in plan.transferred:
         same = p.source == p.target
-        table.add_row("transferred", escape(p.source), "" if same else "->", "" if same else escape(p.target),
+        table.add_row(moved, escape(p.source), "" if same else "->", "" if same else escape(p.target),
                       fmt_shape(p.target_shape))
     for p in plan.skipped:
         why = {"shape": f"source {fmt_shape(p.source_shape)}, target {fmt_shape(p.target_shape)}",
                "dtype": p.detail, "count": p.detail}.get(p.reason or "", p.detail or "")
-        table.add_row(f"[yellow]skipped ({p.reason})[/]", escape(p.source or "-"), "->", escape(p.target or "-"),
+        table.add_row(f"[yellow]{left} ({p.reason})[/]", escape(p.source or "-"), "->", escape(p.target or "-"),
                       escape(why or ""))
     for path in plan.missing_in_source:
         table.add_row("[dim]missing in source[/]", "-", "", escape(path), "kept as is")
@@ -37,13 +49,14 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_row("[dim]unused from source[/]", escape(path), "", "-", "")
     if table.row_count:
         print_wide(console, table)
-    counts = doc["counts"]
-    line = (f"{counts['transferred']} transferred, {counts['skipped']} skipped, "
+    n_left = counts["skipped"] if plan.skip_mismatch else counts["mismatched"]
+    left_word = {"skipped": "skipped", "would skip": "would skip", "mismatch": "mismatched"}[left]
+    line = (f"{counts['matched']} {moved}, {n_left} {left_word}, "
             f"{counts['missing_in_source']} missing in source, {counts['unused_from_source']} unused from source")
     if doc["frozen"]:
-        line += f"; frozen: {', '.join(doc['frozen'])}"
+        line += f"; {'frozen' if plan.written else 'would freeze'}: {', '.join(doc['frozen'])}"
     if plan.problems:
-        line += "; nothing written"
+        line += "; refused: nothing written"
     elif plan.dry_run:
         line += "; dry run: nothing written"
     else:
