@@ -552,3 +552,23 @@ def test_every_source_format_into_every_output_format(tmp_path, src, dst):
         expect = arrays[path] if path == "classifier/bias" else want[path]
         np.testing.assert_array_equal(value, expect, err_msg=path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([exported.name, out.name])  # no staging left
+
+
+def test_initializer_that_cannot_fill_a_shape_names_the_weight(tmp_path):
+    """--init identity on conv kernels: exit 4 naming each weight, listed with every other problem."""
+    out = tmp_path / "o.keras"
+    res = run_cli("set-weights", SAMPLES / "cnn.keras", "--init", "*/kernel=identity", "--init",
+                  "conv1/bias=orthogonal", "--init", "nope=zeros", "-o", out)
+    assert res.exit_code == 4, res
+    assert "error: 4 problems; nothing written:" in res.stderr
+    assert ("conv1/kernel: identity needs a 2-D weight, not shape (3, 3, 1, 8) [from --init */kernel=identity]"
+            in res.stderr)
+    assert "conv2/kernel: identity needs a 2-D weight, not shape (3, 3, 8, 16)" in res.stderr
+    assert "conv1/bias: orthogonal needs a weight of rank 2 or more, not shape (8,)" in res.stderr
+    assert "nope: no such weight" in res.stderr
+    assert not out.exists()
+    doc = run_cli("set-weights", SAMPLES / "cnn.keras", "--init", "*/kernel=identity", "--dry-run", "--json").json()
+    assert {(p["kind"], p["path"]) for p in doc["problems"]} == {("shape", "conv1/kernel"), ("shape", "conv2/kernel")}
+    res = run_cli("set-weights", SAMPLES / "cnn.keras", "--init", "out/kernel=identity", "-o", out)
+    assert res.exit_code == 0, res
+    np.testing.assert_array_equal(weights_of(out)["out/kernel"], np.eye(*weights_of(out)["out/kernel"].shape))

@@ -215,9 +215,13 @@ def _variance_scaling(scale: float, mode: str, distribution: str) -> Callable[..
     return init
 
 
+class InitShapeError(ValueError):
+    """An initializer that cannot fill a weight of this shape (reported as a plan problem, exit 4)."""
+
+
 def _orthogonal(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if len(shape) < 2:
-        raise UsageError(f"orthogonal needs a weight of rank 2 or more, not shape {shape}")
+        raise InitShapeError(f"orthogonal needs a weight of rank 2 or more, not shape {_shape(shape)}")
     rows, cols = math.prod(shape[:-1]), shape[-1]
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)
@@ -229,7 +233,7 @@ def _orthogonal(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtyp
 
 def _identity(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if len(shape) != 2:
-        raise UsageError(f"identity needs a 2-D weight, not shape {shape}")
+        raise InitShapeError(f"identity needs a 2-D weight, not shape {_shape(shape)}")
     return np.eye(*shape, dtype=dtype)
 
 
@@ -436,7 +440,12 @@ def plan_set_weights(
             for info in hits:
                 if not claim(info.path, f"init {name}"):
                     continue
-                value = init(rng, tuple(info.shape), np.dtype(info.dtype))
+                try:
+                    value = init(rng, tuple(info.shape), np.dtype(info.dtype))
+                except InitShapeError as exc:
+                    plan.problems.append(Problem("shape", info.path, f"{info.path}: {exc} "
+                                                 f"[from --init {glob}={name}]"))
+                    continue
                 plan.assignments.append(Assignment(info.path, tuple(info.shape), info.dtype, f"init {name}",
                                                    tuple(value.shape), str(value.dtype),
                                                    h5_name=info.h5_name, value=value))
