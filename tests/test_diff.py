@@ -167,3 +167,11 @@ def test_diff_npz_with_a_pickled_member_is_refused(tmp_path):
     res = run_cli("diff", SAMPLES / "mlp.keras", bad)
     assert res.exit_code == 3, res
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_singular_summary_and_limit_help():
+    res = run_cli("diff", SAMPLES / "mlp.keras", SAMPLES / "mlp.h5", "--layer", "out/bias")
+    assert res.exit_code == 0 and res.stdout.splitlines()[-1].startswith("equal: 1 weight, 1 same")
+    text = " ".join(run_cli("diff", "--help").stdout.split())
+    assert "Refuse models with more parameters than N" in text and "Refuse models with more layers" in text
+    assert "graphs" not in text

@@ -271,3 +271,11 @@ def test_numpy_archive_is_named_as_such(tmp_path, command):
     assert "a numpy .npz archive" in res.stderr and ".keras archive" not in res.stderr
     assert "hint: `wtool diff MODEL FILE.npz`" in res.stderr
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_singular_and_stats_help():
+    res = run_cli("inspect", SAMPLES / "mlp.keras", "--layer", "hidden/kernel")
+    assert res.exit_code == 0 and "selected 1 weight, 50,176 params" in res.stdout
+    text = " ".join(run_cli("inspect", "--help").stdout.split())
+    assert "NaN/Inf are counted and left out of min/max/mean/std/L2" in text
+    assert "Refuse models with more parameters than N" in text and "Refuse graphs" not in text

@@ -572,3 +572,41 @@ def test_initializer_that_cannot_fill_a_shape_names_the_weight(tmp_path):
     res = run_cli("set-weights", SAMPLES / "cnn.keras", "--init", "out/kernel=identity", "-o", out)
     assert res.exit_code == 0, res
     np.testing.assert_array_equal(weights_of(out)["out/kernel"], np.eye(*weights_of(out)["out/kernel"].shape))
+
+
+# --------------------------------------------------------------------------- help and table text
+
+
+@pytest.mark.parametrize("command", ["set-weights", "transfer", "inspect", "diff"])
+def test_help_examples_are_not_rewrapped(command):
+    """Each example of the docstring is its own line in --help (click's \\b marker), at any width."""
+    from wtool.commands import diff, inspect, set_weights, transfer
+
+    module = {"set-weights": set_weights, "transfer": transfer, "inspect": inspect, "diff": diff}[command]
+    doc = module.command.callback.__doc__ if module.command.callback.__doc__ else ""
+    examples = [line.strip() for line in doc.split("Examples:")[1].splitlines() if line.strip().startswith("wtool")]
+    assert len(examples) >= 3
+    res = run_cli(command, "--help")
+    assert res.exit_code == 0
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    for example in examples:
+        assert example in lines, example
+
+
+def test_help_lists_every_initializer():
+    from wtool.surgery import INITIALIZERS
+
+    text = " ".join(run_cli("set-weights", "--help").stdout.split())
+    for name in [*INITIALIZERS, "constant:V"]:
+        assert name in text, name
+
+
+def test_tables_have_no_trailing_spaces(tmp_path):
+    np.save(tmp_path / "bias.npy", np.zeros(10, "float32"))
+    res = run_cli("set-weights", SAMPLES / "mlp.h5", "--weight", f"out/bias={tmp_path / 'bias.npy'}",
+                  "--init", "hidden/kernel=glorot_uniform", "-o", tmp_path / "o.h5")
+    assert res.exit_code == 0, res
+    res2 = run_cli("transfer", SAMPLES / "mlp.h5", SAMPLES / "cnn.keras", "--skip-mismatch", "--dry-run")
+    for out in (res.stdout, res2.stdout):
+        assert len(out.splitlines()) >= 3
+        assert [line for line in out.splitlines() if line != line.rstrip()] == []

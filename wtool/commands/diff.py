@@ -37,10 +37,9 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
 
     Examples:
 
+    \b
       wtool diff sample_models/mlp.keras sample_models/mlp.h5
-
       wtool diff before.keras after.keras --atol 1e-6 --layer 'features/*'
-
       wtool diff a.keras b.weights.h5 --json
     """
     from wtool.inspect import diff_models
@@ -75,7 +74,7 @@ def _summary_line(report: Any) -> str:
     total = len(report.weights)
     verdict = "equal" if report.equal else "different"
     tol = f" (atol {report.atol:g}, rtol {report.rtol:g})" if report.atol or report.rtol else ""
-    return (f"{verdict}{tol}: {total} weights, {c['same']} same, {c['changed']} changed, "
+    return (f"{verdict}{tol}: {total} weight{'' if total == 1 else 's'}, {c['same']} same, {c['changed']} changed, "
             f"{c['shape']} shape differs, {c['only_a']} only in A, {c['only_b']} only in B")
 
 

@@ -23,7 +23,8 @@ SPARK = " ▁▂▃▄▅▆▇█"
 @click.argument("model", type=InputPath)
 @click.option("--weights", "show_weights", is_flag=True, help="One row per weight: path, shape, dtype, parameters.")
 @click.option("--stats", is_flag=True,
-              help="Per weight: min, max, mean, std, L2 norm, fraction of zeros, NaN and Inf counts (chunked).")
+              help="Per weight: min, max, mean, std, L2 norm, fraction of zeros, NaN and Inf counts (chunked). "
+                   "NaN/Inf are counted and left out of min/max/mean/std/L2.")
 @click.option("--sample", type=click.IntRange(min=1), metavar="N",
               help="Show the top-left N x N values of each selected weight.")
 @click.option("--histogram", is_flag=True, help="A small histogram of each selected weight.")
@@ -43,12 +44,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
 
     Examples:
 
+    \b
       wtool inspect sample_models/cnn.keras
-
       wtool inspect sample_models/nested.h5 --weights --stats --layer 'features/*'
-
       wtool inspect sample_models/mlp.keras --sample 3 --layer hidden/kernel
-
       wtool inspect sample_models/lstm.weights.h5 --export lstm.npz --json
     """
     from wtool.inspect import export_npz, summarize, weight_histogram, weight_sample, weight_stats
@@ -184,8 +183,9 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
                   f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
                   f"non-trainable", highlight=False)
     if summary.selected:
-        console.print(f"[bold]selected[/] {len(summary.weights)} weights, {fmt_int(summary.selected_params)} params",
-                      highlight=False)
+        n, params = len(summary.weights), summary.selected_params
+        console.print(f"[bold]selected[/] {n} weight{'' if n == 1 else 's'}, {fmt_int(params)} "
+                      f"param{'' if params == 1 else 's'}", highlight=False)
     if show_weights:
         console.print()
         _render_weights(console, summary, details, stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -26,15 +27,21 @@ def _stats(s: Any) -> str:
     return text + (f" +{s.nonfinite} NaN/Inf" if s.nonfinite else "")
 
 
+# Spaces at the end of a line, before any closing colour codes.
+_TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$", re.M)
+
+
 def print_wide(console: Console, table: Any) -> None:
-    """Print a table at its natural width: rows are never folded (scripts grep them)."""
+    """Print a table at its natural width: rows are never folded (scripts grep them), and lines
+    carry no trailing padding (rich pads every cell to its column's width)."""
     width = console.measure(table, options=console.options.update_width(1000)).maximum
-    if width <= console.width:
-        console.print(table)
-        return
-    wide = Console(file=console.file, width=width, force_terminal=console.is_terminal, no_color=console.no_color,
-                   soft_wrap=True)
-    wide.print(table)
+    target = console
+    if width > console.width:
+        target = Console(file=console.file, width=width, force_terminal=console.is_terminal,
+                         no_color=console.no_color, soft_wrap=True)
+    with target.capture() as captured:
+        target.print(table)
+    console.file.write(_TRAILING.sub(r"\1", captured.get()))
 
 
 def render_plan(console: Console, plan: Any) -> None:
@@ -75,8 +82,9 @@ def render_plan(console: Console, plan: Any) -> None:
               help="With --from-model: only the weights under these layers/paths. Repeatable.")
 @click.option("--init", "inits", multiple=True, metavar="GLOB=INIT",
               help="Re-initialise: zeros, ones, constant:V, glorot_uniform, glorot_normal, he_normal, he_uniform, "
-                   "lecun_normal, lecun_uniform, random_normal, random_uniform, truncated_normal, orthogonal, "
-                   "identity. Repeatable.")
+                   "lecun_normal, lecun_uniform, variance_scaling, random_normal, random_uniform, "
+                   "truncated_normal, orthogonal, identity (Keras class names such as GlorotUniform too). "
+                   "Repeatable.")
 @click.option("--seed", type=int, default=None, help="Seed for --init (same seed, same values).")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/Inf values.")
 @click.option("--reset-optimizer", is_flag=True,
@@ -97,13 +105,11 @@ def command(out: Output, model: str, output: str | None, in_place: bool, npz: tu
 
     Examples:
 
+    \b
       wtool inspect model.keras --export w.npz      # edit w.npz, then:
       wtool set-weights model.keras --npz w.npz -o edited.keras
-
       wtool set-weights model.h5 --weight out/bias=bias.npy -o fixed.h5
-
       wtool set-weights model.keras --init 'out/*=zeros' --seed 1 --in-place
-
       wtool set-weights model.keras --from-model other.keras --layer features -o mixed.keras
     """
     from wtool import surgery

@@ -70,7 +70,8 @@ def render_head(console: Console, report: Any) -> None:
                   f"activation={report.activation})", highlight=False, markup=False)
     if report.dropped:
         console.print(f"dropped the layers after it: {', '.join(report.dropped)}", highlight=False, markup=False)
-    console.print(f"{report.kept_weights} weights kept from the base"
+    kept = report.kept_weights
+    console.print(f"{kept} weight{'' if kept == 1 else 's'} kept from the base"
                   + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else "")
                   + f"; wrote {report.output}", highlight=False, markup=False)
 
@@ -113,12 +114,10 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
 
     Examples:
 
+    \b
       wtool transfer pretrained.h5 new.keras -o warm.keras
-
       wtool transfer a.keras b.keras --by order --skip-mismatch -o b2.keras
-
       wtool transfer old.h5 new.keras --map 'dense_*=fc_*' --freeze -o ft.keras
-
       wtool transfer base.keras --replace-head 5 --freeze -o ft.keras
     """
     from wtool import surgery
