@@ -6,7 +6,8 @@ S=sample_models
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
-have() { "$WTOOL" --help | grep -q "^  $1 "; }
+# like step, for `diff`: exit 1 means "they differ", which is what the step shows
+step_differ() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}" || [ $? -eq 1 ]; }
 
 step "What is inside a model file" "$WTOOL" inspect $S/nested.keras
 step "Weight statistics of one layer" "$WTOOL" inspect $S/mlp.keras --layer hidden --stats
@@ -17,8 +18,16 @@ step "Stream every row into a file (.npy/.npz/.csv/.jsonl); the summary gives ro
   "$WTOOL" infer $S/cnn.keras $S/cnn.npz -o "$OUT/cnn_preds.npy"
 step "Set weights directly: every value checked first, read back after" \
   "$WTOOL" set-weights $S/mlp.keras --init 'out=zeros' --init hidden/kernel=he_normal --seed 0 -o "$OUT/reinit.keras" -q
-step "Transfer weights into another architecture: what moved, what was skipped and why" \
-  "$WTOOL" transfer $S/mlp.h5 $S/cnn.keras --skip-mismatch -o "$OUT/cnn_warm.keras" -q
+step "A 5-class variant of the MLP, made from a compact layer spec" \
+  "$WTOOL" new "$OUT/mlp5.keras" --input-shape 784 --layers "dense:64:relu:name=hidden,dense:5:softmax:name=out" --seed 0 -q
+step "Transfer the 10-class MLP into it: what moved, what was skipped and why" \
+  "$WTOOL" transfer $S/mlp.h5 "$OUT/mlp5.keras" --skip-mismatch -o "$OUT/mlp5-warm.keras" -q
+step "Fine-tuning in three commands, 1/3: a new 4-class head on the nested model, feature extractor frozen" \
+  "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze -o "$OUT/ft.keras"
+step "2/3: train; the frozen weights are checked bitwise at the end" \
+  "$WTOOL" train "$OUT/ft.keras" --data $S/nested.npz -o "$OUT/ft-trained.keras" --epochs 5 --seed 0 -q
+step_differ "3/3: only the head moved (diff exits 1 because something did)" \
+  "$WTOOL" diff "$OUT/ft.keras" "$OUT/ft-trained.keras"
 step "Make a fresh model from a compact layer spec (the classic XOR network, no biases)" \
   "$WTOOL" new "$OUT/xor.keras" --input-shape 2 --layers "dense:3:sigmoid:nobias,dense:1:sigmoid:nobias" --seed 0
 step "Train the sample XOR network with its saved plain SGD and mse (a GradientTape loop; 5,000 epochs)" \
