@@ -23,7 +23,7 @@ step "A 5-class variant of the MLP, made from a compact layer spec" \
 step "Transfer the 10-class MLP into it: what moved, what was skipped and why" \
   "$WTOOL" transfer $S/mlp.h5 "$OUT/mlp5.keras" --skip-mismatch -o "$OUT/mlp5-warm.keras" -q
 step "Fine-tuning in three commands, 1/3: a new 4-class head on the nested model, feature extractor frozen" \
-  "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze -o "$OUT/ft.keras"
+  "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze --seed 0 -o "$OUT/ft.keras"
 step "2/3: train; the frozen weights are checked bitwise at the end" \
   "$WTOOL" train "$OUT/ft.keras" --data $S/nested.npz -o "$OUT/ft-trained.keras" --epochs 5 --seed 0 -q
 step_differ "3/3: only the head moved (diff exits 1 because something did)" \
