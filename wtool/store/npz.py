@@ -77,7 +77,7 @@ class NpzWeights:
     def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
         value = self._arrays[path]
         for index in iter_blocks(tuple(value.shape), max_elements):
-            yield np.asarray(value[index] if index else value[()])
+            yield np.asarray(value[index] if index else value[()])  # type: ignore[index]
 
     def close(self) -> None:
         self._arrays.clear()
