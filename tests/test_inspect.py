@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -279,3 +280,14 @@ def test_singular_and_stats_help():
     text = " ".join(run_cli("inspect", "--help").stdout.split())
     assert "NaN/Inf are counted and left out of min/max/mean/std/L2" in text
     assert "Refuse models with more parameters than N" in text and "Refuse graphs" not in text
+
+
+@pytest.mark.tf
+def test_uncompiled_model_has_no_training_config(tmp_path):
+    out = tmp_path / "plain.keras"
+    assert run_cli("new", out, "--input-shape", "2", "--layers", "dense:1", "-q").exit_code == 0
+    uncompiled = run_cli("inspect", out)
+    assert uncompiled.exit_code == 0, uncompiled
+    assert re.search(r"training config\s+none", uncompiled.stdout)
+    compiled = run_cli("inspect", SAMPLES / "xor.keras")
+    assert re.search(r"training config\s+present", compiled.stdout)

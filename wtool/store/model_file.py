@@ -111,7 +111,8 @@ class ModelFile:
 
     @property
     def has_training_config(self) -> bool:
-        return self.training_config is not None or self.compile_config is not None
+        # An uncompiled Keras 3 model saves `compile_config: {}`: that is no training config.
+        return bool(self.training_config) or bool(self.compile_config)
 
     @property
     def total_params(self) -> int:
