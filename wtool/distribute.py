@@ -482,8 +482,13 @@ class ShardedBatches:
         self.inner = inner
         self.replicas = dist.replicas
         self.local = dist.local_replica_ids()
-        for attr in ("x", "y", "n", "b", "k", "full", "rem", "steps"):
-            setattr(self, attr, getattr(inner, attr))
+        self.x, self.y = inner.x, inner.y
+        self.n: int = inner.n
+        self.b: int = inner.b
+        self.k: int = inner.k
+        self.full: int = inner.full
+        self.rem: int = inner.rem
+        self.steps: int = inner.steps
         # A last batch smaller than the replica count would leave a replica without rows (BatchNormalization
         # then averages nothing); it is skipped, and the run says so.
         self.skips_last = 0 < self.rem < self.replicas

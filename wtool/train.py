@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from wtool import distribute
 from wtool.errors import (
     DivergedError,
     IncompatibleError,
@@ -118,6 +119,11 @@ class TrainOptions:
     steps_per_execution: int | None = None
     jit: str = "auto"
     resume_command: str | None = None
+    strategy: str = "auto"  # auto | one-device | mirrored | multi-worker (wtool.distribute)
+    workers: tuple[str, ...] = ()
+    task_index: int | None = None
+    replicas: int | None = None
+    collective_timeout: float = 120.0
 
 
 @dataclass
@@ -725,9 +731,13 @@ class Batches:
         block = arr[lo:hi] if order is None else arr[order[lo:hi]]
         return np.asarray(block, dtype=dtype)
 
+    def order(self, epoch: int) -> np.ndarray | None:
+        """The epoch's row permutation (None: rows in file order)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else None
+
     def chunks(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield (steps, xs, ys) with xs shaped (steps, batch, ...), starting after `start_step` batches."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else None
+        order = self.order(epoch)
         step = start_step
         while step < self.full:
             k = min(self.k, self.full - step)
@@ -916,6 +926,30 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     if val is not None:
         check_finite(val)
 
+    # The strategy comes before TensorFlow runs anything (devices and collectives are fixed at start-up);
+    # the model, optimizer, metrics and checkpoints are then made inside its scope.
+    dist = distribute.make_strategy(opts.strategy, opts.workers, opts.task_index, replicas=opts.replicas,
+                                    timeout=opts.collective_timeout)
+    try:
+        with dist.scope():
+            return _train_in_scope(opts, reporter, dist, data, val, out_path, ckpt_dir, t_start)
+    except Exception as exc:
+        if dist.workers > 1 and distribute.is_cluster_failure(exc):
+            raise distribute.cluster_error(exc, dist.cluster, dist.timeout, checkpoint=_latest_checkpoint(ckpt_dir),
+                                           resume=_fmt_resume(opts, ckpt_dir)) from exc
+        raise
+    finally:
+        dist.cleanup()
+
+
+def _latest_checkpoint(directory: Path) -> str | None:
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(directory)) if directory.is_dir() else None
+
+
+def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution, data: LabelledData,
+                    val: LabelledData | None, out_path: Path, ckpt_dir: Path, t_start: float) -> TrainResult:
     keras = _keras()
     import tensorflow as tf
 
@@ -926,6 +960,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     if opts.resume:
         latest, meta = read_checkpoint_meta(ckpt_dir)
     seed = int(meta["seed"]) if meta else (opts.seed if opts.seed is not None else secrets.randbelow(2**31))
+    if dist.workers > 1:
+        seed = distribute.agree_on_run(dist, seed, opts.seed is None and not meta, rows=len(data),
+                                       validation_rows=len(val) if val is not None else 0, batch_size=opts.batch_size)
     keras.utils.set_random_seed(seed)
 
     model = load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch)
@@ -973,12 +1010,24 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     k = min(k, max(1, n // batch))
     x_dtype = io_.input_dtype if io_.input_dtype != "float64" else "float32"
     y_dtype = _y_dtype(data.y, loss_name)
-    batches = Batches(data, batch, k, x_dtype, y_dtype, opts.shuffle, seed)
-    val_batches = Batches(val, min(batch, len(val)), k, x_dtype, y_dtype, False, seed) if val is not None else None
+    batches: Any = Batches(data, batch, k, x_dtype, y_dtype, opts.shuffle, seed)  # or distribute.ShardedBatches
+    val_batches: Any = Batches(val, min(batch, len(val)), k, x_dtype, y_dtype, False, seed) if val is not None else None
     planned = (opts.epochs - (int(meta["epoch"]) if meta else 0)) * steps_per_epoch
     jit = opts.jit == "on" or (opts.jit == "auto" and _auto_jit(nodes, planned))
-    fns = _make_functions(tf, model, loss_obj, train_metrics, val_metrics, optimizer, trainable,
-                          data.x.shape[1:], data.y.shape[1:], x_dtype, y_dtype, jit, val is not None)
+    fns: Any
+    if dist.distributed:  # the same global batches, each replica taking its slice of every one
+        batches = distribute.ShardedBatches(batches, dist)
+        if val_batches is not None:
+            val_batches = distribute.ShardedBatches(val_batches, dist)
+        fns = distribute.make_functions(dist, model, loss_obj, train_metrics, val_metrics, optimizer, trainable,
+                                        jit)
+        notes.append(dist.describe())
+        if batches.skips_last:
+            notes.append(f"the last {batches.rem} rows of each epoch are skipped: fewer than the {dist.replicas} "
+                         "replicas (pick a --batch-size that leaves a larger last batch)")
+    else:
+        fns = _make_functions(tf, model, loss_obj, train_metrics, val_metrics, optimizer, trainable,
+                              data.x.shape[1:], data.y.shape[1:], x_dtype, y_dtype, jit, val is not None)
 
     # Checkpoint state: model, optimizer, RNG (seed generators), metric accumulators, run metadata.
     weight_ids = {id(w) for w in model.weights}
@@ -986,7 +1035,8 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     metric_vars = [v for m in train_metrics for v in m.variables]
     best_vars = ([tf.Variable(w, trainable=False, name="best") for w in model.weights]
                  if opts.early_stopping is not None else [])
-    meta_var = tf.Variable("", dtype=tf.string, trainable=False)
+    meta_var = (distribute.host_string() if dist.workers > 1  # no string broadcasts between workers
+                else tf.Variable("", dtype=tf.string, trainable=False))
     ckpt_items: dict[str, Any] = {"model": model, "optimizer": optimizer, "weights": list(model.weights),
                                   "rng": rng_vars, "metrics": metric_vars, "meta": meta_var}
     if best_vars:
@@ -997,8 +1047,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     def get_manager() -> Any:
         nonlocal manager
         if manager is None:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=max(1, opts.keep_checkpoints))
+            # Every worker saves (saving may read replicated state collectively); only the chief's are kept.
+            directory = ckpt_dir if dist.is_chief else Path(dist.scratch_dir(out_path))
+            directory.mkdir(parents=True, exist_ok=True)
+            manager = tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=max(1, opts.keep_checkpoints))
         return manager
 
     history: list[dict[str, Any]] = []
@@ -1038,7 +1090,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     snapshot = {path: np.array(w.numpy(), copy=True) for path, w in frozen}
 
     tb = None
-    if opts.tensorboard:
+    if opts.tensorboard and dist.is_chief:
         tb = keras.callbacks.TensorBoard(log_dir=opts.tensorboard, histogram_freq=1, write_graph=False)
         tb.set_model(model)
         tb.on_train_begin()
@@ -1054,7 +1106,20 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                     "history": history, "es": es, "early_stopping": opts.early_stopping is not None,
                     "model": str(opts.model), "epochs": opts.epochs}
         meta_var.assign(json.dumps(meta_doc))
-        return str(get_manager().save())
+        saved_to = str(get_manager().save())
+        return saved_to if dist.is_chief else str(ckpt_dir / Path(saved_to).name)  # the chief's copy is kept
+
+    def kept_checkpoint() -> str | None:
+        if manager is not None and dist.is_chief:
+            return str(manager.latest_checkpoint) if manager.latest_checkpoint else None
+        return _latest_checkpoint(ckpt_dir)
+
+    def stop_requested() -> bool:
+        """A signal arrived (multi-worker: on any worker, so that all stop after the same step)."""
+        return distribute.any_worker(dist, guard.signum is not None)
+
+    def signal_name() -> str:
+        return signal.Signals(guard.signum).name if guard.signum is not None else "a signal on another worker"
 
     lr_varies = callable(getattr(optimizer, "_learning_rate", None))  # a schedule; a plain rate is fixed
     lr_fixed = _current_lr(optimizer)
@@ -1092,9 +1157,9 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                 partial[1] += done * xs.shape[1]
                 steps_done += done
                 if not ok:
-                    _write_history(opts.history, history)
-                    last = manager.latest_checkpoint if manager is not None else (
-                        tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None)
+                    if dist.is_chief:
+                        _write_history(opts.history, history)
+                    last = kept_checkpoint()
                     lr_now = _current_lr(optimizer)
                     kept = (f"; the last good checkpoint is kept: {last}" if last else
                             "; no checkpoint was saved (pass --checkpoint-dir DIR to keep one every epoch)")
@@ -1106,10 +1171,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                         f"lower the learning rate (--lr, now {lr_now:g}) or clip gradients (--clip-norm 1.0){again}")
                 if partial[1]:
                     reporter.progress(epoch, steps_done, partial[0] / partial[1])
-                if guard.signum is not None:
+                if stop_requested():
                     path = save_checkpoint(epoch, steps_done)
                     raise Interrupted(
-                        f"interrupted ({signal.Signals(guard.signum).name}) at epoch {epoch + 1}, step {steps_done}; "
+                        f"interrupted ({signal_name()}) at epoch {epoch + 1}, step {steps_done}; "
                         f"checkpoint saved to {path}; {opts.out or opts.model} was not written",
                         f"resume with: {_fmt_resume(opts, ckpt_dir)}")
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": partial[0] / max(1.0, partial[1])}
@@ -1150,10 +1215,10 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
             every = opts.checkpoint_every or (1 if opts.checkpoint_dir else None)
             if every and ((epoch + 1) % every == 0 or stopped_early or epoch + 1 == opts.epochs):
                 save_checkpoint(epoch + 1, 0)
-            if guard.signum is not None and epoch + 1 < opts.epochs and not stopped_early:
+            if stop_requested() and epoch + 1 < opts.epochs and not stopped_early:
                 path = save_checkpoint(epoch + 1, 0)
                 raise Interrupted(
-                    f"interrupted ({signal.Signals(guard.signum).name}) after epoch {epoch + 1}; checkpoint saved "
+                    f"interrupted ({signal_name()}) after epoch {epoch + 1}; checkpoint saved "
                     f"to {path}; {opts.out or opts.model} was not written",
                     f"resume with: {_fmt_resume(opts, ckpt_dir)}")
             if stopped_early:
@@ -1174,17 +1239,20 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
                             + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""),
                             "this is a bug in wtool: run with --debug and report it; OUT was not written")
 
-    save_model(model, out_path)
-    _write_history(opts.history, history)
-    if opts.resume and not opts.checkpoint_dir and ckpt_dir.is_dir():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if dist.is_chief:  # OUT, the history and the checkpoint clean-up are the chief's alone
+        save_model(model, out_path)
+        _write_history(opts.history, history)
+        if opts.resume and not opts.checkpoint_dir and ckpt_dir.is_dir():
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    else:  # saving may create replicated state (collectively): every worker saves, the others to scratch
+        save_model(model, Path(dist.scratch_dir(out_path)) / out_path.name)
 
     wall = time.perf_counter() - t_start
     final = {k2: v for k2, v in (history[-1] if history else {}).items() if k2 not in ("epoch", "seconds")}
     best_epoch = es["best_epoch"]
     summary = {
         "model": str(opts.model),
-        "output": str(out_path),
+        "output": str(out_path) if dist.is_chief else None,
         "epochs_run": epochs_run,
         "epochs": opts.epochs,
         "last_epoch": history[-1]["epoch"] if history else start_epoch,
@@ -1209,7 +1277,8 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
         "frozen": {"weights": len(frozen), "unchanged": True},
         "notes": notes,
         "history_file": opts.history,
-        "checkpoint": manager.latest_checkpoint if manager is not None else None,
+        "checkpoint": kept_checkpoint() if manager is not None else None,
+        "strategy": dist.summary(),
     }
     return TrainResult(summary, history)
 

@@ -181,7 +181,11 @@ def _render(summary: dict[str, Any]) -> Any:
         rows.append(("seed", str(summary["seed"])))
         if summary.get("history_file"):
             rows.append(("history", str(summary["history_file"])))
-        console.print(f"trained {summary['model']} -> {summary['output']}", highlight=False, soft_wrap=True)
+        dist = summary.get("strategy") or {}
+        if dist.get("kind", "one-device") != "one-device":
+            rows.append(("strategy", str(dist.get("description"))))
+        target = summary["output"] or "(written by the chief)"
+        console.print(f"trained {summary['model']} -> {target}", highlight=False, soft_wrap=True)
         for key, value in rows:
             console.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
 
@@ -242,6 +246,17 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
 @click.option("--jit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="XLA compilation (auto: on for long runs of models without convolutions or recurrent layers).")
+@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
+              show_default=True, help="tf.distribute strategy (auto: mirrored over GPUs when there are several, "
+              "else one device). README 'cluster'.")
+@click.option("--workers", metavar="HOST:PORT,...", help="multi-worker: every worker's address, the same list on "
+              "each (instead of TF_CONFIG); worker 0 is the chief.")
+@click.option("--task-index", type=int, metavar="I", help="multi-worker: this worker's position in --workers.")
+@click.option("--replicas", type=int, metavar="N", help="mirrored: replicas on this host (default: every GPU; "
+              "without GPUs the CPU is split into N logical devices, for testing).")
+@click.option("--collective-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS",
+              help="multi-worker: how long to wait for the other workers (to join, and at each all-reduce) "
+              "before stopping with exit 7.")
 @common_options
 def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
             data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None,
@@ -253,7 +268,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
             unfreeze: tuple[str, ...], reset_optimizer: bool, early_stopping: int | None, monitor: str | None,
             min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
             resume: bool, history_file: str | None, tensorboard: str | None, steps_per_execution: int | None,
-            jit: str) -> None:
+            jit: str, strategy: str, workers: str | None, task_index: int | None, replicas: int | None,
+            collective_timeout: float) -> None:
     """Train MODEL on labelled data with a tf.GradientTape loop and write the result to -o OUT.
 
     Optimizer, loss and metrics default to the model's saved compile config; a model that was
@@ -269,7 +285,11 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
     """
+    from wtool.distribute import check_options, parse_workers
     from wtool.train import ScheduleOptions, TrainOptions, train
+
+    worker_list = tuple(parse_workers(workers)) if workers is not None else ()
+    check_options(strategy, worker_list, task_index, replicas=replicas, timeout=collective_timeout)
 
     schedule = None
     if lr_schedule is not None:
@@ -287,7 +307,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         freeze=freeze, unfreeze=unfreeze, reset_optimizer=reset_optimizer, early_stopping=early_stopping,
         monitor=monitor, min_delta=min_delta, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, history=history_file, tensorboard=tensorboard,
-        steps_per_execution=steps_per_execution, jit=jit, resume_command=_resume_command(ctx))
+        steps_per_execution=steps_per_execution, jit=jit, resume_command=_resume_command(ctx), strategy=strategy,
+        workers=worker_list, task_index=task_index, replicas=replicas, collective_timeout=collective_timeout)
     reporter: Any = None
     if out.show_progress:
         reporter = RichReporter(out)
