@@ -273,7 +273,7 @@ def test_killed_worker_stops_the_other_and_resume_finishes(setup: dict[str, Path
     # Restart both with --resume: the run finishes where an uninterrupted single-process run ends.
     ref = _start(["train", setup["model"], "--data", setup["data"], "-o", d / "ref40.keras", "--epochs", epochs,
                   "--strategy", "one-device", *TRAIN_ARGS], d / "ref40.log")
-    procs, outs, logs = _start_pair(setup, "kill", epochs, [*extra, "--resume"])
+    procs, outs, logs = _start_pair(setup, "resume", epochs, [*extra, "--resume"])
     try:
         results = [_finish(p, log) for p, log in zip(procs, logs, strict=True)]
         ref_code, ref_doc, ref_log = _finish(ref, d / "ref40.log")

@@ -392,7 +392,8 @@ def cluster_error(exc: BaseException, spec: ClusterSpec | None, timeout: float, 
     detail = text.strip().splitlines()
     first = next((line for line in detail if "aborted" in line.lower() or "unavailable" in line.lower()
                   or "heartbeat" in line.lower()), detail[0] if detail else type(exc).__name__)
-    message = f"multi-worker training stopped: {what} ({first.strip()[:160]})"
+    first = re.sub(r"\{\{[^}]*\}\}\s*", "", first).strip()  # TensorFlow's {{function_node ...}} prefix
+    message = f"multi-worker training stopped: {what} ({first[:160]})"
     hint_parts = []
     if checkpoint:
         hint_parts.append(f"the last checkpoint is kept: {checkpoint}")
