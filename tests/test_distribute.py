@@ -130,17 +130,18 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(extra)
     return env
 
 
-def _start(args: list[str | Path], log: Path) -> subprocess.Popen[bytes]:
+def _start(args: list[str | Path], log: Path, **env: str) -> subprocess.Popen[bytes]:
     with open(log, "wb") as err:
         return subprocess.Popen([sys.executable, "-m", "wtool", *[str(a) for a in args]], stdout=subprocess.PIPE,
-                                stderr=err, env=_env(), start_new_session=True)
+                                stderr=err, env=_env(**env), start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = PROC_TIMEOUT) -> tuple[int, dict, str]:
@@ -205,15 +206,23 @@ def test_mirrored_two_cpu_replicas_match_one_device(setup: dict[str, Path]) -> N
     assert doc["optimizer_steps"] == EPOCHS * -(-ROWS // BATCH)
 
 
-def _start_pair(setup: dict[str, Path], tag: str, epochs: int, extra: list[str]) -> tuple[list, list[Path], list[Path]]:
+def _start_pair(setup: dict[str, Path], tag: str, epochs: int, extra: list[str],
+                tf_config_for_second: bool = False) -> tuple[list, list[Path], list[Path]]:
+    """Two workers on 127.0.0.1; the second one optionally told the cluster by TF_CONFIG instead of flags."""
     d = setup["dir"]
-    ports = _free_ports(2)
-    workers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    addrs = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     outs = [d / f"{tag}{i}.keras" for i in range(2)]
     logs = [d / f"{tag}{i}.log" for i in range(2)]
-    procs = [_start(["train", setup["model"], "--data", setup["data"], "-o", outs[i], "--epochs", epochs,
-                     "--strategy", "multi-worker", "--workers", workers, "--task-index", i,
-                     "--collective-timeout", "40", *extra, *TRAIN_ARGS], logs[i]) for i in range(2)]
+    procs = []
+    for i in range(2):
+        env: dict[str, str] = {}
+        cluster = ["--workers", ",".join(addrs), "--task-index", str(i)]
+        if i == 1 and tf_config_for_second:
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addrs}, "task": {"type": "worker", "index": 1}})
+            cluster = []
+        procs.append(_start(["train", setup["model"], "--data", setup["data"], "-o", outs[i], "--epochs", epochs,
+                             "--strategy", "multi-worker", *cluster, "--collective-timeout", "40", *extra,
+                             *TRAIN_ARGS], logs[i], **env))
     return procs, outs, logs
 
 
@@ -221,7 +230,7 @@ def _start_pair(setup: dict[str, Path], tag: str, epochs: int, extra: list[str])
 @pytest.mark.slow
 @pytest.mark.xdist_group("distribute")
 def test_two_workers_match_one_process(setup: dict[str, Path]) -> None:
-    procs, outs, logs = _start_pair(setup, "mw", EPOCHS, [])
+    procs, outs, logs = _start_pair(setup, "mw", EPOCHS, [], tf_config_for_second=True)
     try:
         results = [_finish(p, log) for p, log in zip(procs, logs, strict=True)]
     finally:
@@ -232,6 +241,7 @@ def test_two_workers_match_one_process(setup: dict[str, Path]) -> None:
     chief, other = results[0][1], results[1][1]
     assert chief["strategy"]["chief"] is True and other["strategy"]["chief"] is False
     assert chief["strategy"]["workers"] == 2 and chief["strategy"]["replicas"] == 2
+    assert "from TF_CONFIG" in other["strategy"]["description"]
     # Both workers report the same final loss, and the single-process one.
     assert chief["final"]["loss"] == other["final"]["loss"]
     assert chief["final"]["loss"] == pytest.approx(_ref_loss(setup), rel=1e-5)

@@ -219,7 +219,7 @@ class Distribution:
             return "one device"
         if self.kind == "mirrored":
             devices = ", ".join(str(d).split("device:")[-1] for d in self.strategy.extended.worker_devices)
-            return f"mirrored over {self.replicas} replicas ({devices})"
+            return f"mirrored over {self.replicas} replica{'s' if self.replicas != 1 else ''} ({devices})"
         assert self.cluster is not None
         role = "chief" if self.is_chief else "worker"
         return (f"multi-worker: {self.workers} workers, {self.replicas} replicas; this is {role} "
