@@ -58,8 +58,9 @@ def models(tmp_path_factory):
             model.save(path)
             made[f"{key}.{fmt}"] = path
     # Keras 3 model with the architecture of the corpus's boston_housing_model.h5 (Keras 2.2.4), other names.
-    boston = keras.Sequential([keras.Input((13,)), keras.layers.Dense(10, activation="relu"),
-                               keras.layers.Dense(1)], name="boston3")
+    # Named as Keras names them in a fresh session (the auto-name counter is process-global).
+    boston = keras.Sequential([keras.Input((13,)), keras.layers.Dense(10, activation="relu", name="dense"),
+                               keras.layers.Dense(1, name="dense_1")], name="boston3")
     boston.save(d / "boston3.keras")
     made["boston3.keras"] = d / "boston3.keras"
     # Keras 3 model whose Dense layers carry the Keras 1 file's layer names (dense_1, dense_2).
