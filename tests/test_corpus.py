@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import CORPUS, corpus_files, run_cli
@@ -129,6 +131,22 @@ def test_quirky_names_become_clean_paths():
     assert paths("keras_tutorial/model_weights")[0] == "dense_21/kernel"  # scope suffix dense_21_3
 
 
-def test_diff_reads_the_corpus_too():
+def test_diff_reads_the_corpus_too(tmp_path):
     (path,) = [p for p in FILES if "gan-hm" in rel(p)]
-    assert run_cli("diff", path, path).exit_code == 0
+    with h5py.File(path) as f:
+        datasets: list[str] = []
+        f["model_weights"].visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+    res = run_cli("diff", path, path, "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["summary"] == {"same": len(datasets), "changed": 0, "only_a": 0, "only_b": 0, "shape": 0}
+    # one value of one weight moved by 1.0: only that weight is reported, with that difference
+    edited = tmp_path / "gan.h5"
+    shutil.copy(path, edited)
+    (bias,) = [n for n in datasets if n.endswith("conv2d_1/bias:0")]
+    with h5py.File(edited, "r+") as f:
+        f["model_weights"][bias][0] += 1.0
+    res = run_cli("diff", path, edited, "--json")
+    assert res.exit_code == 1, res
+    changed = [w for w in res.json()["weights"] if w["status"] != "same"]
+    assert [(w["path"], w["status"], w["mismatched"]) for w in changed] == [("model_1/conv2d_1/bias", "changed", 1)]
+    assert changed[0]["max_abs_diff"] == pytest.approx(1.0, rel=1e-6)

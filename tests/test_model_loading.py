@@ -506,7 +506,6 @@ INFER_FILES = [
 
 @pytest.mark.parametrize("name", INFER_FILES, ids=[SHORT[n] for n in INFER_FILES])
 def test_infer_runs_on_old_files(models, name, tmp_path):
-    pytest.importorskip("wtool.commands.infer", reason="the infer command is not there yet")
     model = models(name)
     [x] = random_batch(model, batch=4, seed=9)
     np.save(tmp_path / "x.npy", x)
@@ -518,7 +517,6 @@ def test_infer_runs_on_old_files(models, name, tmp_path):
 
 @pytest.mark.parametrize("name", list(REFUSED), ids=[n.split("__")[0] for n in REFUSED])
 def test_infer_refuses_files_that_need_code(name, tmp_path):
-    pytest.importorskip("wtool.commands.infer", reason="the infer command is not there yet")
     np.save(tmp_path / "x.npy", np.zeros((1, 3), dtype="float32"))
     res = run_cli("infer", CORPUS / name, tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert res.exit_code == REFUSED[name][0], res
@@ -617,7 +615,6 @@ def test_cli_resave_of_old_file_opens_in_keras(models, name, tmp_path):
     """`transfer OLD.h5 --replace-head` and `set-weights OLD.h5 -o NEW.keras` write plain Keras 3 files."""
     import keras
 
-    pytest.importorskip("wtool.commands.transfer", reason="the transfer command is not there yet")
     old = model_arrays(models(name))
     if "gan" not in name:  # gan.h5's last layer is a nested model: not a head transfer can replace
         head = tmp_path / "head.keras"

@@ -199,6 +199,8 @@ def test_config_that_needs_code_is_refused(wtool, tmp_path):
     cfg.write_text(model.to_json())
     res = wtool("new", tmp_path / "m.keras", "--config", cfg)
     assert res.exit_code == 5, res
+    assert res.stderr.startswith("error: ") and "refused: layer " in res.stderr
+    assert "a Lambda layer runs Python code" in res.stderr and "--unsafe" in res.stderr
     assert not (tmp_path / "m.keras").exists()
 
 
