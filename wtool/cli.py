@@ -65,12 +65,8 @@ class WtoolGroup(click.Group):
         module_name = COMMANDS.get(cmd_name)
         if module_name is None:
             return None
-        try:
-            module = importlib.import_module(f"wtool.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"wtool.commands.{module_name}":
-                return None  # not built yet
-            raise
+        # Imported on demand: `wtool inspect` never pays for the train command's imports.
+        module = importlib.import_module(f"wtool.commands.{module_name}")
         command: click.Command = module.command
         return command
 
