@@ -339,7 +339,8 @@ class _LineSource(RowSource):
         self.fh.close()
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV cell parses as a number (how header rows are told from data rows)."""
     try:
         float(text)
     except ValueError:
@@ -377,7 +378,7 @@ class CsvSource(_LineSource):
         if first is None:
             raise InputError(f"{name}: empty input (no rows)")
         if header is None:
-            header = not all(_is_number(c) for c in first)
+            header = not all(is_number(c) for c in first)
         self.header: list[str] | None = [c.strip() for c in first] if header else None
         self.n_columns = len(first)
         self.first_data_line = first_lineno + 1 if header else first_lineno
@@ -438,7 +439,7 @@ class CsvSource(_LineSource):
                     raise InputError(f"{self.name}: line {lineno} has {len(cells)} columns; "
                                      f"{self.column_label(index)} is missing")
                 cell = cells[index].strip()
-                if not _is_number(cell):
+                if not is_number(cell):
                     what = "an empty cell" if not cell else f"not a number: {cell[:40]!r}"
                     raise InputError(f"{self.name}: line {lineno}, {self.column_label(index)}: {what}",
                                      "every selected cell must be a number; pick columns with --columns")

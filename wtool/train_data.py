@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wtool.data import is_number
 from wtool.errors import IncompatibleError, InputError, UsageError
 from wtool.fileio import check_input_file
 
@@ -133,7 +134,7 @@ def _csv(path: Path, target: str) -> LabelledData:
     if not rows:
         raise InputError(f"{path}: empty CSV")
     header = [c.strip() for c in rows[0]]
-    has_header = not all(_is_number(c) for c in header)
+    has_header = not all(is_number(c) for c in header)
     body = rows[1:] if has_header else rows
     if not body:
         raise InputError(f"{path}: a header but no rows")
@@ -162,14 +163,6 @@ def _csv(path: Path, target: str) -> LabelledData:
     x = np.delete(values, col, axis=1).astype(np.float32)
     y_out = y.astype(np.int64) if np.all(np.isfinite(y)) and np.all(y == np.round(y)) else y.astype(np.float32)
     return LabelledData(x, y_out, str(path))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _same_rows(data: LabelledData, x_name: str, y_name: str) -> None:
