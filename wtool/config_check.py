@@ -332,15 +332,7 @@ def check_config(config: Any, source: str, *, unsafe: bool = False, limits: Limi
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise InputError(f"{source}: {what} is not a Keras model config (no class_name)")
     report = ConfigReport()
-    try:
-        found = _findings(config, report)
-    except InputError as exc:
-        raise InputError(f"{source}: {exc.message}") from None
-    if found and not unsafe:
-        first = found[0]
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise UnsafeError(f"{source}: refused: {first.where}: {first.why}{more}",
-                          "pass --unsafe only if you trust this file and its author")
+    found = _refuse_code(config, source, report, unsafe)
     report.allowed = found
     report.n_layers = count_layers(config)
     if report.n_layers > limits.max_layers:
@@ -363,8 +355,13 @@ def check_code(config: Any, source: str, *, unsafe: bool = False, limits: Limits
     """Only the code refusals of check_config (no budgets), e.g. for a file's raw config before translation."""
     limits = limits or _limits.current()
     check_json_shape(config, source, limits, what)
+    return _refuse_code(config, source, ConfigReport(), unsafe)
+
+
+def _refuse_code(config: Any, source: str, report: ConfigReport, unsafe: bool) -> list[Finding]:
+    """Everything in `config` that would run code; refused (exit 5) unless `unsafe`."""
     try:
-        found = _findings(config, ConfigReport())
+        found = _findings(config, report)
     except InputError as exc:
         raise InputError(f"{source}: {exc.message}") from None
     if found and not unsafe:
