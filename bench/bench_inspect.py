@@ -1,7 +1,8 @@
 """`wtool inspect MODEL` against `python -c "import keras; keras.models.load_model(MODEL).summary()"`.
 
 Both run as fresh subprocesses (start-up included, as a user at a shell sees it); the
-numbers are medians of several runs. Targets (issue 2): inspect at least 15x faster than
+numbers are medians of several runs, after one untimed run of each that warms the file
+cache for both sides alike. Targets (issue 2): inspect at least 15x faster than
 the plain-Keras way; `wtool --help` under 0.3 s (reported as budget / time, target 1x).
 """
 
@@ -34,6 +35,7 @@ def _wtool() -> list[str]:
 def _median_time(cmd: list[str], runs: int) -> float:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     times = []
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # warm-up
     for _ in range(runs):
         start = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

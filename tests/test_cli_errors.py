@@ -39,15 +39,21 @@ def test_unwritable_output_is_a_usage_error_not_a_bug(tmp_path):
 
 
 @pytest.mark.tf
-def test_graph_commands_keep_tensorflow_start_up_noise_off_stderr(tmp_path):
+@pytest.mark.parametrize("command", ["infer", "train", "new", "transfer"])
+def test_graph_commands_keep_tensorflow_start_up_noise_off_stderr(tmp_path, command):
+    samples = REPO / "sample_models"
+    args = {
+        "infer": ["infer", samples / "xor.keras", samples / "xor.npz", "--input-key", "x", "-o", tmp_path / "p.npy"],
+        "train": ["train", samples / "xor.keras", "--data", samples / "xor.npz", "-o", tmp_path / "t.keras",
+                  "--epochs", "2"],
+        "new": ["new", tmp_path / "n.keras", "--input-shape", "2", "--layers", "dense:1"],
+        "transfer": ["transfer", samples / "nested.keras", "--replace-head", "3", "-o", tmp_path / "h.keras"],
+    }[command]
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WTOOL_DEBUG")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "wtool", "infer", str(REPO / "sample_models" / "xor.keras"),
-         str(REPO / "sample_models" / "xor.npz"), "--input-key", "x", "-o", str(tmp_path / "p.npy"), "-q"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    proc = subprocess.run([sys.executable, "-m", "wtool", *map(str, args), "-q"], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()
+    assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower(), proc.stderr
 
 
 @pytest.mark.tf

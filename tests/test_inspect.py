@@ -291,3 +291,50 @@ def test_uncompiled_model_has_no_training_config(tmp_path):
     assert re.search(r"training config\s+none", uncompiled.stdout)
     compiled = run_cli("inspect", SAMPLES / "xor.keras")
     assert re.search(r"training config\s+present", compiled.stdout)
+
+
+# ---- plain-text output: no markup, no terminal control characters, bold only on a colour terminal ----
+
+
+def _legacy_weights_with_name(path: Path, name: str) -> Path:
+    """A tf.keras 2 style .weights.h5 with one layer called `name` (names come from strangers' files)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [name.encode()]
+        group = f.create_group(name)
+        group.attrs["weight_names"] = [f"{name}/kernel:0".encode()]
+        group.create_dataset(f"{name}/kernel:0", data=np.arange(6, dtype="float32").reshape(2, 3))
+    return path
+
+
+def test_names_with_terminal_control_characters_are_escaped(tmp_path):
+    path = _legacy_weights_with_name(tmp_path / "ansi.weights.h5", "dense\x1b]0;owned\x07")
+    res = run_cli("inspect", path, "--weights", "--stats", "--sample", "2")
+    assert res.exit_code == 0, res
+    assert "\x1b" not in res.stdout and "\x07" not in res.stdout, res.stdout
+    assert "dense\\x1b]0;owned\\x07/kernel" in res.stdout
+    assert "[[0. 1.]" in res.stdout  # the values are still shown
+
+
+def test_brackets_in_names_and_paths_are_not_markup(tmp_path):
+    path = _legacy_weights_with_name(tmp_path / "m[red]x.weights.h5", "layer[bold]")
+    out = tmp_path / "w[red]x.npz"
+    res = run_cli("inspect", path, "--export", out)
+    assert res.exit_code == 0, res
+    assert "layer[bold]" in res.stdout and "m[red]x.weights.h5" in res.stdout
+    assert f"to {out}" in res.stderr, res.stderr
+    with np.load(out) as npz:
+        assert npz.files == ["layer[bold]/kernel"]
+
+
+@pytest.mark.parametrize("env,styled", [({"FORCE_COLOR": "1"}, True), ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, False),
+                                        ({}, False)])
+def test_headings_are_bold_only_on_a_colour_terminal(monkeypatch, env, styled):
+    for var in ("FORCE_COLOR", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    res = run_cli("inspect", SAMPLES / "xor.keras")
+    assert res.exit_code == 0, res
+    assert ("\x1b[1mfile" in res.stdout) is styled, res.stdout
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout)
+    assert plain.splitlines()[0].split() == ["file", str(SAMPLES / "xor.keras")]

@@ -31,7 +31,8 @@ if args is not None:
     except Exception as exc:  # a click Exit carries the code
         code = getattr(exc, "exit_code", repr(exc))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
-sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "loaded": loaded}) + "\\n")
+rich = any(m.split(".")[0] == "rich" for m in sys.modules)
+sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "loaded": loaded, "rich": rich}) + "\\n")
 """
 
 
@@ -55,8 +56,10 @@ def _probe(args: list[str] | None, tmp_path: Path) -> dict:
     ["diff", str(SAMPLES / "mlp.keras"), str(SAMPLES / "cnn.keras"), "--json"],
 ], ids=lambda a: "import" if a is None else " ".join(Path(x).name for x in a))
 def test_stays_tensorflow_free(args, tmp_path):
+    """...and free of rich too: inspect and diff print plain text, and importing rich is a tenth of their time."""
     result = _probe(args, tmp_path)
     assert result["loaded"] == [], f"imported {result['loaded'][:5]}"
+    assert not result["rich"]
     if args and args[0] == "diff" and "cnn.keras" in args[2]:
         assert result["code"] == 1
     elif args is not None:

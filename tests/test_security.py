@@ -629,8 +629,8 @@ def test_error_lines_never_carry_terminal_control_characters(tmp_path: Path, cap
 
 
 def test_config_errors_do_not_echo_the_config(tmp_path: Path) -> None:
-    from wtool.config_check import parse_config_json
     from wtool.errors import InputError
+    from wtool.safejson import parse_config_json
 
     text = '{"class_name": "Sequential", "config": {"secret": "' + M.SECRET + '", }'
     with pytest.raises(InputError) as info:
@@ -643,7 +643,7 @@ def test_every_model_file_in_the_corpus_still_opens(corpus: Path) -> None:
     from conftest import corpus_files
 
     from wtool.archive import check_archive
-    from wtool.config_check import parse_config_json
+    from wtool.safejson import parse_config_json
 
     files = corpus_files()
     if not files:

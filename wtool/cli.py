@@ -5,7 +5,6 @@ No TensorFlow here: commands import it lazily inside the functions that run a gr
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -16,6 +15,7 @@ import click
 
 from wtool import __version__
 from wtool.errors import WtoolError
+from wtool.render import printable as _printable
 
 # command name -> module under wtool.commands exposing `command`.
 COMMANDS = {
@@ -39,14 +39,6 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
     if os.environ.get("WTOOL_DEBUG"):
         return True
     return bool(ctx is not None and ctx.find_root().meta.get("wtool.debug"))
-
-
-_CONTROL = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)])
-
-
-def _printable(text: str) -> str:
-    """The text with terminal control characters escaped (messages can quote text from untrusted files)."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) in _CONTROL else c for c in str(text))
 
 
 def report_error(error: WtoolError) -> None:
@@ -73,6 +65,8 @@ class WtoolGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         name = click.utils.make_str(args[0]) if args else ""
         if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
             close = difflib.get_close_matches(name, list(COMMANDS), n=1)
             suggestion = f" (did you mean '{close[0]}'?)" if close else ""
             raise click.UsageError(f"no such command '{name}'{suggestion}", ctx)

@@ -2,8 +2,8 @@
 
 Two steps, both pure Python (no Keras, no TensorFlow):
 
-- `parse_config_json(data, source)`: JSON with caps on size, nesting depth and the
-  number of values, and no duplicate keys. Malformed or over a cap -> InputError (exit 3).
+- `parse_config_json(data, source)` (wtool.safejson): JSON with caps on size, nesting depth
+  and the number of values, and no duplicate keys. Malformed or over a cap -> InputError (exit 3).
 - `check_config(config, source, unsafe=...)`: walks every serialized object in the
   config. A class is accepted only if it is on an allowlist of Keras's own modeling
   classes (layers, initializers, regularizers, constraints, optimizers, losses, metrics,
@@ -22,7 +22,6 @@ the command can say so. The size limits are not relaxed by `unsafe`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from typing import Any
 from wtool import limits as _limits
 from wtool.errors import InputError, UnsafeError
 from wtool.limits import Limits, fmt_count, shown
+from wtool.safejson import check_json_shape, parse_config_json
 
 # ---------------------------------------------------------------------------------------------
 # allowlists (Keras 3.15 public modeling classes, plus names older files use)
@@ -152,79 +152,6 @@ class ConfigReport:
     def allowed_lines(self) -> list[str]:
         """One line per thing --unsafe let through (for the command's warning)."""
         return [f"{f.where}: {f.why}" for f in self.allowed]
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def parse_config_json(data: bytes | str, source: str, limits: Limits | None = None,
-                      what: str = "model config") -> Any:
-    """Parse config JSON from an untrusted file with caps; InputError (exit 3) when it is malformed or too big."""
-    limits = limits or _limits.current()
-    size = len(data)
-    if size > limits.max_config_bytes:
-        raise InputError(f"{source}: {what} is {size:,} bytes (limit {limits.max_config_bytes:,})")
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{source}: {what} is not UTF-8 text") from None
-    else:
-        text = data
-    try:
-        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_constant)
-    except _DuplicateKey as exc:
-        raise InputError(f"{source}: {what} has a duplicate key {shown(exc.args[0])}") from None
-    except RecursionError:
-        raise InputError(f"{source}: {what} nests too deeply") from None
-    except ValueError as exc:
-        # json errors carry a position, not content; keep only that.
-        pos = getattr(exc, "pos", None)
-        where = f" at byte {pos}" if isinstance(pos, int) else ""
-        raise InputError(f"{source}: {what} is not valid JSON{where}") from None
-    check_json_shape(value, source, limits, what)
-    return value
-
-
-def _constant(name: str) -> float:
-    # NaN / Infinity are legal in Keras configs (e.g. clip values); keep them as floats.
-    return float(name.replace("Infinity", "inf"))
-
-
-def check_json_shape(value: Any, source: str, limits: Limits | None = None, what: str = "model config") -> None:
-    """Depth and node-count caps on an already parsed JSON value (level by level: no recursion, C-speed)."""
-    limits = limits or _limits.current()
-    nodes = 0
-    depth = 0
-    level: list[Any] = [value]
-    while level:
-        depth += 1
-        nodes += len(level)
-        if nodes > limits.max_config_nodes:
-            raise InputError(f"{source}: {what} has more than {limits.max_config_nodes:,} values (limit)")
-        if depth > limits.max_config_depth:
-            raise InputError(f"{source}: {what} nests deeper than {limits.max_config_depth} levels (limit)")
-        below: list[Any] = []
-        for item in level:
-            if type(item) is dict:
-                below.extend(item.values())
-            elif type(item) is list:
-                below.extend(item)
-        level = below
 
 
 # ---------------------------------------------------------------------------------------------

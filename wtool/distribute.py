@@ -274,6 +274,9 @@ def make_strategy(name: str = "auto", workers: Sequence[str] | None = None, task
                   replicas: int | None = None, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT) -> Distribution:
     """Build the strategy `name` (auto|one-device|mirrored|multi-worker). Call before TensorFlow runs anything."""
     check_options(name, workers, task_index, replicas=replicas, timeout=timeout)
+    from wtool.model import import_keras
+
+    import_keras()  # TensorFlow's own start-up lines stay quiet (the strategy is the first thing to load it)
     if name == "auto":
         name = "mirrored" if len(_gpus()) > 1 else "one-device"
     if name == "one-device":

@@ -1,4 +1,4 @@
-"""Look inside weight files: summary, per-weight statistics, samples, histograms, export, diff.
+"""Look inside weight files: summary, per-weight statistics, samples, histograms, export.
 
 Everything here returns dataclasses; rendering lives in the command modules. No TensorFlow:
 values are read through the weight store, chunk by chunk where they could be large.
@@ -18,7 +18,7 @@ import numpy as np
 from wtool.errors import InputError, UsageError
 from wtool.fileio import atomic_output
 from wtool.store import LayerInfo, ModelFile, WeightInfo, select
-from wtool.store.chunks import DEFAULT_MAX_ELEMENTS
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, is_numeric
 
 HISTOGRAM_BINS = 16
 
@@ -92,14 +92,10 @@ class WeightStats:
     inf_count: int
 
 
-def _numeric(dtype: np.dtype) -> bool:
-    return dtype.kind in "biuf"
-
-
 def weight_stats(mf: ModelFile, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WeightStats | None:
     """Statistics computed block by block (Chan's parallel mean/variance), so memory stays flat."""
     info = mf.weight(path)
-    if not _numeric(np.dtype(info.dtype)):
+    if not is_numeric(np.dtype(info.dtype)):
         return None
     count = finite = zeros = nans = infs = 0
     mean = m2 = sumsq = 0.0
@@ -201,117 +197,6 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
                 for block in mf.iter_chunks(path, max_elements):
                     fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return target.stat().st_size
-
-
-# ---- diff -----------------------------------------------------------------------------------
-
-
-@dataclass
-class WeightDiff:
-    """One path compared: same, changed, shape (shape differs), only_a, only_b."""
-
-    path: str
-    status: str
-    shape_a: tuple[int, ...] | None = None
-    shape_b: tuple[int, ...] | None = None
-    dtype_a: str | None = None
-    dtype_b: str | None = None
-    max_abs_diff: float | None = None
-    rel_l2_change: float | None = None
-    mismatched: int = 0  # values outside the tolerance (NaN mismatches included)
-    nan_mismatched: int = 0  # places where exactly one side is NaN
-
-
-@dataclass
-class DiffReport:
-    a: str
-    b: str
-    atol: float
-    rtol: float
-    weights: list[WeightDiff]
-
-    def count(self, status: str) -> int:
-        return sum(1 for w in self.weights if w.status == status)
-
-    @property
-    def equal(self) -> bool:
-        return all(w.status == "same" for w in self.weights)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {s: self.count(s) for s in ("same", "changed", "only_a", "only_b", "shape")}
-
-
-def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0,
-                layer_globs: list[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> DiffReport:
-    """Compare two files weight by weight, by canonical path. NaN equals NaN at the same place."""
-    if atol < 0 or rtol < 0:
-        raise UsageError(f"--atol and --rtol must not be negative (not {atol}, {rtol})")
-    a_paths = [w.path for w in a.weights]
-    b_paths = [w.path for w in b.weights]
-    union = a_paths + [p for p in b_paths if p not in set(a_paths)]
-    chosen = select(union, layer_globs, option="--layer")
-    in_a, in_b = set(a_paths), set(b_paths)
-    rows = []
-    for path in chosen:
-        if path not in in_b:
-            wa = a.weight(path)
-            rows.append(WeightDiff(path, "only_a", shape_a=wa.shape, dtype_a=wa.dtype))
-        elif path not in in_a:
-            wb = b.weight(path)
-            rows.append(WeightDiff(path, "only_b", shape_b=wb.shape, dtype_b=wb.dtype))
-        else:
-            rows.append(_compare(a, b, path, atol, rtol, max_elements))
-    return DiffReport(a=str(a.path), b=str(b.path), atol=atol, rtol=rtol, weights=rows)
-
-
-def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, max_elements: int) -> WeightDiff:
-    wa, wb = a.weight(path), b.weight(path)
-    row = WeightDiff(path, "same", wa.shape, wb.shape, wa.dtype, wb.dtype)
-    if wa.shape != wb.shape:
-        row.status = "shape"
-        return row
-    if not (_numeric(np.dtype(wa.dtype)) and _numeric(np.dtype(wb.dtype))):
-        same = np.array_equal(a.read(path), b.read(path))
-        row.status = "same" if same else "changed"
-        row.mismatched = 0 if same else 1
-        return row
-    max_abs = 0.0
-    diff_sq = 0.0
-    mismatched = 0
-    nan_mismatched = 0
-    for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements), strict=True):
-        if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
-            continue  # the common case, without float64 copies (NaN blocks take the slow path)
-        x = np.asarray(block_a, dtype=np.float64).ravel()
-        y = np.asarray(block_b, dtype=np.float64).ravel()
-        equal_special = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
-        d = np.abs(x - y)
-        d[equal_special] = 0.0
-        bad = ~(d <= atol + rtol * np.abs(y)) & ~equal_special  # NaN against a number is a mismatch
-        mismatched += int(np.count_nonzero(bad))
-        nan = np.isnan(d)  # NaN on one side only (NaN on both is equal_special, d = 0)
-        nan_mismatched += int(np.count_nonzero(nan))
-        if np.isinf(d).any():
-            max_abs = math.inf  # a real infinite difference: Inf against a number, or Inf against -Inf
-        d = d[np.isfinite(d)]
-        if d.size:
-            max_abs = max(max_abs, float(d.max()))
-            diff_sq += float(np.dot(d, d))
-    row.max_abs_diff = max_abs
-    row.rel_l2_change = 0.0
-    if diff_sq > 0:
-        ref_sq = 0.0
-        for block in a.iter_chunks(path, max_elements):
-            x = np.asarray(block, dtype=np.float64).ravel()
-            x = x[np.isfinite(x)]
-            ref_sq += float(np.dot(x, x))
-        # undefined (None) when A is all zeros: a fresh bias after training is not an "inf" change
-        row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else None
-    row.mismatched = mismatched
-    row.nan_mismatched = nan_mismatched
-    row.status = "changed" if mismatched else "same"
-    return row
 
 
 def jsonable_stats(stats: WeightStats | None) -> dict[str, Any] | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 
-from wtool.commands.common import InputPath, common_options
-from wtool.render import Output, fmt_float, fmt_shape, fmt_table
+from wtool.commands.common import InputPath, common_options, without_blas_threads
+from wtool.render import Output, TextWriter, fmt_float, fmt_shape, fmt_table
+
+without_blas_threads()
 
 STATUS_TEXT = {"same": "same", "changed": "changed", "shape": "shape differs", "only_a": "only in A",
                "only_b": "only in B"}
@@ -42,12 +43,12 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
       wtool diff before.keras after.keras --atol 1e-6 --layer 'features/*'
       wtool diff a.keras b.weights.h5 --json
     """
-    from wtool.inspect import diff_models
+    from wtool.diff import diff_models
     from wtool.store.npz import open_weights
 
     with open_weights(a) as ma, open_weights(b) as mb:
         report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None)
-    out.result(_document(report), lambda console: _render(console, report, show_all))
+    out.result_text(_document(report), lambda writer: _render(writer, report, show_all))
     if not report.equal:
         raise click.exceptions.Exit(1)
 
@@ -78,7 +79,7 @@ def _summary_line(report: Any) -> str:
             f"{c['shape']} shape differs, {c['only_a']} only in A, {c['only_b']} only in B")
 
 
-def _render(console: Console, report: Any, show_all: bool) -> None:
+def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
     rows = []
     shown = [w for w in report.weights if show_all or w.status != "same"]
     with_nan = any(w.nan_mismatched for w in shown)
@@ -99,6 +100,6 @@ def _render(console: Console, report: Any, show_all: bool) -> None:
         headers += ["NaN mismatch"] if with_nan else []
         text = fmt_table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched", "NaN mismatch"})
         head, _, body = text.partition("\n")
-        console.print(head, style="bold", markup=False, highlight=False, soft_wrap=True)
-        console.print(body, markup=False, highlight=False, soft_wrap=True)
-    console.print(_summary_line(report), highlight=False)
+        writer.line(head=head)
+        writer.line(body)
+    writer.line(_summary_line(report))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 
-from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
-from wtool.render import Output, fmt_bytes, fmt_float, fmt_int, fmt_shape, fmt_table
+from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option, without_blas_threads
+from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_shape, fmt_table
+
+without_blas_threads()
 
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
@@ -74,8 +75,8 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
     for warning in summary.warnings:
         out.warn(warning)
     show_weights = show_weights or stats
-    out.result(doc, lambda console: _render(console, summary, details, show_weights, stats, histogram, sample,
-                                            check_result))
+    out.result_text(doc, lambda writer: render_summary(writer, summary, details, show_weights, stats, histogram,
+                                                       sample, check_result))
     if exported and not out.json_mode:
         out.info(f"exported {exported['weights']} weights to {export} ({fmt_bytes(exported['bytes'])})")
     if check_result is not None and check_result.exit_code:
@@ -148,8 +149,9 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], show_weights: bool, stats: bool,
-            histogram: bool, sample: int | None, check_result: Any) -> None:
+def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]], show_weights: bool,
+                   stats: bool, histogram: bool, sample: int | None, check_result: Any) -> None:
+    """What `wtool inspect` prints (also `wtool new`, for the model it wrote)."""
     fmt = FORMAT_NAMES.get((summary.format, summary.layout), summary.format)
     saved_by = f"Keras {summary.keras_version}" if summary.keras_version else "unknown Keras version"
     if summary.backend:
@@ -164,8 +166,8 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
         ("training config", "present" if summary.has_training_config else "none"),
     ]
     for key, value in head:
-        console.print(f"[bold]{key:<16}[/]{value}", highlight=False)
-    console.print()
+        writer.line(value, head=f"{key:<16}")
+    writer.line()
 
     shapes = {w.path: w.shape for w in summary.weights}
     nested = _nested_params(summary)
@@ -177,28 +179,28 @@ def _render(console: Console, summary: Any, details: dict[str, dict[str, Any]], 
             params = fmt_int(nested[layer.path])
         rows.append(["  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
                      _yes(layer.trainable)])
-    _print_table(console, ["layer", "class", "weights", "params", "trainable"], rows, {"params"})
-    console.print()
-    console.print(f"[bold]total[/] {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
-                  f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
-                  f"non-trainable", highlight=False)
+    _print_table(writer, ["layer", "class", "weights", "params", "trainable"], rows, {"params"})
+    writer.line()
+    writer.line(f" {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
+                 f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
+                 f"non-trainable", head="total")
     if summary.selected:
         n, params = len(summary.weights), summary.selected_params
-        console.print(f"[bold]selected[/] {n} weight{'' if n == 1 else 's'}, {fmt_int(params)} "
-                      f"param{'' if params == 1 else 's'}", highlight=False)
+        writer.line(f" {n} weight{'' if n == 1 else 's'}, {fmt_int(params)} param{'' if params == 1 else 's'}",
+                     head="selected")
     if show_weights:
-        console.print()
-        _render_weights(console, summary, details, stats)
+        writer.line()
+        _render_weights(writer, summary, details, stats)
     if histogram:
-        console.print()
-        _render_histograms(console, summary, details)
+        writer.line()
+        _render_histograms(writer, summary, details)
     if sample:
-        console.print()
-        _render_samples(console, summary, details, sample)
+        writer.line()
+        _render_samples(writer, summary, details, sample)
     if check_result is not None:
-        console.print()
+        writer.line()
         reasons = "; ".join(check_result.reasons) if check_result.reasons else ""
-        console.print(f"[bold]graph[/] {check_result.status}" + (f": {reasons}" if reasons else ""), highlight=False)
+        writer.line(f" {check_result.status}" + (f": {reasons}" if reasons else ""), head="graph")
 
 
 def _nested_params(summary: Any) -> dict[str, int]:
@@ -215,7 +217,7 @@ def _nested_params(summary: Any) -> dict[str, int]:
     return totals
 
 
-def _render_weights(console: Console, summary: Any, details: dict[str, dict[str, Any]], stats: bool) -> None:
+def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]], stats: bool) -> None:
     columns = ["weight", "shape", "dtype", "params", "trainable"]
     if stats:
         columns += ["min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
@@ -230,32 +232,31 @@ def _render_weights(console: Console, summary: Any, details: dict[str, dict[str,
                 row += [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std),
                         fmt_float(s.l2_norm), f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
         rows.append(row)
-    _print_table(console, columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
+    _print_table(writer, columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
 
 
-def _print_table(console: Console, headers: list[str], rows: list[list[str]], right: set[str]) -> None:
+def _print_table(writer: TextWriter, headers: list[str], rows: list[list[str]], right: set[str]) -> None:
     text = fmt_table(headers, rows, right)
     head, _, body = text.partition("\n")
-    console.print(head, style="bold", markup=False, highlight=False, soft_wrap=True)
+    writer.line(head=head)
     if body:
-        console.print(body, markup=False, highlight=False, soft_wrap=True)
+        writer.line(body)
 
 
-def _render_histograms(console: Console, summary: Any, details: dict[str, dict[str, Any]]) -> None:
+def _render_histograms(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]]) -> None:
     width = max((len(w.path) for w in summary.weights), default=0)
     for w in summary.weights:
         h = details[w.path].get("histogram")
         if h is None:
-            console.print(f"{w.path:<{width}}  (no finite values)", highlight=False)
+            writer.line(f"{w.path:<{width}}  (no finite values)")
             continue
         top = max(h.counts) or 1
         bars = "".join(SPARK[0 if c == 0 else 1 + round((len(SPARK) - 2) * c / top)] for c in h.counts)
         s = details[w.path]["stats"]
-        console.print(f"{w.path:<{width}}  {fmt_float(s.min):>10} |{bars}| {fmt_float(s.max)}",
-                      highlight=False, markup=False)
+        writer.line(f"{w.path:<{width}}  {fmt_float(s.min):>10} |{bars}| {fmt_float(s.max)}")
 
 
-def _render_samples(console: Console, summary: Any, details: dict[str, dict[str, Any]], n: int) -> None:
+def _render_samples(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]], n: int) -> None:
     import numpy as np
 
     for w in summary.weights:
@@ -268,6 +269,6 @@ def _render_samples(console: Console, summary: Any, details: dict[str, dict[str,
             view = f"{w.path}[0:{n}]"
         else:
             view = w.path
-        console.print(view, highlight=False, markup=False)
+        writer.line(view)
         text = np.array2string(values, precision=4, suppress_small=False, max_line_width=10_000, threshold=10_000)
-        console.print(text, highlight=False, markup=False)
+        writer.line(text)

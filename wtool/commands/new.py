@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import IncompatibleError, InputError, UnsafeError, UsageError
 from wtool.fileio import check_input_file
-from wtool.render import Output
+from wtool.render import Output, TextWriter
 from wtool.spec import parse_layers, parse_shape
 
 # A model config larger than this is not a config someone wrote by hand or exported (exit 3).
@@ -23,7 +22,7 @@ CONFIG_MAX_BYTES = 64 * 1024 * 1024
 def read_config(path: str) -> dict[str, Any]:
     """A Keras model config: `model.to_json()` output, a `.keras` file's config.json, or a `.keras` file."""
     from wtool.archive import check_archive
-    from wtool.config_check import parse_config_json
+    from wtool.safejson import parse_config_json
 
     p = check_input_file(path)
     try:
@@ -98,18 +97,18 @@ def summarize(model: Any) -> dict[str, Any]:
 def _human(doc: dict[str, Any]) -> Any:
     """The summary `wtool inspect OUT` prints, read back from the written file, then seed and compile settings."""
 
-    def render(console: Console) -> None:
-        from wtool.commands.inspect import _render
+    def render(writer: TextWriter) -> None:
+        from wtool.commands.inspect import render_summary
         from wtool.inspect import summarize
         from wtool.store import open_model
 
         with open_model(doc["output"]) as mf:
             summary = summarize(mf)
-        _render(console, summary, {}, False, False, False, None, None)
+        render_summary(writer, summary, {}, False, False, False, None, None)
         extra = [f"seed {doc['seed']}" if doc.get("seed") is not None else "",
                  f"compiled with {doc['compiled']}" if doc.get("compiled") else ""]
         if any(extra):
-            console.print("; ".join(e for e in extra if e), highlight=False)
+            writer.line("; ".join(e for e in extra if e))
 
     return render
 
@@ -205,5 +204,5 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
         compiled = f"{type(opt).__name__.lower()}, loss {loss}"
     save_model(model, path)
     doc = {"output": str(path), "seed": seed, "compiled": compiled, "model": summarize(model)}
-    out.result(doc, _human(doc))
+    out.result_text(doc, _human(doc))
 

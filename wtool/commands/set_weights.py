@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from wtool.commands.common import InputPath, OutputPath, common_options
-from wtool.render import Output, fmt_shape
+from wtool.render import Output, cell, fmt_shape, printable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _g(x: float | None) -> str:
@@ -34,6 +35,8 @@ _TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$", re.M)
 def print_wide(console: Console, table: Any) -> None:
     """Print a table at its natural width: rows are never folded (scripts grep them), and lines
     carry no trailing padding (rich pads every cell to its column's width)."""
+    from rich.console import Console
+
     width = console.measure(table, options=console.options.update_width(1000)).maximum
     target = console
     if width > console.width:
@@ -53,19 +56,19 @@ def render_plan(console: Console, plan: Any) -> None:
     table.add_column("weight", no_wrap=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("from", no_wrap=True)
-    table.add_column(escape("old mean±std [min, max]"), no_wrap=True)
-    table.add_column(escape("new mean±std [min, max]"), no_wrap=True)
+    table.add_column(cell("old mean±std [min, max]"), no_wrap=True)
+    table.add_column(cell("new mean±std [min, max]"), no_wrap=True)
     for a in plan.assignments:
-        table.add_row(escape(a.path), fmt_shape(a.shape), escape(a.source), escape(_stats(a.old)),
-                      escape(_stats(a.new)))
+        table.add_row(cell(a.path), fmt_shape(a.shape), cell(a.source), cell(_stats(a.old)),
+                      cell(_stats(a.new)))
     print_wide(console, table)
     counts = doc["counts"]
     if plan.dry_run:
         where = "dry run: nothing written"
     else:
         where = f"wrote {doc['output']}" + (" (values read back and checked)" if doc["verified"] else "")
-    console.print(f"{counts['assigned']} assigned, {counts['kept']} kept; optimizer state {doc['optimizer']}; "
-                  f"{where}", highlight=False, markup=False)
+    console.print(printable(f"{counts['assigned']} assigned, {counts['kept']} kept; optimizer state "
+                            f"{doc['optimizer']}; {where}"), highlight=False, markup=False)
 
 
 @click.command(name="set-weights")

@@ -8,11 +8,10 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import UsageError
-from wtool.render import Output, fmt_float, fmt_int
+from wtool.render import Output, TextWriter, fmt_float, fmt_int
 
 # Non-terminal progress: one line per epoch, but no more than one per this many seconds (plus the last).
 LINE_INTERVAL_S = 1.0
@@ -154,7 +153,7 @@ def _resume_command(ctx: click.Context) -> str:
 
 
 def _render(summary: dict[str, Any]) -> Any:
-    def human(console: Console) -> None:
+    def human(writer: TextWriter) -> None:
         rows: list[tuple[str, str]] = []
         last = summary["last_epoch"]
         first = last - summary["epochs_run"] + 1
@@ -185,9 +184,9 @@ def _render(summary: dict[str, Any]) -> Any:
         if dist.get("kind", "one-device") != "one-device":
             rows.append(("strategy", str(dist.get("description"))))
         target = summary["output"] or "(written by the chief)"
-        console.print(f"trained {summary['model']} -> {target}", highlight=False, soft_wrap=True)
+        writer.line(f"trained {summary['model']} -> {target}")
         for key, value in rows:
-            console.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
+            writer.line(value, head=f"{key:<11}")
 
     return human
 
@@ -317,5 +316,5 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
     result = train(opts, reporter)
     document = dict(result.summary)
     document["history"] = result.history
-    out.result(document, _render(result.summary))
+    out.result_text(document, _render(result.summary))
     sys.stdout.flush()

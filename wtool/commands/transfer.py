@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.commands.set_weights import print_wide
 from wtool.errors import UsageError
-from wtool.render import Output, fmt_shape
+from wtool.render import Output, cell, fmt_shape, printable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def render_plan(console: Console, plan: Any) -> None:
@@ -36,17 +37,17 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_column(name, no_wrap=True)
     for p in plan.transferred:
         same = p.source == p.target
-        table.add_row(moved, escape(p.source), "" if same else "->", "" if same else escape(p.target),
+        table.add_row(moved, cell(p.source), "" if same else "->", "" if same else cell(p.target),
                       fmt_shape(p.target_shape))
     for p in plan.skipped:
         why = {"shape": f"source {fmt_shape(p.source_shape)}, target {fmt_shape(p.target_shape)}",
                "dtype": p.detail, "count": p.detail}.get(p.reason or "", p.detail or "")
-        table.add_row(f"[yellow]{left} ({p.reason})[/]", escape(p.source or "-"), "->", escape(p.target or "-"),
-                      escape(why or ""))
+        table.add_row(f"[yellow]{left} ({p.reason})[/]", cell(p.source or "-"), "->", cell(p.target or "-"),
+                      cell(why or ""))
     for path in plan.missing_in_source:
-        table.add_row("[dim]missing in source[/]", "-", "", escape(path), "kept as is")
+        table.add_row("[dim]missing in source[/]", "-", "", cell(path), "kept as is")
     for path in plan.unused_from_source:
-        table.add_row("[dim]unused from source[/]", escape(path), "", "-", "")
+        table.add_row("[dim]unused from source[/]", cell(path), "", "-", "")
     if table.row_count:
         print_wide(console, table)
     n_left = counts["skipped"] if plan.skip_mismatch else counts["mismatched"]
@@ -61,19 +62,19 @@ def render_plan(console: Console, plan: Any) -> None:
         line += "; dry run: nothing written"
     else:
         line += f"; wrote {doc['output']}" + (" (read back and checked)" if doc["verified"] else "")
-    console.print(line, highlight=False, markup=False)
+    console.print(printable(line), highlight=False, markup=False)
 
 
 def render_head(console: Console, report: Any) -> None:
     old = f"{report.old_units} units" if report.old_units is not None else report.replaced_class
-    console.print(f"replaced head {report.replaced} ({old}) with Dense({report.units}, "
-                  f"activation={report.activation})", highlight=False, markup=False)
+    lines = [f"replaced head {report.replaced} ({old}) with Dense({report.units}, activation={report.activation})"]
     if report.dropped:
-        console.print(f"dropped the layers after it: {', '.join(report.dropped)}", highlight=False, markup=False)
+        lines.append(f"dropped the layers after it: {', '.join(report.dropped)}")
     kept = report.kept_weights
-    console.print(f"{kept} weight{'' if kept == 1 else 's'} kept from the base"
-                  + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else "")
-                  + f"; wrote {report.output}", highlight=False, markup=False)
+    lines.append(f"{kept} weight{'' if kept == 1 else 's'} kept from the base"
+                 + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else "") + f"; wrote {report.output}")
+    for line in lines:
+        console.print(printable(line), highlight=False, markup=False)
 
 
 @click.command(name="transfer")

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 DEFAULT_MAX_ELEMENTS = 1 << 20  # 1M elements (4 MB of float32) per block
+
+
+def is_numeric(dtype: Any) -> bool:
+    """Whether statistics and tolerances apply (bool, integers, floats; not strings or objects)."""
+    return getattr(dtype, "kind", None) in ("b", "i", "u", "f")
 
 
 def iter_blocks(shape: tuple[int, ...], max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[object, ...]]:

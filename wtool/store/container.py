@@ -250,6 +250,6 @@ def _extract_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, p
 
 
 def _parse_json(data: bytes, name: str, path: Path) -> Any:
-    from wtool.config_check import parse_config_json  # duplicate keys, depth and size caps
+    from wtool.safejson import parse_config_json  # duplicate keys, depth and size caps
 
     return parse_config_json(data, str(path), what=name)

@@ -189,7 +189,7 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[str, Any] | None:
-    from wtool.config_check import parse_config_json  # duplicate keys, depth and size caps
+    from wtool.safejson import parse_config_json  # duplicate keys, depth and size caps
 
     try:
         value = parse_config_json(text, where, what=f"the {name} attribute")

@@ -1,7 +1,7 @@
 """Numpy `.npz` archives of weights keyed by path (what `wtool inspect --export` writes).
 
 `diff` compares a model with such an archive (export -> edit with numpy -> diff), so the
-archive is presented with the few read methods `wtool.inspect.diff_models` uses. Other
+archive is presented with the few read methods `wtool.diff.diff_models` uses. Other
 commands that expect a model say plainly that an .npz is a numpy archive, not a model.
 """
 
