@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +33,8 @@ def atomic_output(target: str | os.PathLike[str], suffix: str | None = None) -> 
         suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".weights.h5") else target.suffix
     if target.is_dir():
         raise UsageError(f"{target}: is a directory; give a file name for the output")
+    import tempfile  # here, not at the top: reading commands never write and skip its import
+
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=directory)
     except OSError as exc:

@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +203,8 @@ def _open_zip(path: Path) -> Source:
             h5 = open_hdf5(path, fileobj=window, where=f"{path} ({WEIGHTS_MEMBER})")
             return Source(kind="zip", h5=h5, config=config, metadata=metadata, zip_members=names,
                           in_place=True, _closers=[window.close])
+        import tempfile  # only compressed archives need it
+
         tmpdir = tempfile.mkdtemp(prefix="wtool-")
         target = Path(tmpdir) / WEIGHTS_MEMBER
         try:
