@@ -65,3 +65,22 @@ def test_one_line_json_document_on_stdin_hints_at_input_format_json():
     accepted = run_cli("infer", model, "-", "-q", "--input-format", "json", input="[[1,0],[0,1]]\n")
     assert accepted.exit_code == 0, accepted
     assert len(accepted.stdout.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("command", [
+    ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel"],
+    ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel", "--json"],
+    ["infer", "mlp.keras", "mlp.npz", "--input-key", "x", "--json"],
+], ids=["inspect", "inspect-json", "infer"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(command):
+    """`wtool ... | head -1`: exit 0 and nothing on stderr, not a BrokenPipeError."""
+    args = [str(REPO / "sample_models" / a) if a.endswith((".keras", ".npz")) else a for a in command]
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WTOOL_DEBUG")}
+    proc = subprocess.Popen([sys.executable, "-m", "wtool", *args, "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away with more than a pipe buffer (64 KB) still to come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert first and err == "", err

@@ -16,6 +16,7 @@ import click
 from wtool import __version__
 from wtool.errors import WtoolError
 from wtool.render import printable as _printable
+from wtool.render import silence_stdout
 
 # command name -> module under wtool.commands exposing `command`.
 COMMANDS = {
@@ -106,6 +107,9 @@ class WtoolGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # the reader of stdout stopped early (`| head`): end quietly, as cat does
+            silence_stdout()
+            ctx.exit(0)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70

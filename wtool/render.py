@@ -50,6 +50,16 @@ def cell(text: object) -> str:
     return escape(printable(str(text)))
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away (`| head`), so the exit flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout descriptor (embedded use, test runners)
+        pass
+
+
 def colour_terminal(stream: TextIO) -> bool:
     """Whether to style text on `stream`, deciding as rich does: NO_COLOR, FORCE_COLOR, a TTY that is not dumb."""
     if os.environ.get("NO_COLOR"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,15 +50,6 @@ def render_table(console: Console, columns: list[Column], batches: list[dict[str
             table.add_row(str(row), *(_cell(batch[c.name][i]) for c in columns))
             row += 1
     console.print(table)
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
 
 
 def _progress(out: Output, total: int) -> tuple[Callable[[int], None] | None, Any]:
@@ -184,11 +173,7 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
                 with atomic_output(out_path) as tmp:
                     stats = plan.run(lambda cols, n: open_writer(tmp, cols, n, out_fmt), update)
             else:
-                try:
-                    stats = plan.run(to_stdout, update)
-                except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
-                    _silence_stdout()
-                    raise click.exceptions.Exit(0) from None
+                stats = plan.run(to_stdout, update)  # a reader that stops early (`| head`): see cli.invoke
         finally:
             if bar is not None:
                 bar.stop()
