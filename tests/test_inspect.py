@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -338,3 +341,16 @@ def test_headings_are_bold_only_on_a_colour_terminal(monkeypatch, env, styled):
     assert ("\x1b[1mfile" in res.stdout) is styled, res.stdout
     plain = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout)
     assert plain.splitlines()[0].split() == ["file", str(SAMPLES / "xor.keras")]
+
+
+def test_a_stdout_that_is_not_utf8_gets_ascii_histograms_and_escaped_names(tmp_path):
+    model = tmp_path / "modèle.keras"
+    shutil.copy(SAMPLES / "xor.keras", model)
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = subprocess.run([sys.executable, "-m", "wtool", "inspect", str(model), "--histogram"], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    text = proc.stdout.decode("ascii")
+    assert "mod\\xe8le.keras" in text
+    bars = re.search(r"hidden/kernel .*\|(.{16})\|", text)
+    assert bars and set(bars.group(1)) <= set(" .:-=+*#%@") and "@" in bars.group(1), text

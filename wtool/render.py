@@ -89,7 +89,24 @@ class TextWriter:
         head = printable(head)
         if head and self.styled:
             head = f"{self.STYLES[style]}{head}{self.RESET}"
-        self.stream.write(f"{head}{printable(text)}\n")
+        line = f"{head}{printable(text)}\n"
+        try:
+            self.stream.write(line)
+        except UnicodeEncodeError:  # a stdout that is not UTF-8 (PYTHONIOENCODING=ascii, a latin-1 locale)
+            encoding = self.encoding
+            self.stream.write(line.encode(encoding, "backslashreplace").decode(encoding))
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def can_show(self, text: str) -> bool:
+        """Whether the stream's encoding has these characters (else pick an ASCII form)."""
+        try:
+            text.encode(self.encoding)
+        except (UnicodeEncodeError, LookupError):
+            return False
+        return True
 
 
 class Output:

@@ -18,6 +18,7 @@ FORMAT_NAMES = {
     ("weights.h5", "legacy"): "weights only (legacy layout)",
 }
 SPARK = " ▁▂▃▄▅▆▇█"
+SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters
 
 
 @click.command(name="inspect")
@@ -245,13 +246,14 @@ def _print_table(writer: TextWriter, headers: list[str], rows: list[list[str]], 
 
 def _render_histograms(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]]) -> None:
     width = max((len(w.path) for w in summary.weights), default=0)
+    ramp = SPARK if writer.can_show(SPARK) else SPARK_ASCII
     for w in summary.weights:
         h = details[w.path].get("histogram")
         if h is None:
             writer.line(f"{w.path:<{width}}  (no finite values)")
             continue
         top = max(h.counts) or 1
-        bars = "".join(SPARK[0 if c == 0 else 1 + round((len(SPARK) - 2) * c / top)] for c in h.counts)
+        bars = "".join(ramp[0 if c == 0 else 1 + round((len(ramp) - 2) * c / top)] for c in h.counts)
         s = details[w.path]["stats"]
         writer.line(f"{w.path:<{width}}  {fmt_float(s.min):>10} |{bars}| {fmt_float(s.max)}")
 
