@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +17,11 @@ from wtool.render import Output
 def without_blas_threads() -> None:
     """For commands that multiply no matrices (inspect, diff): numpy loads without an OpenBLAS thread pool.
 
-    Starting the pool costs ~8 ms of a ~160 ms `wtool inspect` on 2 cores. It only takes effect
-    before numpy is imported, and a value the user set is kept.
+    Starting the pool costs ~8 ms of a ~160 ms `wtool inspect` on 2 cores. Only before numpy is
+    imported (so an embedding process is left alone), and a value the user set is kept.
     """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:

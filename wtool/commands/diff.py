@@ -9,8 +9,6 @@ import click
 from wtool.commands.common import InputPath, common_options, without_blas_threads
 from wtool.render import Output, TextWriter, fmt_float, fmt_shape, fmt_table
 
-without_blas_threads()
-
 STATUS_TEXT = {"same": "same", "changed": "changed", "shape": "shape differs", "only_a": "only in A",
                "only_b": "only in B"}
 
@@ -43,6 +41,7 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
       wtool diff before.keras after.keras --atol 1e-6 --layer 'features/*'
       wtool diff a.keras b.weights.h5 --json
     """
+    without_blas_threads()  # before numpy loads
     from wtool.diff import diff_models
     from wtool.store.npz import open_weights
 

@@ -9,8 +9,6 @@ import click
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option, without_blas_threads
 from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_shape, fmt_table
 
-without_blas_threads()
-
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
     ("h5", "legacy"): "full model .h5 (legacy HDF5)",
@@ -52,6 +50,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
       wtool inspect sample_models/mlp.keras --sample 3 --layer hidden/kernel
       wtool inspect sample_models/lstm.weights.h5 --export lstm.npz --json
     """
+    without_blas_threads()  # before numpy loads
     from wtool.inspect import export_npz, summarize, weight_histogram, weight_sample, weight_stats
     from wtool.store import open_model
 
