@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,10 +71,10 @@ def test_one_line_json_document_on_stdin_hints_at_input_format_json():
 @pytest.mark.parametrize("command", [
     ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel"],
     ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel", "--json"],
-    ["infer", "mlp.keras", "mlp.npz", "--input-key", "x", "--json"],
+    ["infer", "mlp.keras", "mlp.npz", "--input-key", "x", "--json", "--batch-size", "50"],
 ], ids=["inspect", "inspect-json", "infer"])
 def test_a_reader_that_stops_early_ends_the_command_quietly(command):
-    """`wtool ... | head -1`: exit 0 and nothing on stderr, not a BrokenPipeError."""
+    """`wtool ... | head -1`: nothing on stderr (no BrokenPipeError), and 141 as for a command killed by SIGPIPE."""
     args = [str(REPO / "sample_models" / a) if a.endswith((".keras", ".npz")) else a for a in command]
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WTOOL_DEBUG")}
     proc = subprocess.Popen([sys.executable, "-m", "wtool", *args, "-q"], stdout=subprocess.PIPE,
@@ -82,5 +83,49 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(command):
     first = proc.stdout.readline()
     proc.stdout.close()  # the reader goes away with more than a pipe buffer (64 KB) still to come
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=300) == 0, err
+    assert proc.wait(timeout=300) == 141, err
     assert first and err == "", err
+
+
+def test_a_rich_console_hands_a_broken_pipe_to_the_cli():
+    from wtool.render import Output
+
+    console = Output().stdout
+    with pytest.raises(BrokenPipeError):
+        console.on_broken_pipe()  # rich's default would exit 1, so diff could not say 141 and mean it
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+def test_a_full_disk_under_stdout_is_one_error_line_not_a_bug(json_flag):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "wtool", "inspect", str(REPO / "sample_models" / "xor.keras"),
+                               *json_flag], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["error: cannot write to standard output (No space left on device)",
+                                        "hint: check the disk or device stdout goes to"], proc.stderr
+
+
+def test_a_closed_stdout_discards_the_output():
+    proc = subprocess.run(f"{sys.executable} -m wtool inspect {REPO / 'sample_models' / 'xor.keras'} >&-",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.parametrize("args,command", [(["inspect", "--layer"], "wtool inspect"),
+                                          (["diff", "a", "b", "--atol"], "wtool diff"),
+                                          (["inspect", "m.keras", "--sample", "x"], "wtool inspect")])
+def test_usage_errors_point_at_the_command_help(args, command):
+    res = run_cli(*args)
+    assert res.exit_code == 2, res
+    assert res.stderr.splitlines()[-1] == f"hint: see '{command} --help'", res.stderr
+
+
+def test_a_newline_in_a_file_name_stays_inside_the_error_line(tmp_path):
+    path = tmp_path / "evil\nerror: forged.keras"
+    path.write_bytes(b"not a model")
+    res = run_cli("inspect", path)
+    assert res.exit_code == 3, res
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("error: ") and "evil\\x0aerror: forged.keras" in lines[0], res.stderr
+    assert not any(line.startswith("error: forged") for line in lines)

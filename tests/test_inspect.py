@@ -354,3 +354,42 @@ def test_a_stdout_that_is_not_utf8_gets_ascii_histograms_and_escaped_names(tmp_p
     assert "mod\\xe8le.keras" in text
     bars = re.search(r"hidden/kernel .*\|(.{16})\|", text)
     assert bars and set(bars.group(1)) <= set(" .:-=+*#%@") and "@" in bars.group(1), text
+
+
+def test_a_newline_or_tab_in_a_name_cannot_forge_rows_or_break_columns(tmp_path):
+    path = _legacy_weights_with_name(tmp_path / "forge.weights.h5", "a\nfile  forged.h5\tx")
+    res = run_cli("inspect", path, "--weights")
+    assert res.exit_code == 0, res
+    lines = res.stdout.splitlines()
+    assert not any(line.startswith("file  forged") for line in lines), res.stdout
+    rows = [line for line in lines if "forged" in line]
+    assert len(rows) == 2 and all("a\\x0afile  forged.h5\\x09x" in row for row in rows), res.stdout
+    # the weights table stays aligned: every row's shape column starts where the header's does
+    table = lines[lines.index(next(line for line in lines if line.startswith("weight "))):]
+    start = table[0].index("shape")
+    assert table[1][start:].startswith("(2, 3)"), table
+
+
+def test_escaped_names_keep_the_diff_table_aligned(tmp_path):
+    a = _legacy_weights_with_name(tmp_path / "a.weights.h5", "d\x1b[31mred")
+    b = _legacy_weights_with_name(tmp_path / "b.weights.h5", "plain")
+    res = run_cli("diff", a, b)
+    assert res.exit_code == 1, res
+    lines = res.stdout.splitlines()
+    status_col = lines[0].index("status")
+    assert all(line[status_col:].startswith("only in") for line in lines[1:3]), res.stdout
+    assert "\x1b" not in res.stdout and "d\\x1b[31mred/kernel" in res.stdout
+
+
+def test_notes_and_warnings_are_plain_text_on_the_stream_given():
+    import io
+
+    from rich.console import Console
+
+    from wtool.render import Output
+
+    buf = io.StringIO()
+    out = Output(stderr=Console(file=buf))
+    out.info("wrote m[red]x[/].keras")
+    out.warn("layer [bold]x\x1b[2J")
+    assert buf.getvalue() == "wrote m[red]x[/].keras\nwarning: layer [bold]x\\x1b[2J\n"

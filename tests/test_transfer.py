@@ -477,3 +477,22 @@ def test_nothing_written_is_never_called_transferred(tmp_path):
     assert done.exit_code == 0 and out.exists()
     assert {"transferred out/bias", "skipped (shape)"} <= set(_status_words(done.stdout))
     assert done.stdout.splitlines()[-1].startswith("1 transferred, 1 skipped, 8 missing in source")
+
+
+def test_names_with_markup_and_control_characters_print_as_they_are(tmp_path):
+    """Layer names come from strangers' files: brackets are not rich markup, ESC is shown escaped."""
+    name = "d[bold]\x1b[31mred"
+    for file in ("a.weights.h5", "b.weights.h5"):
+        with h5py.File(tmp_path / file, "w") as f:
+            f.attrs["layer_names"] = [name.encode()]
+            group = f.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/kernel:0".encode()]
+            group.create_dataset(f"{name}/kernel:0", data=np.arange(6, dtype="float32").reshape(2, 3))
+    shown = "d[bold]\\x1b[31mred/kernel"
+    res = run_cli("transfer", tmp_path / "a.weights.h5", tmp_path / "b.weights.h5", "-o", tmp_path / "c.weights.h5")
+    assert res.exit_code == 0, res
+    assert "\x1b" not in res.stdout and shown in res.stdout, res.stdout
+    res = run_cli("set-weights", tmp_path / "b.weights.h5", "--from-model", tmp_path / "a.weights.h5",
+                  "-o", tmp_path / "d.weights.h5")
+    assert res.exit_code == 0, res
+    assert "\x1b" not in res.stdout and f"a.weights.h5[{shown}]" in res.stdout, res.stdout

@@ -15,8 +15,7 @@ import click
 
 from wtool import __version__
 from wtool.errors import WtoolError
-from wtool.render import printable as _printable
-from wtool.render import silence_stdout
+from wtool.render import one_line, printable, silence_stdout
 
 # command name -> module under wtool.commands exposing `command`.
 COMMANDS = {
@@ -28,6 +27,10 @@ COMMANDS = {
     "set-weights": "set_weights",
     "transfer": "transfer",
 }
+
+
+# What a shell reports for a command killed by SIGPIPE; Python ignores the signal, so say it ourselves.
+EXIT_BROKEN_PIPE = 141
 
 
 def _exit(code: int, standalone_mode: bool) -> int:
@@ -43,9 +46,10 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
 
 
 def report_error(error: WtoolError) -> None:
-    click.echo(f"error: {_printable(error.message)}", err=True)
+    message = printable(error.message) if error.multiline else one_line(error.message)
+    click.echo(f"error: {message}", err=True)
     if error.hint:
-        click.echo(f"hint: {_printable(error.hint)}", err=True)
+        click.echo(f"hint: {one_line(error.hint)}", err=True)
 
 
 class WtoolGroup(click.Group):
@@ -83,18 +87,26 @@ class WtoolGroup(click.Group):
             return _exit(2, standalone_mode)
         except click.UsageError as exc:
             message = " ".join(exc.format_message().split())
-            click.echo(_printable(f"error: {message[:1].lower()}{message[1:]}"), err=True)
-            command_path = exc.ctx.command_path if exc.ctx is not None else "wtool"
-            click.echo(f"hint: see '{command_path} --help'", err=True)
+            click.echo(one_line(f"error: {message[:1].lower()}{message[1:]}"), err=True)
+            click.echo(f"hint: see '{self._command_path(exc, args)} --help'", err=True)
             return _exit(2, standalone_mode)
         except click.ClickException as exc:
-            click.echo(_printable(f"error: {exc.format_message()}"), err=True)
+            click.echo(one_line(f"error: {exc.format_message()}"), err=True)
             return _exit(exc.exit_code, standalone_mode)
         except click.exceptions.Abort:
             click.echo("error: interrupted", err=True)
             return _exit(130, standalone_mode)
         code = result if isinstance(result, int) else 0
         return _exit(code, standalone_mode)
+
+    @staticmethod
+    def _command_path(exc: click.UsageError, args: Any) -> str:
+        """`wtool CMD` for the help hint; click leaves the context out of some parse errors."""
+        if exc.ctx is not None:
+            return exc.ctx.command_path
+        words = list(sys.argv[1:] if args is None else args)
+        name = next((w for w in words if w in COMMANDS), None)
+        return f"wtool {name}" if name else "wtool"
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -107,16 +119,16 @@ class WtoolGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
-        except BrokenPipeError:  # the reader of stdout stopped early (`| head`): end quietly, as cat does
+        except BrokenPipeError:  # the reader of stdout stopped early (`| head`): end quietly, status 128+SIGPIPE
             silence_stdout()
-            ctx.exit(0)
+            ctx.exit(EXIT_BROKEN_PIPE)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
             if _debug_enabled(ctx):
                 traceback.print_exc()
             name = type(exc).__name__
-            click.echo(_printable(f"error: internal error ({name}: {exc})".splitlines()[0]), err=True)
+            click.echo(one_line(f"error: internal error ({name}: {exc})".splitlines()[0]), err=True)
             click.echo("hint: this is a bug in wtool; run again with --debug and report the traceback", err=True)
             ctx.exit(70)
 
@@ -131,7 +143,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Works on .keras, legacy .h5 (Keras 1/2, tf.keras, Keras 3) and .weights.h5.
     Exit codes: 0 ok, 1 diff found a difference, 2 usage, 3 unreadable input,
     4 incompatible shapes/data, 5 refused as unsafe, 6 training diverged,
-    7 a worker of a multi-worker job failed, 70 internal error, 130 interrupted.
+    7 a worker of a multi-worker job failed, 70 internal error, 130 interrupted,
+    141 the reader of stdout stopped early.
     """
     if debug:
         ctx.meta["wtool.debug"] = True
@@ -139,6 +152,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
+    # A closed stdout/stderr (`wtool inspect M >&-`) discards what would go there, as /dev/null would.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     cli.main(prog_name="wtool")
 
 

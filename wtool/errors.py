@@ -8,10 +8,13 @@ class WtoolError(Exception):
 
     exit_code = 70
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, multiline: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # One line unless built as a list on purpose (one line per problem); a newline inside a
+        # name from a file is shown escaped either way.
+        self.multiline = multiline
 
 
 class UsageError(WtoolError):

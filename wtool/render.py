@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,19 +36,29 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]}
+# Terminal control characters, shown as \\xNN: all of C0 (but newline), DEL and C1.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x0A), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]}
+_ESCAPES_ONE_LINE = {**_ESCAPES, 0x0A: "\\x0a"}
 
 
-def printable(text: str) -> str:
-    """The text with terminal control characters escaped (names and messages can come from untrusted files)."""
+def printable(text: object) -> str:
+    """The text with terminal control characters escaped (names and messages can come from untrusted files).
+
+    Newlines are kept: use `one_line` for a name, a path or a table cell.
+    """
     return str(text).translate(_ESCAPES)
+
+
+def one_line(text: object) -> str:
+    """As `printable`, newlines escaped too: a name from a file cannot start a line of its own."""
+    return str(text).translate(_ESCAPES_ONE_LINE)
 
 
 def cell(text: object) -> str:
     """Text from a file, safe inside rich markup: control characters escaped, brackets not taken as markup."""
     from rich.markup import escape
 
-    return escape(printable(str(text)))
+    return escape(one_line(text))
 
 
 def silence_stdout() -> None:
@@ -60,8 +71,9 @@ def silence_stdout() -> None:
         pass
 
 
-def colour_terminal(stream: TextIO) -> bool:
-    """Whether to style text on `stream`, deciding as rich does: NO_COLOR, FORCE_COLOR, a TTY that is not dumb."""
+def colour_terminal(stream: IO[str]) -> bool:
+    """Whether to style text on `stream`: NO_COLOR set turns styling off, FORCE_COLOR on; else a TTY
+    whose TERM is not dumb. (rich keeps bold under NO_COLOR; plain text here has nothing but bold.)"""
     if os.environ.get("NO_COLOR"):
         return False
     if os.environ.get("FORCE_COLOR"):
@@ -70,21 +82,41 @@ def colour_terminal(stream: TextIO) -> bool:
     return bool(isatty and isatty()) and os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
-class TextWriter:
-    """Plain lines, with control characters escaped and a styled lead-in only on a colour terminal.
+@contextlib.contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """A full disk or a failing device under stdout is the user's to fix (exit 2), not a bug (exit 70).
 
-    inspect and diff print fixed-width text and notes go to stderr as plain lines: no markup is
-    parsed (a path with brackets stays as it is) and no rich import (a tenth of inspect's run time).
+    A reader that went away (BrokenPipeError) passes through to the CLI's own quiet exit.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        from wtool.errors import UsageError
+
+        raise UsageError(f"cannot write to standard output ({exc.strerror or exc})",
+                         "check the disk or device stdout goes to") from None
+
+
+Style = Literal["bold", "yellow"]
+
+
+class TextWriter:
+    """Plain lines, control characters escaped, a styled lead-in only on a colour terminal.
+
+    inspect, diff and the notes on stderr print this way: no markup is parsed (a path with
+    brackets stays as it is) and rich is not imported (a tenth of inspect's run time).
     """
 
-    STYLES = {"bold": "\x1b[1m", "yellow": "\x1b[33m"}
+    STYLES: dict[str, str] = {"bold": "\x1b[1m", "yellow": "\x1b[33m"}
     RESET = "\x1b[0m"
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
         self.styled = colour_terminal(stream)
 
-    def line(self, text: str = "", head: str = "", style: str = "bold") -> None:
+    def line(self, text: str = "", head: str = "", style: Style = "bold") -> None:
         """Write `head` (styled where the stream is a colour terminal), then `text`, then a newline."""
         head = printable(head)
         if head and self.styled:
@@ -95,6 +127,13 @@ class TextWriter:
         except UnicodeEncodeError:  # a stdout that is not UTF-8 (PYTHONIOENCODING=ascii, a latin-1 locale)
             encoding = self.encoding
             self.stream.write(line.encode(encoding, "backslashreplace").decode(encoding))
+
+    def table(self, headers: list[str], rows: list[list[str]], right: set[str] | frozenset[str] = frozenset()) -> None:
+        """A fixed-width table (see fmt_table) with its header line in bold."""
+        head, _, body = fmt_table(headers, rows, right).partition("\n")
+        self.line(head=head)
+        if body:
+            self.line(body)
 
     @property
     def encoding(self) -> str:
@@ -126,7 +165,13 @@ class Output:
     def _console(stream: TextIO) -> Console:
         from rich.console import Console
 
-        return Console(file=stream, soft_wrap=True)
+        class PipeConsole(Console):
+            def on_broken_pipe(self) -> None:
+                """rich would exit 1 here; let wtool's one handler end the command (cli.WtoolGroup.invoke)."""
+                self.quiet = True
+                raise BrokenPipeError
+
+        return PipeConsole(file=stream, soft_wrap=True)
 
     @property
     def stdout(self) -> Console:
@@ -142,33 +187,41 @@ class Output:
 
     def result(self, document: dict[str, Any], human: Callable[[Console], None] | None = None) -> None:
         """Emit the command's result: one JSON document with --json, else the human rendering."""
-        if self.json_mode:
-            self._write_json(document)
-        elif human is not None:
-            human(self.stdout)
+        with _writing_stdout():
+            if self.json_mode:
+                self._write_json(document)
+            elif human is not None:
+                human(self.stdout)
 
     def result_text(self, document: dict[str, Any], human: Callable[[TextWriter], None]) -> None:
         """As `result`, for a human rendering in plain lines (no rich)."""
-        if self.json_mode:
-            self._write_json(document)
-        else:
-            human(TextWriter(sys.stdout))
-            sys.stdout.flush()
+        with _writing_stdout():
+            if self.json_mode:
+                self._write_json(document)
+            else:
+                stream = self._stdout.file if self._stdout is not None else sys.stdout
+                human(TextWriter(stream))
+                stream.flush()
 
     @staticmethod
     def _write_json(document: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(_jsonable(document), indent=2) + "\n")
+        # Streamed in pieces (a large --sample is megabytes), so a reader that stops early is noticed.
+        json.dump(_jsonable(document), sys.stdout, indent=2)
+        sys.stdout.write("\n")
         sys.stdout.flush()
 
+    def _notes(self) -> TextWriter:
+        # sys.stderr looked up now: a running rich progress bar redirects it, and keeps its place below.
+        return TextWriter(self._stderr.file if self._stderr is not None else sys.stderr)
+
     def info(self, message: str) -> None:
-        """Progress and notes: stderr, silenced by --quiet. Plain text (sys.stderr looked up now, so a
-        running rich progress bar, which redirects it, keeps its place below the note)."""
+        """Progress and notes: stderr, silenced by --quiet."""
         if not self.quiet:
-            TextWriter(sys.stderr).line(message)
+            self._notes().line(message)
 
     def warn(self, message: str) -> None:
         """Warnings go to stderr even with --quiet."""
-        TextWriter(sys.stderr).line(f" {message}", head="warning:", style="yellow")
+        self._notes().line(f" {message}", head="warning:", style="yellow")
 
     @property
     def show_progress(self) -> bool:
@@ -210,12 +263,14 @@ def fmt_table(headers: list[str], rows: list[list[str]], right: set[str] | froze
     """A plain fixed-width table (two spaces between columns), fast for tens of thousands of rows.
 
     Columns named in `right` are right-aligned. No trailing spaces, no folding: scripts can grep it.
+    Cells are made one-line and printable first, so the widths are those of what is shown.
     """
+    rows = [[one_line(value) for value in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
-        for i, cell in enumerate(row):
-            if len(cell) > widths[i]:
-                widths[i] = len(cell)
+        for i, value in enumerate(row):
+            if len(value) > widths[i]:
+                widths[i] = len(value)
     aligned_right = [h in right for h in headers]
 
     def line(cells: list[str]) -> str:

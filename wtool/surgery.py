@@ -26,6 +26,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
 from wtool.fileio import check_input_file
+from wtool.render import one_line
 from wtool.store import write as store_write
 
 # --------------------------------------------------------------------------- small helpers
@@ -140,8 +141,8 @@ def problems_error(problems: Sequence[Problem], what: str, hint: str | None = No
     """One error for all problems: the first line sums up, one line per problem follows."""
     if len(problems) == 1:
         return IncompatibleError(f"{problems[0].message}; {what}", hint)
-    lines = [f"{len(problems)} problems; {what}:"] + [f"  - {p.message}" for p in problems]
-    return IncompatibleError("\n".join(lines), hint)
+    lines = [f"{len(problems)} problems; {what}:"] + [f"  - {one_line(p.message)}" for p in problems]
+    return IncompatibleError("\n".join(lines), hint, multiline=True)
 
 
 def _open(path: str | os.PathLike[str]) -> Any:

@@ -12,7 +12,7 @@ import click
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import UsageError
-from wtool.render import Output, fmt_int
+from wtool.render import Output, cell, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover - numpy stays out of `wtool --help`
     from rich.console import Console
@@ -42,7 +42,7 @@ def render_table(console: Console, columns: list[Column], batches: list[dict[str
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("row", justify="right", style="dim")
     for col in columns:
-        table.add_column(col.name, justify="right" if col.dtype.kind in "iuf" and not col.shape else "left")
+        table.add_column(cell(col.name), justify="right" if col.dtype.kind in "iuf" and not col.shape else "left")
     row = first_row
     for batch in batches:
         n = len(batch[columns[0].name]) if columns else 0

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option, without_blas_threads
-from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_shape, fmt_table
+from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_shape, one_line
 
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
@@ -166,7 +166,7 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         ("training config", "present" if summary.has_training_config else "none"),
     ]
     for key, value in head:
-        writer.line(value, head=f"{key:<16}")
+        writer.line(one_line(value), head=f"{key:<16}")
     writer.line()
 
     shapes = {w.path: w.shape for w in summary.weights}
@@ -179,7 +179,7 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
             params = fmt_int(nested[layer.path])
         rows.append(["  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
                      _yes(layer.trainable)])
-    _print_table(writer, ["layer", "class", "weights", "params", "trainable"], rows, {"params"})
+    writer.table(["layer", "class", "weights", "params", "trainable"], rows, {"params"})
     writer.line()
     writer.line(f" {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
                  f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
@@ -200,7 +200,7 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
     if check_result is not None:
         writer.line()
         reasons = "; ".join(check_result.reasons) if check_result.reasons else ""
-        writer.line(f" {check_result.status}" + (f": {reasons}" if reasons else ""), head="graph")
+        writer.line(one_line(f" {check_result.status}" + (f": {reasons}" if reasons else "")), head="graph")
 
 
 def _nested_params(summary: Any) -> dict[str, int]:
@@ -232,29 +232,21 @@ def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[st
                 row += [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std),
                         fmt_float(s.l2_norm), f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
         rows.append(row)
-    _print_table(writer, columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
-
-
-def _print_table(writer: TextWriter, headers: list[str], rows: list[list[str]], right: set[str]) -> None:
-    text = fmt_table(headers, rows, right)
-    head, _, body = text.partition("\n")
-    writer.line(head=head)
-    if body:
-        writer.line(body)
+    writer.table(columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
 
 
 def _render_histograms(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]]) -> None:
-    width = max((len(w.path) for w in summary.weights), default=0)
+    width = max((len(one_line(w.path)) for w in summary.weights), default=0)
     ramp = SPARK if writer.can_show(SPARK) else SPARK_ASCII
     for w in summary.weights:
         h = details[w.path].get("histogram")
         if h is None:
-            writer.line(f"{w.path:<{width}}  (no finite values)")
+            writer.line(f"{one_line(w.path):<{width}}  (no finite values)")
             continue
         top = max(h.counts) or 1
         bars = "".join(ramp[0 if c == 0 else 1 + round((len(ramp) - 2) * c / top)] for c in h.counts)
         s = details[w.path]["stats"]
-        writer.line(f"{w.path:<{width}}  {fmt_float(s.min):>10} |{bars}| {fmt_float(s.max)}")
+        writer.line(f"{one_line(w.path):<{width}}  {fmt_float(s.min):>10} |{bars}| {fmt_float(s.max)}")
 
 
 def _render_samples(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]], n: int) -> None:
@@ -270,6 +262,6 @@ def _render_samples(writer: TextWriter, summary: Any, details: dict[str, dict[st
             view = f"{w.path}[0:{n}]"
         else:
             view = w.path
-        writer.line(view)
+        writer.line(one_line(view))
         text = np.array2string(values, precision=4, suppress_small=False, max_line_width=10_000, threshold=10_000)
         writer.line(text)

@@ -11,7 +11,7 @@ import click
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import UsageError
-from wtool.render import Output, TextWriter, fmt_float, fmt_int
+from wtool.render import Output, TextWriter, fmt_float, fmt_int, one_line
 
 # Non-terminal progress: one line per epoch, but no more than one per this many seconds (plus the last).
 LINE_INTERVAL_S = 1.0
@@ -112,9 +112,9 @@ class RichReporter(LineReporter):
         now = time.monotonic()
         if now - self.last >= 0.2 or record["epoch"] == self.plan.epochs:
             rate = self.plan.samples / record["seconds"] if record.get("seconds") else 0
-            self.progress_bar.console.print(
+            self.progress_bar.console.print(one_line(
                 f"epoch {record['epoch']}/{self.plan.epochs}  {_metrics_text(record)}  {record['seconds']:.2f}s  "
-                f"{fmt_int(int(rate))} samples/s", highlight=False)
+                f"{fmt_int(int(rate))} samples/s"), highlight=False, markup=False)
             self.last = now
 
     def end(self) -> None:
