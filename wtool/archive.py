@@ -177,7 +177,7 @@ def stream_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: in
                 total += len(chunk)
                 if total > cap:
                     raise InputError(f"{path}: member {shown(info.filename)} decompresses to more than "
-                                     f"{fmt_bytes(cap)} (limit)", "raise the limit with --max-bytes if you trust it")
+                                     f"{fmt_bytes(cap)} (limit)", _member_hint(info.filename))
                 if sink is not None:
                     sink(chunk)
     except InputError:
@@ -209,6 +209,13 @@ def open_zip(fh: IO[bytes], path: str, limits: Limits) -> tuple[zipfile.ZipFile,
             NotImplementedError, UnicodeDecodeError):
         raise InputError(f"{path}: not a valid zip archive (corrupt central directory)") from None
     return zf, size
+
+
+def _member_hint(name: str) -> str | None:
+    """--max-bytes raises the cap of weights and assets; config.json and metadata.json have fixed caps."""
+    if name in (CONFIG_MEMBER, METADATA_MEMBER):
+        return f"Keras writes a {name} of a few KB; this one is not from a model save"
+    return "raise the limit with --max-bytes if you trust it"
 
 
 def _keras_member_cap(name: str, limits: Limits) -> int | None:
@@ -254,7 +261,7 @@ def check_archive(path: str | os.PathLike[str], limits: Limits | None = None) ->
                 cap = _keras_member_cap(info.filename, limits) or 0
                 if info.file_size > cap:
                     raise InputError(f"{text}: member {shown(info.filename)} declares {fmt_bytes(info.file_size)} "
-                                     f"(limit {fmt_bytes(cap)})", "raise the limit with --max-bytes if you trust it")
+                                     f"(limit {fmt_bytes(cap)})", _member_hint(info.filename))
             total = 0
             for info in infos:
                 cap = min(_keras_member_cap(info.filename, limits) or 0, limits.max_bytes - total)
