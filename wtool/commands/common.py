@@ -31,9 +31,10 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr.")
     @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
     @click.option("--max-params", envvar="WTOOL_MAX_PARAMS", metavar="N",
-                  help="Refuse models with more parameters than N (default 1e9; README 'Security').")
+                  help="Refuse to build a graph with more than N parameters (default 1e9; only where a graph is "
+                       "built: new, train, infer, transfer --replace-head, writes through Keras).")
     @click.option("--max-layers", envvar="WTOOL_MAX_LAYERS", metavar="N",
-                  help="Refuse models with more layers than N (default 10000).")
+                  help="Refuse to build a graph with more than N layers (default 10000; where a graph is built).")
     @click.option("--max-bytes", envvar="WTOOL_MAX_BYTES", metavar="SIZE",
                   help="Refuse inputs that decompress to / declare more than SIZE (default 16G).")
     @functools.wraps(func)
