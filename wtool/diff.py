@@ -11,10 +11,12 @@ from wtool.errors import UsageError
 from wtool.store import ModelFile, select
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, is_numeric
 
+STATUSES = ("same", "changed", "dtype", "only_a", "only_b", "shape")
+
 
 @dataclass
 class WeightDiff:
-    """One path compared: same, changed, shape (shape differs), only_a, only_b."""
+    """One path compared: same, changed, dtype (equal values, dtypes differ), shape (shape differs), only_a, only_b."""
 
     path: str
     status: str
@@ -45,14 +47,24 @@ class DiffReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {s: self.count(s) for s in ("same", "changed", "only_a", "only_b", "shape")}
+        return {s: self.count(s) for s in STATUSES}
+
+
+def check_tolerances(atol: float, rtol: float) -> None:
+    """Refuse a negative or NaN tolerance (UsageError naming the option)."""
+    for option, value in (("--atol", atol), ("--rtol", rtol)):
+        if math.isnan(value) or value < 0:
+            raise UsageError(f"{option} must not be negative or NaN (not {value:g})",
+                             f"e.g. {option} 1e-6; the default 0 means bit-for-bit")
 
 
 def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0,
                 layer_globs: list[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> DiffReport:
-    """Compare two files weight by weight, by canonical path. NaN equals NaN at the same place."""
-    if atol < 0 or rtol < 0:
-        raise UsageError(f"--atol and --rtol must not be negative (not {atol}, {rtol})")
+    """Compare two files weight by weight, by canonical path. NaN equals NaN at the same place.
+
+    Weights whose values are equal within the tolerance but whose dtypes differ are "dtype".
+    """
+    check_tolerances(atol, rtol)
     a_paths = [w.path for w in a.weights]
     b_paths = [w.path for w in b.weights]
     union = a_paths + [p for p in b_paths if p not in set(a_paths)]
@@ -79,42 +91,65 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
         return row
     if not (is_numeric(np.dtype(wa.dtype)) and is_numeric(np.dtype(wb.dtype))):
         same = np.array_equal(a.read(path), b.read(path))
-        row.status = "same" if same else "changed"
+        row.status = _same_or_dtype(wa.dtype, wb.dtype) if same else "changed"
         row.mismatched = 0 if same else 1
         return row
     max_abs = 0.0
     diff_sq = 0.0
     mismatched = 0
     nan_mismatched = 0
-    for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements), strict=True):
-        if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
-            continue  # the common case, without float64 copies (NaN blocks take the slow path)
-        x = np.asarray(block_a, dtype=np.float64).ravel()
-        y = np.asarray(block_b, dtype=np.float64).ravel()
-        equal_special = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
-        d = np.abs(x - y)
-        d[equal_special] = 0.0
-        bad = ~(d <= atol + rtol * np.abs(y)) & ~equal_special  # NaN against a number is a mismatch
-        mismatched += int(np.count_nonzero(bad))
-        nan = np.isnan(d)  # NaN on one side only (NaN on both is equal_special, d = 0)
-        nan_mismatched += int(np.count_nonzero(nan))
-        if np.isinf(d).any():
-            max_abs = math.inf  # a real infinite difference: Inf against a number, or Inf against -Inf
-        d = d[np.isfinite(d)]
-        if d.size:
-            max_abs = max(max_abs, float(d.max()))
-            diff_sq += float(np.dot(d, d))
-    row.max_abs_diff = max_abs
-    row.rel_l2_change = 0.0
-    if diff_sq > 0:
-        ref_sq = 0.0
-        for block in a.iter_chunks(path, max_elements):
-            x = np.asarray(block, dtype=np.float64).ravel()
-            x = x[np.isfinite(x)]
-            ref_sq += float(np.dot(x, x))
-        # undefined (None) when A is all zeros: a fresh bias after training is not an "inf" change
-        row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else None
+    # Inf and NaN are handled explicitly below; numpy's "invalid value" / "overflow" warnings are noise here.
+    with np.errstate(all="ignore"):
+        for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements),
+                                    strict=True):
+            if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
+                continue  # the common case, without float64 copies (NaN blocks take the slow path)
+            x = np.asarray(block_a, dtype=np.float64).ravel()
+            y = np.asarray(block_b, dtype=np.float64).ravel()
+            finite = np.isfinite(x) & np.isfinite(y)
+            equal_special = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
+            d = np.abs(x - y)
+            d[equal_special] = 0.0
+            # the tolerance applies to finite pairs; a non-finite value equals only the same non-finite value
+            # (Inf against a number is a mismatch whatever --rtol: rtol*|Inf| would swallow it)
+            within = np.zeros(x.shape, dtype=bool)
+            within[finite] = d[finite] <= atol + rtol * np.abs(y[finite])
+            bad = ~within & ~equal_special  # NaN against a number is a mismatch
+            mismatched += int(np.count_nonzero(bad))
+            nan = np.isnan(d)  # NaN on one side only (NaN on both is equal_special, d = 0)
+            nan_mismatched += int(np.count_nonzero(nan))
+            if np.isinf(d).any():
+                max_abs = math.inf  # a real infinite difference: Inf against a number, or Inf against -Inf
+            d = d[np.isfinite(d)]
+            if d.size:
+                max_abs = max(max_abs, float(d.max()))
+                diff_sq += float(np.dot(d, d))
+        row.max_abs_diff = max_abs
+        row.rel_l2_change = 0.0
+        if math.isinf(max_abs):
+            row.rel_l2_change = math.inf  # ||a-b|| is infinite: so is the change relative to ||a||
+        elif diff_sq > 0:
+            ref_sq = 0.0
+            for block in a.iter_chunks(path, max_elements):
+                x = np.asarray(block, dtype=np.float64).ravel()
+                x = x[np.isfinite(x)]
+                ref_sq += float(np.dot(x, x))
+            # undefined (None) when A is all zeros: a fresh bias after training is not an "inf" change
+            row.rel_l2_change = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else None
     row.mismatched = mismatched
     row.nan_mismatched = nan_mismatched
-    row.status = "changed" if mismatched else "same"
+    row.status = "changed" if mismatched else _same_or_dtype(wa.dtype, wb.dtype)
     return row
+
+
+def _same_or_dtype(dtype_a: str, dtype_b: str) -> str:
+    """Return "same", or "dtype" when the stored types differ (byte order aside: >f4 and <f4 are float32)."""
+    return "same" if _dtype_key(dtype_a) == _dtype_key(dtype_b) else "dtype"
+
+
+def _dtype_key(dtype: str) -> object:
+    try:
+        d = np.dtype(dtype)
+    except (TypeError, ValueError):
+        return dtype
+    return d.newbyteorder("=") if d.byteorder in "<>" else d

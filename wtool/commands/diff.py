@@ -9,8 +9,8 @@ import click
 from wtool.commands.common import InputPath, common_options, without_blas_threads
 from wtool.render import Output, TextWriter, fmt_float, fmt_shape, fmt_table
 
-STATUS_TEXT = {"same": "same", "changed": "changed", "shape": "shape differs", "only_a": "only in A",
-               "only_b": "only in B"}
+STATUS_TEXT = {"same": "same", "changed": "changed", "dtype": "dtype differs", "shape": "shape differs",
+               "only_a": "only in A", "only_b": "only in B"}
 
 
 @click.command(name="diff")
@@ -29,10 +29,13 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
     Weights are matched by path, so a model saved as .keras and as .h5 compares equal.
     A or B may be an .npz keyed by weight path (what `inspect --export` writes).
     Each weight is same, changed (max |a-b| and relative L2 change ||a-b||/||a||),
+    dtype differs (equal values, different dtypes, e.g. float32 vs float16),
     shape differs, only in A or only in B. NaN equals NaN at the same place; a NaN
     against a number is counted under "NaN mismatch" (max |a-b| and L2 are over the
-    other values). The relative change is n/a (JSON null) when A's weight is all zeros. Exit status 0 when everything is equal
-    within the tolerance, 1 when anything differs.
+    other values); an Inf against a number makes both inf. The relative change is
+    n/a (JSON null) when A's weight is all zeros. --atol/--rtol must not be negative
+    or NaN. Exit status 0 when everything is equal within the tolerance, 1 when
+    anything differs.
 
     Examples:
 
@@ -42,9 +45,10 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
       wtool diff a.keras b.weights.h5 --json
     """
     without_blas_threads()  # before numpy loads
-    from wtool.diff import diff_models
+    from wtool.diff import check_tolerances, diff_models
     from wtool.store.npz import open_weights
 
+    check_tolerances(atol, rtol)  # before opening the files
     with open_weights(a) as ma, open_weights(b) as mb:
         report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None)
     out.result_text(_document(report), lambda writer: _render(writer, report, show_all))
@@ -75,7 +79,8 @@ def _summary_line(report: Any) -> str:
     verdict = "equal" if report.equal else "different"
     tol = f" (atol {report.atol:g}, rtol {report.rtol:g})" if report.atol or report.rtol else ""
     return (f"{verdict}{tol}: {total} weight{'' if total == 1 else 's'}, {c['same']} same, {c['changed']} changed, "
-            f"{c['shape']} shape differs, {c['only_a']} only in A, {c['only_b']} only in B")
+            f"{c['dtype']} dtype differs, {c['shape']} shape differs, {c['only_a']} only in A, "
+            f"{c['only_b']} only in B")
 
 
 def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
@@ -83,10 +88,12 @@ def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
     shown = [w for w in report.weights if show_all or w.status != "same"]
     with_nan = any(w.nan_mismatched for w in shown)
     for w in shown:
-        compared = w.status in ("changed", "same")
+        compared = w.status in ("changed", "same", "dtype")
         shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
         if w.status == "shape":
             shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
+        elif compared and w.dtype_a != w.dtype_b:
+            shape = f"{shape} {w.dtype_a} vs {w.dtype_b}"
         rel = fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else ("n/a" if compared else "-")
         row = [w.path, STATUS_TEXT[w.status], shape,
                fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-", rel,
