@@ -5,9 +5,11 @@ WTOOL=${1:-wtool}
 S=sample_models
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
+# headings in bold on a terminal only (a log file gets plain text)
+if [ -t 1 ]; then B=$'\033[1m' R=$'\033[0m'; else B='' R=''; fi
+step() { printf '\n%s== %s%s\n$ %s\n' "$B" "$1" "$R" "${*:2}"; "${@:2}"; }
 # like step, for `diff`: exit 1 means "they differ", which is what the step shows
-step_differ() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}" || [ $? -eq 1 ]; }
+step_differ() { printf '\n%s== %s%s\n$ %s\n' "$B" "$1" "$R" "${*:2}"; "${@:2}" || [ $? -eq 1 ]; }
 
 step "What is inside a model file" "$WTOOL" inspect $S/nested.keras
 step "Weight statistics of one layer" "$WTOOL" inspect $S/mlp.keras --layer hidden --stats

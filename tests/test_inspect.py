@@ -228,7 +228,7 @@ def _truncated(tmp: Path) -> Path:
     (lambda t: (t / "e.h5").touch() or t / "e.h5", "empty file"),
     (lambda t: (t / "notes.keras").write_text("just text\n") and t / "notes.keras", "text file"),
     (_lfs, "Git LFS pointer"),
-    (_truncated, "truncated"),
+    (_truncated, "truncated: 3,000 of"),
 ])
 def test_bad_input_exit_3_one_line(tmp_path, make, fragment):
     path = make(tmp_path)
@@ -282,7 +282,7 @@ def test_singular_and_stats_help():
     assert res.exit_code == 0 and "selected 1 weight, 50,176 params" in res.stdout
     text = " ".join(run_cli("inspect", "--help").stdout.split())
     assert "NaN/Inf are counted and left out of min/max/mean/std/L2" in text
-    assert "Refuse models with more parameters than N" in text and "Refuse graphs" not in text
+    assert "Refuse to build a graph with more than N parameters" in text and "only where a graph is built" in text
 
 
 @pytest.mark.tf
@@ -393,3 +393,17 @@ def test_notes_and_warnings_are_plain_text_on_the_stream_given():
     out.info("wrote m[red]x[/].keras")
     out.warn("layer [bold]x\x1b[2J")
     assert buf.getvalue() == "wrote m[red]x[/].keras\nwarning: layer [bold]x\\x1b[2J\n"
+
+
+@pytest.mark.parametrize("args", [["inspect", ""], ["inspect", str(SAMPLES / "xor.keras"), "--export", ""],
+                                  ["diff", str(SAMPLES / "xor.keras"), " "]])
+def test_an_empty_path_is_a_usage_error(args):
+    res = run_cli(*args)
+    assert res.exit_code == 2, res
+    assert "the path is empty" in res.stderr.splitlines()[0] and res.stdout == "", res
+
+
+def test_counts_read_as_english(tmp_path):
+    res = run_cli("inspect", SAMPLES / "xor.keras", "--layer", "out/kernel", "--export", tmp_path / "o.npz")
+    assert res.exit_code == 0, res
+    assert "selected 1 weight, 3 params" in res.stdout and "exported 1 weight to" in res.stderr, res

@@ -238,6 +238,11 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def fmt_plural(n: int, noun: str) -> str:
+    """`1 weight`, `2 weights`, `1,024 params`."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):

@@ -61,6 +61,14 @@ def unsafe_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-# A path argument that click does not check for existence: wtool's own checks give exit 3.
-InputPath = click.Path(dir_okay=True, file_okay=True, path_type=str)
-OutputPath = click.Path(dir_okay=False, path_type=str)
+class _PathText(click.Path):
+    """click's Path minus the existence checks (wtool's own give exit 3), refusing an empty string."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+InputPath = _PathText(dir_okay=True, file_okay=True, path_type=str)
+OutputPath = _PathText(dir_okay=False, path_type=str)

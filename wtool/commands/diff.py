@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from wtool.commands.common import InputPath, common_options, without_blas_threads
-from wtool.render import Output, TextWriter, fmt_float, fmt_shape, fmt_table
+from wtool.render import Output, TextWriter, fmt_float, fmt_shape
 
 STATUS_TEXT = {"same": "same", "changed": "changed", "dtype": "dtype differs", "shape": "shape differs",
                "only_a": "only in A", "only_b": "only in B"}
@@ -104,8 +104,5 @@ def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
     if rows:
         headers = ["weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"]
         headers += ["NaN mismatch"] if with_nan else []
-        text = fmt_table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched", "NaN mismatch"})
-        head, _, body = text.partition("\n")
-        writer.line(head=head)
-        writer.line(body)
+        writer.table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched", "NaN mismatch"})
     writer.line(_summary_line(report))

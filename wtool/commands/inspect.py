@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option, without_blas_threads
-from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_shape, one_line
+from wtool.render import Output, TextWriter, fmt_bytes, fmt_float, fmt_int, fmt_plural, fmt_shape, one_line
 
 FORMAT_NAMES = {
     ("keras", "keras3"): ".keras (zip archive)",
@@ -78,7 +78,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
     out.result_text(doc, lambda writer: render_summary(writer, summary, details, show_weights, stats, histogram,
                                                        sample, check_result))
     if exported and not out.json_mode:
-        out.info(f"exported {exported['weights']} weights to {export} ({fmt_bytes(exported['bytes'])})")
+        out.info(f"exported {fmt_plural(exported['weights'], 'weight')} to {export} ({fmt_bytes(exported['bytes'])})")
     if check_result is not None and check_result.exit_code:
         raise click.exceptions.Exit(check_result.exit_code)
 
@@ -162,7 +162,8 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         ("saved by", saved_by),
         ("model", f"{summary.model_name} ({summary.model_class})" if summary.model_name else "- (no architecture in file)"),
         ("size", fmt_bytes(summary.file_size)),
-        ("optimizer", f"state present ({summary.optimizer_weights} arrays)" if summary.has_optimizer else "none"),
+        ("optimizer",
+         f"state present ({fmt_plural(summary.optimizer_weights, 'array')})" if summary.has_optimizer else "none"),
         ("training config", "present" if summary.has_training_config else "none"),
     ]
     for key, value in head:
@@ -181,13 +182,12 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
                      _yes(layer.trainable)])
     writer.table(["layer", "class", "weights", "params", "trainable"], rows, {"params"})
     writer.line()
-    writer.line(f" {fmt_int(summary.total_params)} params ({fmt_bytes(summary.weight_bytes)}): "
+    writer.line(f" {fmt_plural(summary.total_params, 'param')} ({fmt_bytes(summary.weight_bytes)}): "
                  f"{fmt_int(summary.trainable_params)} trainable, {fmt_int(summary.non_trainable_params)} "
                  f"non-trainable", head="total")
     if summary.selected:
         n, params = len(summary.weights), summary.selected_params
-        writer.line(f" {n} weight{'' if n == 1 else 's'}, {fmt_int(params)} param{'' if params == 1 else 's'}",
-                     head="selected")
+        writer.line(f" {fmt_plural(n, 'weight')}, {fmt_plural(params, 'param')}", head="selected")
     if show_weights:
         writer.line()
         _render_weights(writer, summary, details, stats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import struct
 import zipfile
@@ -145,8 +146,13 @@ def open_hdf5(path: Path, fileobj: Any = None, where: str | None = None) -> Any:
         return h5py.File(fileobj if fileobj is not None else path, "r")
     except OSError as exc:
         text = str(exc)
-        reason = "truncated" if "truncated" in text else "corrupt or not HDF5"
-        raise InputError(f"{where}: cannot read the HDF5 data: file is {reason} ({_short(text)})",
+        sizes = re.search(r"\beof = (\d+).*stored_eof = (\d+)", text)
+        if sizes:  # HDF5 knows how long the file was: say that, not its superblock fields
+            have, want = int(sizes.group(1)), int(sizes.group(2))
+            detail = f"truncated: {have:,} of {want:,} bytes"
+        else:
+            detail = f"{'truncated' if 'truncated' in text else 'corrupt or not HDF5'} ({_short(text)})"
+        raise InputError(f"{where}: cannot read the HDF5 data: file is {detail}",
                          "the file may be incomplete: download or save it again") from None
 
 
