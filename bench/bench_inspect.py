@@ -3,8 +3,9 @@
 Both run as fresh subprocesses (start-up included, as a user at a shell sees it); the
 numbers are medians of several runs, after one untimed run of each that warms the file
 cache for both sides alike. The runs are interleaved (a few of wtool, one of Keras, in
-rounds), so a slow spell of a shared machine falls on both sides rather than on one. Targets (issue 2): inspect at least 15x faster than
-the plain-Keras way; `wtool --help` under 0.3 s (reported as budget / time, target 1x).
+rounds), so a slow spell of a shared machine falls on both sides rather than on one.
+Targets (issue 2): inspect at least 15x faster than the plain-Keras way; `wtool --help`
+under 0.3 s (reported as budget / time, target 1x).
 """
 
 from __future__ import annotations
