@@ -484,6 +484,19 @@ def test_zoo_paths_equal_weight_paths(zoo, fmt):
 
 
 @pytest.mark.tf
+def test_zoo_weight_order_is_the_same_in_every_format(zoo):
+    """Sub-layers in `layer.weights` order (query before key, forward before backward) whatever the format."""
+    _, out = zoo
+    orders = {}
+    for fmt in ("keras", "h5"):
+        with open_model(out / f"zoo.{fmt}") as mf:
+            orders[fmt] = [w.path for w in mf.weights if w.path.startswith(("mha/", "bidir/"))]
+    assert orders["keras"] == orders["h5"]
+    assert orders["keras"].index("mha/query/kernel") < orders["keras"].index("mha/key/kernel")
+    assert orders["keras"].index("bidir/forward_lstm/kernel") < orders["keras"].index("bidir/backward_lstm/kernel")
+
+
+@pytest.mark.tf
 def test_zoo_weights_only_without_architecture(zoo):
     _, out = zoo
     with open_model(out / "zoo.weights.h5") as mf:

@@ -174,7 +174,8 @@ class Keras3Reader(Collector):
         """The weights of one layer (and of its sub-layers, named below it)."""
         self._collect_vars(vnode, class_name, config, layer, rel, trainable)
         cfg = config or {}
-        for attr in sorted(vnode.children, key=lambda k: (k.startswith("_"), natural_key(k))):
+        for attr in sorted(vnode.children, key=lambda k: (k.startswith("_"), SUBLAYER_ORDER.get(k.lstrip("_"), 0),
+                                                          natural_key(k))):
             if attr == "vars":
                 continue
             child = vnode.children[attr]
@@ -240,6 +241,12 @@ class Keras3Reader(Collector):
         for (_, ds), var in zip(items, names, strict=True):
             self.add_weight(layer, rel + var, ds, trainable and var not in NON_TRAINABLE)
 
+
+
+# Keras 3 files keep sub-layers sorted by attribute name; list them in `layer.weights` order, as a
+# legacy .h5 of the same model does (query, key, value, output; forward before backward).
+SUBLAYER_ORDER = {"query_dense": 1, "key_dense": 2, "value_dense": 3, "output_dense": 4,
+                  "forward_layer": 1, "backward_layer": 2}
 
 
 def _address(vnode: VNode) -> int:
