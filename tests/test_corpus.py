@@ -138,7 +138,8 @@ def test_diff_reads_the_corpus_too(tmp_path):
         f["model_weights"].visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
     res = run_cli("diff", path, path, "--json")
     assert res.exit_code == 0, res
-    assert res.json()["summary"] == {"same": len(datasets), "changed": 0, "only_a": 0, "only_b": 0, "shape": 0}
+    assert res.json()["summary"] == {"same": len(datasets), "changed": 0, "dtype": 0, "only_a": 0, "only_b": 0,
+                                      "shape": 0}
     # one value of one weight moved by 1.0: only that weight is reported, with that difference
     edited = tmp_path / "gan.h5"
     shutil.copy(path, edited)
