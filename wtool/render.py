@@ -199,16 +199,19 @@ class Output:
             if self.json_mode:
                 self._write_json(document)
             else:
-                stream = self._stdout.file if self._stdout is not None else sys.stdout
-                human(TextWriter(stream))
-                stream.flush()
+                human(TextWriter(self._data_stream))
+                self._data_stream.flush()
 
-    @staticmethod
-    def _write_json(document: dict[str, Any]) -> None:
+    @property
+    def _data_stream(self) -> IO[str]:
+        return self._stdout.file if self._stdout is not None else sys.stdout
+
+    def _write_json(self, document: dict[str, Any]) -> None:
         # Streamed in pieces (a large --sample is megabytes), so a reader that stops early is noticed.
-        json.dump(_jsonable(document), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        stream = self._data_stream
+        json.dump(_jsonable(document), stream, indent=2)
+        stream.write("\n")
+        stream.flush()
 
     def _notes(self) -> TextWriter:
         # sys.stderr looked up now: a running rich progress bar redirects it, and keeps its place below.
