@@ -171,11 +171,14 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
     writer.line()
 
     shapes = {w.path: w.shape for w in summary.weights}
+    selected = {w.path: w.params for w in summary.weights}
     nested = _nested_params(summary)
     rows = []
     for layer in summary.layers:
         own = [fmt_shape(shapes[p]) for p in layer.weights if p in shapes]
-        params = fmt_int(layer.params) if layer.weights else ("missing" if layer.missing else "0")
+        # with --layer, a row counts the weights it shows (hidden/kernel alone: the kernel's params)
+        count = sum(selected.get(p, 0) for p in layer.weights) if summary.selected else layer.params
+        params = fmt_int(count) if layer.weights else ("missing" if layer.missing else "0")
         if not layer.weights and layer.path in nested:
             params = fmt_int(nested[layer.path])
         rows.append(["  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
