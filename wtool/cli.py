@@ -5,11 +5,12 @@ No TensorFlow here: commands import it lazily inside the functions that run a gr
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -31,6 +32,14 @@ COMMANDS = {
 
 # What a shell reports for a command killed by SIGPIPE; Python ignores the signal, so say it ourselves.
 EXIT_BROKEN_PIPE = 141
+# Writing failed for a reason outside wtool (full disk, quota, device error): exit 2, never "a bug".
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _write_failed(exc: OSError) -> None:
+    where = f" {exc.filename}" if exc.filename else ""
+    click.echo(one_line(f"error: cannot write{where}: {exc.strerror or exc}"), err=True)
+    click.echo("hint: check the disk or device the output goes to (stdout, or the file named)", err=True)
 
 
 def _exit(code: int, standalone_mode: bool) -> int:
@@ -96,6 +105,14 @@ class WtoolGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("error: interrupted", err=True)
             return _exit(130, standalone_mode)
+        except BrokenPipeError:  # while printing --help or --version
+            silence_stdout()
+            return _exit(EXIT_BROKEN_PIPE, standalone_mode)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            _write_failed(exc)
+            return _exit(2, standalone_mode)
         code = result if isinstance(result, int) else 0
         return _exit(code, standalone_mode)
 
@@ -122,15 +139,24 @@ class WtoolGroup(click.Group):
         except BrokenPipeError:  # the reader of stdout stopped early (`| head`): end quietly, status 128+SIGPIPE
             silence_stdout()
             ctx.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                self._internal_error(ctx, exc)
+            _write_failed(exc)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
-            if _debug_enabled(ctx):
-                traceback.print_exc()
-            name = type(exc).__name__
-            click.echo(one_line(f"error: internal error ({name}: {exc})".splitlines()[0]), err=True)
-            click.echo("hint: this is a bug in wtool; run again with --debug and report the traceback", err=True)
-            ctx.exit(70)
+            self._internal_error(ctx, exc)
+
+    @staticmethod
+    def _internal_error(ctx: click.Context, exc: Exception) -> NoReturn:
+        if _debug_enabled(ctx):
+            traceback.print_exc()
+        name = type(exc).__name__
+        click.echo(one_line(f"error: internal error ({name}: {exc})".splitlines()[0]), err=True)
+        click.echo("hint: this is a bug in wtool; run again with --debug and report the traceback", err=True)
+        ctx.exit(70)
 
 
 @click.group(cls=WtoolGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -67,7 +67,8 @@ def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0
     check_tolerances(atol, rtol)
     a_paths = [w.path for w in a.weights]
     b_paths = [w.path for w in b.weights]
-    union = a_paths + [p for p in b_paths if p not in set(a_paths)]
+    a_set = set(a_paths)
+    union = a_paths + [p for p in b_paths if p not in a_set]
     chosen = select(union, layer_globs, option="--layer")
     in_a, in_b = set(a_paths), set(b_paths)
     rows = []
@@ -142,9 +143,14 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
     return row
 
 
+def same_dtype(dtype_a: str | None, dtype_b: str | None) -> bool:
+    """Equal stored types, byte order aside (>f4 and <f4 are both float32)."""
+    return _dtype_key(dtype_a or "") == _dtype_key(dtype_b or "")
+
+
 def _same_or_dtype(dtype_a: str, dtype_b: str) -> str:
     """Return "same", or "dtype" when the stored types differ (byte order aside: >f4 and <f4 are float32)."""
-    return "same" if _dtype_key(dtype_a) == _dtype_key(dtype_b) else "dtype"
+    return "same" if same_dtype(dtype_a, dtype_b) else "dtype"
 
 
 def _dtype_key(dtype: str) -> object:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
@@ -80,23 +79,6 @@ def colour_terminal(stream: IO[str]) -> bool:
         return True
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty()) and os.environ.get("TERM", "") not in ("dumb", "unknown")
-
-
-@contextlib.contextmanager
-def _writing_stdout() -> Iterator[None]:
-    """A full disk or a failing device under stdout is the user's to fix (exit 2), not a bug (exit 70).
-
-    A reader that went away (BrokenPipeError) passes through to the CLI's own quiet exit.
-    """
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        from wtool.errors import UsageError
-
-        raise UsageError(f"cannot write to standard output ({exc.strerror or exc})",
-                         "check the disk or device stdout goes to") from None
 
 
 Style = Literal["bold", "yellow"]
@@ -187,20 +169,18 @@ class Output:
 
     def result(self, document: dict[str, Any], human: Callable[[Console], None] | None = None) -> None:
         """Emit the command's result: one JSON document with --json, else the human rendering."""
-        with _writing_stdout():
-            if self.json_mode:
-                self._write_json(document)
-            elif human is not None:
-                human(self.stdout)
+        if self.json_mode:
+            self._write_json(document)
+        elif human is not None:
+            human(self.stdout)
 
     def result_text(self, document: dict[str, Any], human: Callable[[TextWriter], None]) -> None:
         """As `result`, for a human rendering in plain lines (no rich)."""
-        with _writing_stdout():
-            if self.json_mode:
-                self._write_json(document)
-            else:
-                human(TextWriter(self._data_stream))
-                self._data_stream.flush()
+        if self.json_mode:
+            self._write_json(document)
+        else:
+            human(TextWriter(self._data_stream))
+            self._data_stream.flush()
 
     @property
     def _data_stream(self) -> IO[str]:

@@ -84,6 +84,8 @@ def _summary_line(report: Any) -> str:
 
 
 def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
+    from wtool.diff import same_dtype
+
     rows = []
     shown = [w for w in report.weights if show_all or w.status != "same"]
     with_nan = any(w.nan_mismatched for w in shown)
@@ -92,7 +94,7 @@ def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
         shape = fmt_shape(w.shape_a if w.shape_a is not None else w.shape_b)
         if w.status == "shape":
             shape = f"{fmt_shape(w.shape_a)} vs {fmt_shape(w.shape_b)}"
-        elif compared and w.dtype_a != w.dtype_b:
+        elif compared and not same_dtype(w.dtype_a, w.dtype_b):
             shape = f"{shape} {w.dtype_a} vs {w.dtype_b}"
         rel = fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else ("n/a" if compared else "-")
         row = [w.path, STATUS_TEXT[w.status], shape,
