@@ -252,14 +252,18 @@ def test_archive_caps_are_enforced_while_streaming(tmp_path: Path) -> None:
         check_archive(XOR)  # 14.3 KiB of weights fit, weights + config + metadata (17 KiB) do not
 
 
-@pytest.mark.parametrize("member,hint", [("metadata.json", "not from a model save"),
-                                         ("model.weights.h5", "--max-bytes")])
-def test_the_hint_names_a_limit_that_applies(tmp_path: Path, member: str, hint: str) -> None:
+@pytest.mark.parametrize("member,pad,max_bytes,hint", [
+    ("metadata.json", b" " * (2 << 20), None, "not from a model save"),  # over metadata's fixed 1 MiB cap
+    ("model.weights.h5", b"\0" * (2 << 20), "1M", "--max-bytes"),
+    ("config.json", b" " * 60_000, "30K", "--max-bytes"),  # valid JSON, but over what --max-bytes leaves
+])
+def test_the_hint_names_a_limit_that_applies(tmp_path: Path, member: str, pad: bytes, max_bytes: str | None,
+                                             hint: str) -> None:
     """--max-bytes raises the caps of weights and assets only; config/metadata caps are fixed."""
     members = dict(M._members())
-    members[member] = members[member] + b"\0" * (2 << 20)  # 2 MiB more: over metadata's 1 MiB cap
+    members[member] = members[member] + pad
     path = M.write_keras(tmp_path / "big.keras", members=list(members.items()), compress=zipfile.ZIP_DEFLATED)
-    res = run_cli("inspect", path, *(["--max-bytes", "1M"] if member == "model.weights.h5" else []))
+    res = run_cli("inspect", path, *(["--max-bytes", max_bytes] if max_bytes else []))
     assert res.exit_code == 3, res
     assert res.stderr.splitlines()[1].startswith("hint: ") and hint in res.stderr, res.stderr
 

@@ -165,7 +165,7 @@ def _check_no_overlap(infos: list[zipfile.ZipInfo], fh: IO[bytes], path: str, si
 
 
 def stream_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: int,
-                  sink: Callable[[bytes], None] | None = None) -> int:
+                  sink: Callable[[bytes], None] | None = None, hint: str | None = None) -> int:
     """Read one member to its end in chunks, never past `cap` bytes; zipfile checks the CRC at the end."""
     total = 0
     try:
@@ -177,7 +177,7 @@ def stream_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: in
                 total += len(chunk)
                 if total > cap:
                     raise InputError(f"{path}: member {shown(info.filename)} decompresses to more than "
-                                     f"{fmt_bytes(cap)} (limit)", _member_hint(info.filename))
+                                     f"{fmt_bytes(cap)} (limit)", hint or MAX_BYTES_HINT)
                 if sink is not None:
                     sink(chunk)
     except InputError:
@@ -211,11 +211,14 @@ def open_zip(fh: IO[bytes], path: str, limits: Limits) -> tuple[zipfile.ZipFile,
     return zf, size
 
 
-def _member_hint(name: str) -> str | None:
+MAX_BYTES_HINT = "raise the limit with --max-bytes if you trust it"
+
+
+def _member_hint(name: str) -> str:
     """--max-bytes raises the cap of weights and assets; config.json and metadata.json have fixed caps."""
     if name in (CONFIG_MEMBER, METADATA_MEMBER):
         return f"Keras writes a {name} of a few KB; this one is not from a model save"
-    return "raise the limit with --max-bytes if you trust it"
+    return MAX_BYTES_HINT
 
 
 def _keras_member_cap(name: str, limits: Limits) -> int | None:
@@ -264,13 +267,16 @@ def check_archive(path: str | os.PathLike[str], limits: Limits | None = None) ->
                                      f"(limit {fmt_bytes(cap)})", _member_hint(info.filename))
             total = 0
             for info in infos:
-                cap = min(_keras_member_cap(info.filename, limits) or 0, limits.max_bytes - total)
+                member_cap = _keras_member_cap(info.filename, limits) or 0
+                budget = limits.max_bytes - total  # what --max-bytes leaves for this member
+                cap = min(member_cap, budget)
+                hint = _member_hint(info.filename) if member_cap <= budget else MAX_BYTES_HINT
                 keep: list[bytes] | None = [] if info.filename in (CONFIG_MEMBER, METADATA_MEMBER) else None
-                n = stream_member(zf, info, text, max(cap, 0), keep.append if keep is not None else None)
+                n = stream_member(zf, info, text, max(cap, 0), keep.append if keep is not None else None, hint)
                 total += n
                 if total > limits.max_bytes:
                     raise InputError(f"{text}: archive decompresses to more than {fmt_bytes(limits.max_bytes)} "
-                                     "(limit)", "raise the limit with --max-bytes if you trust it")
+                                     "(limit)", MAX_BYTES_HINT)
                 report.members[info.filename] = n
                 if info.filename == CONFIG_MEMBER and keep is not None:
                     report.config_bytes = b"".join(keep)
