@@ -371,6 +371,14 @@ def test_a_newline_or_tab_in_a_name_cannot_forge_rows_or_break_columns(tmp_path)
     assert table[1][start:].startswith("(2, 3)"), table
 
 
+def test_invisible_reordering_characters_are_shown_escaped(tmp_path):
+    """A bidi override (U+202E) or zero-width space in a name would make the table lie about it."""
+    path = _legacy_weights_with_name(tmp_path / "bidi.weights.h5", "dense\u202eltuo\u200b")
+    res = run_cli("inspect", path, "--weights")
+    assert res.exit_code == 0, res
+    assert "\u202e" not in res.stdout and "dense\\u202eltuo\\u200b/kernel" in res.stdout, res.stdout
+
+
 def test_escaped_names_keep_the_diff_table_aligned(tmp_path):
     a = _legacy_weights_with_name(tmp_path / "a.weights.h5", "d\x1b[31mred")
     b = _legacy_weights_with_name(tmp_path / "b.weights.h5", "plain")
@@ -397,7 +405,10 @@ def test_notes_and_warnings_are_plain_text_on_the_stream_given():
 
 
 @pytest.mark.parametrize("args", [["inspect", ""], ["inspect", str(SAMPLES / "xor.keras"), "--export", ""],
-                                  ["diff", str(SAMPLES / "xor.keras"), " "]])
+                                  ["diff", str(SAMPLES / "xor.keras"), " "],
+                                  ["set-weights", str(SAMPLES / "xor.keras"), "--npz", "", "-o", "x.keras"],
+                                  ["train", str(SAMPLES / "xor.keras"), "--data", str(SAMPLES / "xor.npz"), "-o",
+                                   "x.keras", "--checkpoint-dir", ""]])
 def test_an_empty_path_is_a_usage_error(args):
     res = run_cli(*args)
     assert res.exit_code == 2, res

@@ -595,3 +595,16 @@ def test_tables_have_no_trailing_spaces(tmp_path):
     for out in (res.stdout, res2.stdout):
         assert len(out.splitlines()) >= 3
         assert [line for line in out.splitlines() if line != line.rstrip()] == []
+
+
+def test_a_stdout_that_is_not_utf8_gets_an_ascii_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = subprocess.run([sys.executable, "-m", "wtool", "set-weights", str(SAMPLES / "xor.keras"), "--init",
+                           "out/*=zeros", "-o", str(tmp_path / "z.keras")], capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    text = proc.stdout.decode("ascii")
+    assert "old mean+-std [min, max]" in text and "0+-0 [0, 0]" in text, text

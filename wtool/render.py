@@ -35,8 +35,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# Terminal control characters, shown as \\xNN: all of C0 (but newline), DEL and C1.
+# Terminal control characters, shown as \\xNN: all of C0 (but newline), DEL and C1; and the
+# invisible format characters that reorder or hide text (bidi overrides, zero-width), as \\uNNNN.
 _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x0A), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in [*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                                             *range(0x2066, 0x206A), 0xFEFF]})
 _ESCAPES_ONE_LINE = {**_ESCAPES, 0x0A: "\\x0a"}
 
 
@@ -68,6 +71,14 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no real stdout descriptor (embedded use, test runners)
         pass
+
+
+def can_encode(encoding: str | None, text: str) -> bool:
+    try:
+        text.encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def colour_terminal(stream: IO[str]) -> bool:
@@ -123,11 +134,7 @@ class TextWriter:
 
     def can_show(self, text: str) -> bool:
         """Whether the stream's encoding has these characters (else pick an ASCII form)."""
-        try:
-            text.encode(self.encoding)
-        except (UnicodeEncodeError, LookupError):
-            return False
-        return True
+        return can_encode(self.encoding, text)
 
 
 class Output:
@@ -153,6 +160,8 @@ class Output:
                 self.quiet = True
                 raise BrokenPipeError
 
+        if not can_encode(getattr(stream, "encoding", None), "±█") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")  # a stdout that is not UTF-8: no UnicodeEncodeError
         return PipeConsole(file=stream, soft_wrap=True)
 
     @property

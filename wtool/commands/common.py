@@ -72,3 +72,4 @@ class _PathText(click.Path):
 
 InputPath = _PathText(dir_okay=True, file_okay=True, path_type=str)
 OutputPath = _PathText(dir_okay=False, path_type=str)
+DirPath = _PathText(file_okay=False, path_type=str)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from wtool.commands.common import InputPath, OutputPath, common_options
-from wtool.render import Output, cell, fmt_shape, printable
+from wtool.render import Output, can_encode, cell, fmt_shape, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -18,13 +18,13 @@ def _g(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def _stats(s: Any) -> str:
+def _stats(s: Any, pm: str = "±") -> str:
     """`mean±std [min, max]`, compact enough for an 80-column table."""
     if s is None:
         return "-"
     if s.mean is None:
         return f"{s.nonfinite} NaN/Inf" if s.nonfinite else "empty"
-    text = f"{_g(s.mean)}±{_g(s.std)} [{_g(s.min)}, {_g(s.max)}]"
+    text = f"{_g(s.mean)}{pm}{_g(s.std)} [{_g(s.min)}, {_g(s.max)}]"
     return text + (f" +{s.nonfinite} NaN/Inf" if s.nonfinite else "")
 
 
@@ -56,11 +56,12 @@ def render_plan(console: Console, plan: Any) -> None:
     table.add_column("weight", no_wrap=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("from", no_wrap=True)
-    table.add_column(cell("old mean±std [min, max]"), no_wrap=True)
-    table.add_column(cell("new mean±std [min, max]"), no_wrap=True)
+    pm = "±" if can_encode(console.encoding, "±") else "+-"
+    table.add_column(cell(f"old mean{pm}std [min, max]"), no_wrap=True)
+    table.add_column(cell(f"new mean{pm}std [min, max]"), no_wrap=True)
     for a in plan.assignments:
-        table.add_row(cell(a.path), fmt_shape(a.shape), cell(a.source), cell(_stats(a.old)),
-                      cell(_stats(a.new)))
+        table.add_row(cell(a.path), fmt_shape(a.shape), cell(a.source), cell(_stats(a.old, pm)),
+                      cell(_stats(a.new, pm)))
     print_wide(console, table)
     counts = doc["counts"]
     if plan.dry_run:
@@ -75,7 +76,7 @@ def render_plan(console: Console, plan: Any) -> None:
 @click.argument("model", type=InputPath)
 @click.option("-o", "--output", type=OutputPath, help="Write the edited model here (format follows the extension).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically) instead of writing -o OUT.")
-@click.option("--npz", "npz", multiple=True, metavar="FILE",
+@click.option("--npz", "npz", multiple=True, metavar="FILE", type=InputPath,
               help="Arrays keyed by weight path, as `wtool inspect --export` writes them. Repeatable.")
 @click.option("--weight", "weights", multiple=True, metavar="PATH=FILE.npy",
               help="One weight from a .npy file. Repeatable.")

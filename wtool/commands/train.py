@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
+from wtool.commands.common import DirPath, InputPath, OutputPath, common_options, unsafe_option
 from wtool.errors import UsageError
-from wtool.render import Output, TextWriter, fmt_float, fmt_int, one_line
+from wtool.render import Output, TextWriter, fmt_float, fmt_int, fmt_plural, one_line
 
 # Non-terminal progress: one line per epoch, but no more than one per this many seconds (plus the last).
 LINE_INTERVAL_S = 1.0
@@ -48,11 +48,10 @@ class LineReporter:
         self.plan = plan
         for note in plan.notes:
             self.out.info(note)
-        steps = f"{plan.steps_per_epoch} step{'s' if plan.steps_per_epoch != 1 else ''}"
-        self.out.info(f"training {fmt_int(plan.samples)} samples ({steps} of {plan.batch_size}"
-                      f"{f', validating on {fmt_int(plan.val_samples)}' if plan.val_samples else ''}) for "
-                      f"{plan.epochs} epochs: {plan.optimizer}, loss {plan.loss}; {plan.trainable_weights} trainable "
-                      f"and {plan.frozen_weights} frozen weights; seed {plan.seed}")
+        self.out.info(f"training {fmt_plural(plan.samples, 'sample')} ({fmt_plural(plan.steps_per_epoch, 'step')} of "
+                      f"{plan.batch_size}{f', validating on {fmt_int(plan.val_samples)}' if plan.val_samples else ''})"
+                      f" for {fmt_plural(plan.epochs, 'epoch')}: {plan.optimizer}, loss {plan.loss}; "
+                      f"{plan.trainable_weights} trainable and {plan.frozen_weights} frozen weights; seed {plan.seed}")
 
     def epoch_begin(self, epoch: int) -> None:
         pass
@@ -171,7 +170,7 @@ def _render(summary: dict[str, Any]) -> Any:
         rate = summary["samples_per_s"]
         rows.append(("time", f"{summary['wall_time_s']:.1f} s wall"
                      + (f", {fmt_int(int(rate))} samples/s steady state" if rate else "")))
-        steps = f"{summary['optimizer']}, {fmt_int(summary['optimizer_steps'])} steps"
+        steps = f"{summary['optimizer']}, {fmt_plural(summary['optimizer_steps'], 'step')}"
         if summary["restored_optimizer_steps"]:
             steps += f" ({fmt_int(summary['restored_optimizer_steps'])} before this run)"
         rows.append(("optimizer", steps))
@@ -234,13 +233,13 @@ def _render(summary: dict[str, Any]) -> Any:
               help="Stop after PATIENCE epochs without improvement; the best epoch's weights are written.")
 @click.option("--monitor", help="What early stopping watches (default val_loss, or loss without validation).")
 @click.option("--min-delta", type=float, default=0.0, help="Smallest change that counts as an improvement.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=str),
+@click.option("--checkpoint-dir", type=DirPath,
               help="Keep checkpoints (model, optimizer, epoch, RNG state) here.")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every N epochs (default 1 with --checkpoint-dir).")
 @click.option("--keep-checkpoints", type=int, default=3, show_default=True, help="How many checkpoints to keep.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --checkpoint-dir.")
 @click.option("--history", "history_file", type=OutputPath, help="Write per-epoch metrics to FILE.csv or FILE.json.")
-@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=str),
+@click.option("--tensorboard", type=DirPath,
               help="Write TensorBoard scalars and weight histograms to DIR.")
 @click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
 @click.option("--jit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
