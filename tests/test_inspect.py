@@ -281,6 +281,8 @@ def test_singular_and_stats_help():
     res = run_cli("inspect", SAMPLES / "mlp.keras", "--layer", "hidden/kernel")
     assert res.exit_code == 0 and "selected 1 weight, 50,176 params" in res.stdout
     assert re.search(r"^hidden\s+Dense\s+\(784, 64\)\s+50,176\s+yes$", res.stdout, re.M), res.stdout  # no bias counted
+    doc = run_cli("inspect", SAMPLES / "mlp.keras", "--layer", "hidden/kernel", "--json").json()
+    assert [(layer["params"], layer["weights"]) for layer in doc["layers"]] == [(50176, ["hidden/kernel"])]
     text = " ".join(run_cli("inspect", "--help").stdout.split())
     assert "NaN/Inf are counted and left out of min/max/mean/std/L2" in text
     assert "Refuse to build a graph with more than N parameters" in text and "only where a graph is built" in text

@@ -97,6 +97,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
               check_result: Any) -> dict[str, Any]:
     import numpy as np
 
+    # with --layer, a layer lists and counts only its selected weights, as the text table does
+    selected = {w.path: w.params for w in summary.weights} if summary.selected else None
     weights = []
     for w in summary.weights:
         row: dict[str, Any] = {"path": w.path, "layer": w.layer, "name": w.name, "shape": list(w.shape),
@@ -125,9 +127,7 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         "trainable_params": summary.trainable_params,
         "non_trainable_params": summary.non_trainable_params,
         "weight_bytes": summary.weight_bytes,
-        "layers": [{"path": layer.path, "name": layer.name, "class": layer.class_name, "depth": layer.depth,
-                    "params": layer.params, "trainable": layer.trainable, "weights": layer.weights,
-                    **({"missing": True} if layer.missing else {})} for layer in summary.layers],
+        "layers": [_layer_document(layer, selected) for layer in summary.layers],
         "weights": weights,
         "warnings": summary.warnings,
     }
@@ -140,6 +140,14 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
                         "reasons": check_result.reasons, "changes": check_result.changes,
                         "loader": check_result.loader}
     return doc
+
+
+def _layer_document(layer: Any, selected: dict[str, int] | None) -> dict[str, Any]:
+    paths = layer.weights if selected is None else [p for p in layer.weights if p in selected]
+    params = layer.params if selected is None else sum(selected[p] for p in paths)
+    return {"path": layer.path, "name": layer.name, "class": layer.class_name, "depth": layer.depth,
+            "params": params, "trainable": layer.trainable, "weights": paths,
+            **({"missing": True} if layer.missing else {})}
 
 
 # ---- human output -----------------------------------------------------------------------------
