@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from wtool.commands.common import InputPath, common_options, without_blas_threads
-from wtool.render import Output, TextWriter, fmt_float, fmt_shape
+from wtool.render import Output, TextWriter, fmt_float, fmt_plural, fmt_shape
 
 STATUS_TEXT = {"same": "same", "changed": "changed", "dtype": "dtype differs", "shape": "shape differs",
                "only_a": "only in A", "only_b": "only in B"}
@@ -78,7 +78,7 @@ def _summary_line(report: Any) -> str:
     total = len(report.weights)
     verdict = "equal" if report.equal else "different"
     tol = f" (atol {report.atol:g}, rtol {report.rtol:g})" if report.atol or report.rtol else ""
-    return (f"{verdict}{tol}: {total} weight{'' if total == 1 else 's'}, {c['same']} same, {c['changed']} changed, "
+    return (f"{verdict}{tol}: {fmt_plural(total, 'weight')}, {c['same']} same, {c['changed']} changed, "
             f"{c['dtype']} dtype differs, {c['shape']} shape differs, {c['only_a']} only in A, "
             f"{c['only_b']} only in B")
 

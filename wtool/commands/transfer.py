@@ -9,7 +9,7 @@ import click
 from wtool.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.commands.set_weights import print_wide
 from wtool.errors import UsageError
-from wtool.render import Output, cell, fmt_shape, printable
+from wtool.render import Output, cell, fmt_plural, fmt_shape, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,7 +71,7 @@ def render_head(console: Console, report: Any) -> None:
     if report.dropped:
         lines.append(f"dropped the layers after it: {', '.join(report.dropped)}")
     kept = report.kept_weights
-    lines.append(f"{kept} weight{'' if kept == 1 else 's'} kept from the base"
+    lines.append(f"{fmt_plural(kept, 'weight')} kept from the base"
                  + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else "") + f"; wrote {report.output}")
     for line in lines:
         console.print(printable(line), highlight=False, markup=False)
