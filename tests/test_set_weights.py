@@ -608,3 +608,13 @@ def test_a_stdout_that_is_not_utf8_gets_an_ascii_table(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     text = proc.stdout.decode("ascii")
     assert "old mean+-std [min, max]" in text and "0+-0 [0, 0]" in text, text
+
+
+@pytest.mark.tf
+def test_an_error_while_converting_through_keras_names_the_users_file(tmp_path):
+    """.h5 -> .keras is staged in a temporary directory; a refusal there still names MODEL."""
+    res = run_cli("set-weights", SAMPLES / "mlp.h5", "--init", "out/*=zeros", "-o", tmp_path / "m.keras",
+                  "--max-params", "10")
+    assert res.exit_code == 3, res
+    assert res.stderr.startswith(f"error: {SAMPLES / 'mlp.h5'}: model config declares 50,890 parameters"), res.stderr
+    assert "staged" not in res.stderr and not (tmp_path / "m.keras").exists()

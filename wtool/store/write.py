@@ -40,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
+from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import atomic_output
 from wtool.store import safety
 
@@ -534,7 +534,11 @@ def _write_via_keras(source: Path, source_format: str, out: Path, out_format: st
         staged = Path(tmpdir) / f"staged{suffix}"
         result = _write_direct(source, source_format, staged, source_format, writes,
                                reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
-        model = load_with_compile(staged, unsafe=unsafe)
+        try:
+            model = load_with_compile(staged, unsafe=unsafe)
+        except WtoolError as exc:  # name the user's file, not the staging copy in a temporary directory
+            exc.message = exc.message.replace(str(staged), str(source))
+            raise
         save_model(model, out, include_optimizer=not reset_optimizer)
     result.output = str(out)
     result.format = out_format
