@@ -71,7 +71,7 @@ def test_one_line_json_document_on_stdin_hints_at_input_format_json():
 @pytest.mark.parametrize("command", [
     ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel"],
     ["inspect", "mlp.keras", "--sample", "150", "--layer", "hidden/kernel", "--json"],
-    ["infer", "mlp.keras", "mlp.npz", "--input-key", "x", "--json", "--batch-size", "50"],
+    ["infer", "mlp.keras", "mlp.npz", "--input-key", "x", "--json"],  # one 125 KB batch: one write
 ], ids=["inspect", "inspect-json", "infer"])
 def test_a_reader_that_stops_early_ends_the_command_quietly(command):
     """`wtool ... | head -1`: nothing on stderr (no BrokenPipeError), and 141 as for a command killed by SIGPIPE."""
