@@ -39,6 +39,7 @@ from wtool import limits
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
 from wtool.fileio import open_input
 from wtool.limits import shown
+from wtool.render import write_all
 
 INPUT_FORMATS = {
     ".npy": "npy",
@@ -802,16 +803,6 @@ def _csv_quote(value: str, delimiter: str) -> str:
     return value
 
 
-WRITE_PIECE = 1 << 16
-
-
-def _write_text(stream: IO[str], text: str) -> None:
-    """Write in pipe-sized pieces: one large write into a pipe whose reader quits (`| head`) can end
-    without an error, so the run would look complete; a later piece raises BrokenPipeError."""
-    for start in range(0, len(text), WRITE_PIECE):
-        stream.write(text[start:start + WRITE_PIECE])
-
-
 class CsvWriter(RowWriter):
     """Columns to CSV/TSV with a header row; vectors are spread over `name_0..name_K` columns."""
 
@@ -843,7 +834,7 @@ class CsvWriter(RowWriter):
         else:
             table = np.concatenate([p.astype(object) for p in parts], axis=1)
         fmt = self.row_format
-        _write_text(self.stream, "".join(fmt % tuple(row) for row in table.tolist()))
+        write_all(self.stream, "".join(fmt % tuple(row) for row in table.tolist()))
 
     def close(self) -> None:
         if self.owns:
@@ -864,11 +855,11 @@ class JsonlWriter(RowWriter):
         dumps = json.dumps
         if len(self.columns) == 1:
             values = batch[self.columns[0].name].tolist()
-            _write_text(self.stream, "".join(dumps(v) + "\n" for v in values))
+            write_all(self.stream, "".join(dumps(v) + "\n" for v in values))
         else:
             names = [c.name for c in self.columns]
             cols = [batch[name].tolist() for name in names]
-            _write_text(self.stream, "".join(dumps(dict(zip(names, row, strict=True))) + "\n"
+            write_all(self.stream, "".join(dumps(dict(zip(names, row, strict=True))) + "\n"
                                              for row in zip(*cols, strict=True)))
         if not self.owns:
             self.stream.flush()

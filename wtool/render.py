@@ -73,6 +73,26 @@ def silence_stdout() -> None:
         pass
 
 
+def write_all(stream: IO[str], text: str) -> None:
+    """Write text to a stream that may be a pipe, as `cat` does: every byte, or an error.
+
+    A single large write into a pipe whose reader quits (`| head`) can come back short, and
+    Python's text layer then drops the rest without a word, so the run would look complete.
+    Where the stream has a file descriptor, the bytes go out with os.write until all are taken
+    (a reader that has gone raises BrokenPipeError); elsewhere (tests, StringIO) a plain write.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        stream.write(text)
+        return
+    stream.flush()
+    data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
+                                  getattr(stream, "errors", None) or "strict"))
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def can_encode(encoding: str | None, text: str) -> bool:
     try:
         text.encode(encoding or "utf-8")
@@ -116,10 +136,10 @@ class TextWriter:
             head = f"{self.STYLES[style]}{head}{self.RESET}"
         line = f"{head}{printable(text)}\n"
         try:
-            self.stream.write(line)
+            write_all(self.stream, line)
         except UnicodeEncodeError:  # a stdout that is not UTF-8 (PYTHONIOENCODING=ascii, a latin-1 locale)
             encoding = self.encoding
-            self.stream.write(line.encode(encoding, "backslashreplace").decode(encoding))
+            write_all(self.stream, line.encode(encoding, "backslashreplace").decode(encoding))
 
     def table(self, headers: list[str], rows: list[list[str]], right: set[str] | frozenset[str] = frozenset()) -> None:
         """A fixed-width table (see fmt_table) with its header line in bold."""
