@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from tests.conftest import run_cli
 from wtool.errors import UsageError
 from wtool.spec import KINDS, parse_layers, parse_shape
 
@@ -212,3 +213,16 @@ def test_bad_config_file(wtool, tmp_path, content, code):
     assert res.exit_code == code, res
     assert res.stderr.startswith("error: ")
 
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("args,fragment", [
+    (["--input-shape", "65536", "--layers", "dense:65536"], "more than 1,000,000,000 parameters"),  # 4.3e9: no OOM
+    (["--input-shape", "300", "--layers", "dense:3", "--max-params", "100"], "more than 100 parameters"),
+    (["--input-shape", "3", "--layers", "dense:3,dense:3,dense:1", "--max-layers", "1"], "3 layers (limit 1)"),
+])
+def test_layers_spec_keeps_the_size_limits(tmp_path, args, fragment):
+    res = run_cli("new", tmp_path / "m.keras", *args)
+    assert res.exit_code == 3, res
+    assert fragment in res.stderr.splitlines()[0] and "--max-" in res.stderr, res.stderr
+    assert not (tmp_path / "m.keras").exists()

@@ -182,7 +182,14 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
         model = model_from_config(config, unsafe=unsafe, source=str(config_file))
     else:
         assert specs is not None and shape is not None
-        model = build_model(specs, shape, input_dtype=input_dtype, name=model_name)
+        from wtool import limits
+        from wtool.buildguard import cheap_build
+
+        cap = limits.current().max_layers
+        if len(specs) > cap:
+            raise InputError(f"--layers: {len(specs)} layers (limit {cap:,})", "raise the limit with --max-layers")
+        with cheap_build("--layers", zero_init=False):  # --max-params counted before any weight is allocated
+            model = build_model(specs, shape, input_dtype=input_dtype, name=model_name)
     compiled = None
     if loss:
         from wtool.train import TrainOptions, build_optimizer
