@@ -140,9 +140,12 @@ def _open_store(path: Path, arch_config: dict[str, Any] | None = None) -> ModelF
     return open_model(path, arch_config=arch_config)
 
 
+WEIGHTS_ONLY_HINT = "use the .keras or .h5 model; train and infer also take --arch MODEL with a weights-only file"
+
+
 def _translation(mf: ModelFile, path: Path) -> Translation:
     if mf.config is None:
-        raise IncompatibleError(f"{path}: the file has no model config", "pass --arch MODEL for a weights-only file")
+        raise IncompatibleError(f"{path}: the file has no model config", WEIGHTS_ONLY_HINT)
     try:
         return translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
     except TranslationError as exc:
@@ -156,9 +159,9 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is None:
-            return CheckResult(str(path), 4, "no-graph",
-                               ["a weights-only file: graph commands need --arch MODEL for the architecture"],
-                               keras_version=mf.keras_version)
+            reason = "a weights-only file: a graph needs a .keras or .h5 model's architecture " \
+                     "(train and infer take it with --arch MODEL)"
+            return CheckResult(str(path), 4, "no-graph", [reason], keras_version=mf.keras_version)
         t = _translation(mf, p)
     code, status = _verdict(t.problems, unsafe)
     reasons = group_reasons(t.problems)
@@ -229,8 +232,7 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
                 _compile_from(model, mf.training_config)
             return model
     if arch is None:
-        raise IncompatibleError(f"{path}: a weights-only file has no architecture",
-                                "pass --arch MODEL (a .keras or .h5 file of the same architecture)")
+        raise IncompatibleError(f"{path}: a weights-only file has no architecture", WEIGHTS_ONLY_HINT)
     with _open_store(check_input_file(arch)) as arch_file:
         arch_config = arch_file.config
     model = load_model(arch, unsafe=unsafe, compile=compile)
