@@ -159,8 +159,8 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is None:
-            reason = "a weights-only file: a graph needs a .keras or .h5 model's architecture " \
-                     "(train and infer take it with --arch MODEL)"
+            reason = ("a weights-only file: a graph needs a .keras or .h5 model's architecture "
+                      "(train and infer take it with --arch MODEL)")
             return CheckResult(str(path), 4, "no-graph", [reason], keras_version=mf.keras_version)
         t = _translation(mf, p)
     code, status = _verdict(t.problems, unsafe)
