@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SAMPLES, run_cli
 from wtool.errors import UsageError
 from wtool.spec import KINDS, parse_layers, parse_shape
 
@@ -85,9 +85,11 @@ def test_bad_spec_exit_2_without_output(wtool, tmp_path, args, fragment):
     assert not out.exists()
 
 
-def test_bad_output_suffix(wtool, tmp_path):
-    res = wtool("new", tmp_path / "m.npz", "--input-shape", "2", "--layers", "dense:1")
+@pytest.mark.parametrize("name", ["m.npz", "m.txt", "m.weights.h5"])
+def test_bad_output_suffix(wtool, tmp_path, name):
+    res = wtool("new", tmp_path / name, "--input-shape", "2", "--layers", "dense:1")
     assert res.exit_code == 2 and "must end in .keras or .h5" in res.stderr
+    assert not (tmp_path / name).exists()
 
 
 # ------------------------------------------------------------------ building (TensorFlow)
@@ -226,3 +228,11 @@ def test_layers_spec_keeps_the_size_limits(tmp_path, args, fragment):
     assert res.exit_code == 3, res
     assert fragment in res.stderr.splitlines()[0] and "--max-" in res.stderr, res.stderr
     assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("extra,compiled", [([], "adam, loss sparse_categorical_crossentropy"), (["--no-compile"], None)])
+def test_config_with_compile_settings_reports_them(tmp_path, extra, compiled):
+    res = run_cli("new", tmp_path / "m.keras", "--config", SAMPLES / "nested.keras", "--json", *extra)
+    assert res.exit_code == 0, res
+    assert res.json()["compiled"] == compiled

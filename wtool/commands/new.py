@@ -153,8 +153,10 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
     if (optimizer or lr is not None or metrics) and not loss and not config_file:
         raise UsageError("--optimizer/--lr/--metric compile the model and need --loss")
     path = Path(out_file)
-    if not path.name.lower().endswith((".keras", ".h5", ".hdf5")):
-        raise UsageError(f"{out_file}: OUT must end in .keras or .h5", "a fresh model needs its architecture saved")
+    name = path.name.lower()
+    if not name.endswith((".keras", ".h5", ".hdf5")) or name.endswith(".weights.h5"):
+        raise UsageError(f"{out_file}: OUT must end in .keras or .h5 (not .weights.h5)",
+                         "a fresh model needs its architecture saved")
     config = None
     specs = None
     shape = None
@@ -209,6 +211,8 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
                 raise UsageError(f"--metric '{metric}' is not a Keras metric", "e.g. accuracy, mae, auc") from None
         model.compile(optimizer=opt, loss=loss, metrics=list(metrics) or None)
         compiled = f"{type(opt).__name__.lower()}, loss {loss}"
+    if compiled is None and getattr(model, "compiled", False) and getattr(model, "optimizer", None) is not None:
+        compiled = f"{type(model.optimizer).__name__.lower()}, loss {model.loss}"  # from --config's compile_config
     save_model(model, path)
     doc = {"output": str(path), "seed": seed, "compiled": compiled, "model": summarize(model)}
     out.result_text(doc, _human(doc))
