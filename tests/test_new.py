@@ -236,3 +236,8 @@ def test_config_with_compile_settings_reports_them(tmp_path, extra, compiled):
     res = run_cli("new", tmp_path / "m.keras", "--config", SAMPLES / "nested.keras", "--json", *extra)
     assert res.exit_code == 0, res
     assert res.json()["compiled"] == compiled
+
+
+def test_config_given_an_npz_says_what_it_is(tmp_path):
+    res = run_cli("new", tmp_path / "m.keras", "--config", SAMPLES / "mlp.npz")
+    assert res.exit_code == 3 and "a numpy .npz archive" in res.stderr.splitlines()[0], res

@@ -23,8 +23,11 @@ def read_config(path: str) -> dict[str, Any]:
     """A Keras model config: `model.to_json()` output, a `.keras` file's config.json, or a `.keras` file."""
     from wtool.archive import check_archive
     from wtool.safejson import parse_config_json
+    from wtool.store.npz import is_numpy_archive, numpy_archive_message
 
     p = check_input_file(path)
+    if is_numpy_archive(p):
+        raise InputError(*numpy_archive_message(p))
     try:
         if zipfile.is_zipfile(p):
             text = check_archive(p).config_bytes.decode("utf-8")  # the archive checked as a whole first
