@@ -303,7 +303,8 @@ def _make_layer(L: Any, spec: LayerSpec, v: dict[str, Any], rank: int, name: str
     if kind in ("conv1d", "conv2d"):
         dims = 1 if kind == "conv1d" else 2
         if rank != dims + 1:
-            raise _rank_error(spec, rank, f"rank-{dims + 1} (steps{', cols' if dims == 2 else ''}, channels)")
+            axes = "steps" if dims == 1 else "rows, cols"
+            raise _rank_error(spec, rank, f"rank-{dims + 1} ({axes}, channels)")
         cls = L.Conv1D if dims == 1 else L.Conv2D
         return cls(v["filters"], _fit(v["kernel_size"], dims, spec), strides=_fit(v.get("stride", (1,)), dims, spec),
                    padding=v.get("padding", "valid"), dilation_rate=_fit(v.get("dilation", (1,)), dims, spec),
