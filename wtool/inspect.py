@@ -54,6 +54,14 @@ class Summary:
     def selected_params(self) -> int:
         return sum(w.params for w in self.weights)
 
+    def shown(self, layer: LayerInfo) -> tuple[list[str], int]:
+        """A layer's weight paths and parameter count as shown: with --layer, its selected weights only."""
+        if not self.selected:
+            return list(layer.weights), layer.params
+        params = {w.path: w.params for w in self.weights}
+        paths = [p for p in layer.weights if p in params]
+        return paths, sum(params[p] for p in paths)
+
 
 def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
     paths = select([w.path for w in mf.weights], layer_globs, option="--layer")

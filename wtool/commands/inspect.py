@@ -97,8 +97,6 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
               check_result: Any) -> dict[str, Any]:
     import numpy as np
 
-    # with --layer, a layer lists and counts only its selected weights, as the text table does
-    selected = {w.path: w.params for w in summary.weights} if summary.selected else None
     weights = []
     for w in summary.weights:
         row: dict[str, Any] = {"path": w.path, "layer": w.layer, "name": w.name, "shape": list(w.shape),
@@ -127,7 +125,7 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         "trainable_params": summary.trainable_params,
         "non_trainable_params": summary.non_trainable_params,
         "weight_bytes": summary.weight_bytes,
-        "layers": [_layer_document(layer, selected) for layer in summary.layers],
+        "layers": [_layer_document(layer, *summary.shown(layer)) for layer in summary.layers],
         "weights": weights,
         "warnings": summary.warnings,
     }
@@ -142,9 +140,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
     return doc
 
 
-def _layer_document(layer: Any, selected: dict[str, int] | None) -> dict[str, Any]:
-    paths = layer.weights if selected is None else [p for p in layer.weights if p in selected]
-    params = layer.params if selected is None else sum(selected[p] for p in paths)
+def _layer_document(layer: Any, paths: list[str], params: int) -> dict[str, Any]:
+    """With --layer, a layer lists and counts only its selected weights, as the text table does."""
     return {"path": layer.path, "name": layer.name, "class": layer.class_name, "depth": layer.depth,
             "params": params, "trainable": layer.trainable, "weights": paths,
             **({"missing": True} if layer.missing else {})}
@@ -179,13 +176,11 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
     writer.line()
 
     shapes = {w.path: w.shape for w in summary.weights}
-    selected = {w.path: w.params for w in summary.weights}
     nested = _nested_params(summary)
     rows = []
     for layer in summary.layers:
         own = [fmt_shape(shapes[p]) for p in layer.weights if p in shapes]
-        # with --layer, a row counts the weights it shows (hidden/kernel alone: the kernel's params)
-        count = sum(selected.get(p, 0) for p in layer.weights) if summary.selected else layer.params
+        count = summary.shown(layer)[1]  # with --layer, the parameters of the weights the row shows
         params = fmt_int(count) if layer.weights else ("missing" if layer.missing else "0")
         if not layer.weights and layer.path in nested:
             params = fmt_int(nested[layer.path])
