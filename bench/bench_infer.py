@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_model(path: Path) -> None:
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
@@ -53,9 +53,10 @@ def make_model(path: Path) -> None:
 
 
 def throughput(tmp: Path, model_path: Path) -> list[dict]:
-    from wtool import data, infer
+    from wtool.data import rows as data
     from wtool.fileio import atomic_output
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
+    from wtool.infer import predict as infer
 
     rng = np.random.default_rng(0)
     x_path = tmp / "x100k.npy"
@@ -105,7 +106,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 MODEL_ONLY = """
 import sys, numpy as np
-from wtool import infer
+from wtool.infer import predict as infer
 frozen = infer.load_frozen(sys.argv[1])
 frozen.compile(1024, [(784,)])
 frozen.predict_batch([np.zeros((1024, 784), np.float32)])
@@ -113,7 +114,7 @@ frozen.predict_batch([np.zeros((1024, 784), np.float32)])
 
 PREDICT = """
 import sys, numpy as np
-from wtool.model import load_model
+from wtool.graph.model import load_model
 model = load_model(sys.argv[1])
 x = np.load(sys.argv[2])
 np.save(sys.argv[3], model.predict(x, batch_size=1024, verbose=0))

@@ -83,7 +83,7 @@ np.save(os.path.join(d, "kernel.npy"), np.full(({WIDTH}, {WIDTH}), 0.01, dtype="
 def run() -> list[dict]:
     wtool = [sys.executable, "-m", "wtool"]
     # What every wtool run pays before touching a file: the interpreter and the imports.
-    imports = "wtool.cli, wtool.surgery, wtool.arrays, wtool.commands.set_weights, wtool.commands.transfer, rich.table"
+    imports = "wtool.cli, wtool.ops.surgery, wtool.store.arrays, wtool.cli.commands.set_weights, wtool.cli.commands.transfer, rich.table"
     startup = [sys.executable, "-c", f"import {imports}"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="wtool-bench-surgery-", dir=os.environ.get("WTOOL_BENCH_DIR")) as tmp:

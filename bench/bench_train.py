@@ -36,8 +36,8 @@ def _prepare(job: str, workdir: Path) -> tuple[Path, Path]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from wtool.model import import_keras
-    from wtool.spec import build_model, parse_layers
+    from wtool.graph.model import import_keras
+    from wtool.graph.spec import build_model, parse_layers
 
     keras = import_keras()
     spec, shape, rows, _batch, _epochs, _target = JOBS[job]
@@ -66,7 +66,7 @@ def _worker(tool: str, job: str, model_path: str, data_path: str) -> dict[str, f
     if tool == "fit":
         import numpy as np
 
-        from wtool.model import import_keras
+        from wtool.graph.model import import_keras
 
         keras = import_keras()
         keras.utils.set_random_seed(0)
@@ -88,7 +88,7 @@ def _worker(tool: str, job: str, model_path: str, data_path: str) -> dict[str, f
         rows = len(x)
         loss = float(model.evaluate(x, y, batch_size=1024, verbose=0)[0])
     else:
-        from wtool.train import Reporter, TrainOptions, train
+        from wtool.train.loop import Reporter, TrainOptions, train
 
         class CpuClock(Reporter):
             def epoch_begin(self, epoch):
@@ -116,7 +116,7 @@ def _tiny_worker(tool: str) -> dict[str, float]:
     if tool == "fit":
         import numpy as np
 
-        from wtool.model import import_keras
+        from wtool.graph.model import import_keras
 
         keras = import_keras()
         model = keras.saving.load_model(samples / "xor.keras")
@@ -125,7 +125,7 @@ def _tiny_worker(tool: str) -> dict[str, float]:
         t0 = time.perf_counter()
         model.fit(x, y, batch_size=4, epochs=FIT_TINY_EPOCHS, verbose=0)
         return {"seconds_per_epoch": (time.perf_counter() - t0) / FIT_TINY_EPOCHS}
-    from wtool.train import TrainOptions, train
+    from wtool.train.loop import TrainOptions, train
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -88,7 +88,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(command):
 
 
 def test_a_rich_console_hands_a_broken_pipe_to_the_cli():
-    from wtool.render import Output
+    from wtool.cli.render import Output
 
     console = Output().stdout
     with pytest.raises(BrokenPipeError):

@@ -74,7 +74,7 @@ def test_inspect_weights_stats_export(path, tmp_path):
 
 
 def _keras_load(path: Path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     try:
@@ -89,7 +89,7 @@ LOADABLE = [p for p in FILES if manifest()[rel(p)]["loads_in_keras3"] == "yes"] 
 @pytest.mark.tf
 @pytest.mark.parametrize("path", LOADABLE, ids=rel)
 def test_export_equals_keras_own_loading(path, tmp_path):
-    from wtool.keras_paths import weight_paths
+    from wtool.store.model_paths import weight_paths
 
     model = _keras_load(path)
     assert model is not None, f"Keras 3 no longer loads {rel(path)}"

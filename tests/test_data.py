@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wtool import data
+from wtool.data import rows as data
 from wtool.errors import IncompatibleError, InputError, UsageError
 
 ROWS = np.arange(70, dtype=np.float32).reshape(14, 5) / 7 - 3
@@ -287,7 +287,7 @@ def test_npz_member_streams_without_extraction(tmp_path):
 FLAT_MEMORY = r"""
 import resource, sys
 import numpy as np
-from wtool import data
+from wtool.data import rows as data
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with data.open_rows(sys.argv[1]) as rows:
     total = 0.0

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from wtool import distribute as D
 from wtool.errors import UsageError
+from wtool.train import distribute as D
 
 # Every subprocess gets this long at most; a hang fails the test instead of stalling the suite.
 PROC_TIMEOUT = 150

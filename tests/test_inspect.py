@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLES, run_cli
 
-from wtool.inspect import weight_stats
+from wtool.ops.inspect import weight_stats
 from wtool.store import open_model
 
 NAMES = ["xor", "mlp", "cnn", "nested", "lstm"]
@@ -173,7 +173,7 @@ def test_export_of_a_selection(tmp_path):
 
 
 def test_export_streams_large_weights_in_chunks(tmp_path, monkeypatch):
-    import wtool.inspect as core
+    import wtool.ops.inspect as core
 
     out = tmp_path / "big.npz"
     with open_model(SAMPLES / "mlp.keras") as mf:
@@ -191,7 +191,7 @@ def test_export_refuses_bad_targets(tmp_path, target, fragment):
 
 
 def test_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
-    import wtool.inspect as core
+    import wtool.ops.inspect as core
     from wtool.errors import InputError
 
     out = tmp_path / "w.npz"
@@ -397,7 +397,7 @@ def test_notes_and_warnings_are_plain_text_on_the_stream_given():
 
     from rich.console import Console
 
-    from wtool.render import Output
+    from wtool.cli.render import Output
 
     buf = io.StringIO()
     out = Output(stderr=Console(file=buf))

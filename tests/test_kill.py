@@ -32,7 +32,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
 
 def weights_of(path: Path) -> dict[str, np.ndarray]:
     """All weights (model and optimizer) through the store, after the archive checks."""
-    from wtool.archive import check_archive
+    from wtool.safety.archive import check_archive
     from wtool.store import open_model
 
     if path.read_bytes()[:4] == b"PK\x03\x04":

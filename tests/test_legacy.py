@@ -1,4 +1,4 @@
-"""Config translation (wtool.legacy) and weight re-arrangement (wtool.legacy_weights): no TensorFlow.
+"""Config translation (wtool.graph.legacy_config) and weight re-arrangement (wtool.graph.legacy_weights): no TensorFlow.
 
 Each case reads the real `model_config` of the corpus file that shows it (h5py / zipfile only)
 and checks the translated Keras 3 config by value.
@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from wtool import legacy_weights
-from wtool.legacy import SAFE_LAYERS, TranslationError, translate
+from wtool.graph import legacy_weights
+from wtool.graph.legacy_config import SAFE_LAYERS, TranslationError, translate
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 
@@ -268,7 +268,7 @@ def test_not_a_model_config(bad):
 
 
 def test_legacy_modules_do_not_import_tensorflow():
-    code = ("import sys, wtool.legacy, wtool.legacy_weights, wtool.model; "
+    code = ("import sys, wtool.graph.legacy_config, wtool.graph.legacy_weights, wtool.graph.model; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,4 +1,4 @@
-"""Graph loading of old model files (wtool.model.load_model / check_graph) on the real corpus.
+"""Graph loading of old model files (wtool.graph.model.load_model / check_graph) on the real corpus.
 
 Every corpus file whose graph needs no code loads with its saved input shape and exactly
 the weights the weight store reads from the file (bitwise), runs on a random batch, and a
@@ -55,7 +55,7 @@ SHORT = {name: name.split("/")[0].split("__")[0] + ":" + name.rsplit("/", 1)[-1]
 @pytest.fixture(scope="module")
 def models():
     """Each corpus model loaded once for the whole module."""
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     cache: dict[str, object] = {}
 
@@ -75,7 +75,7 @@ def store_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:
-    from wtool.keras_paths import weight_paths
+    from wtool.store.model_paths import weight_paths
 
     return {path: np.asarray(var.numpy()) for path, var in weight_paths(model)}
 
@@ -185,7 +185,7 @@ def test_nested_models_keep_their_structure(models):
 
 @pytest.mark.parametrize("name", list(REFUSED), ids=[n.split("__")[0] for n in REFUSED])
 def test_files_that_need_code_are_refused_with_reason(name):
-    from wtool.model import check_graph, load_model
+    from wtool.graph.model import check_graph, load_model
 
     safe_code, unsafe_code, fragment = REFUSED[name]
     result = check_graph(CORPUS / name)
@@ -200,7 +200,7 @@ def test_files_that_need_code_are_refused_with_reason(name):
 
 
 def test_check_ok_lists_translations():
-    from wtool.model import check_graph
+    from wtool.graph.model import check_graph
 
     result = check_graph(CORPUS / "lyhue1991__keras_tutorial/boston_housing_model.h5")
     assert result.ok and result.exit_code == 0
@@ -210,7 +210,7 @@ def test_check_ok_lists_translations():
 
 
 def test_weights_only_file_needs_arch():
-    from wtool.model import check_graph, load_model
+    from wtool.graph.model import check_graph, load_model
 
     name = CORPUS / "lyhue1991__keras_tutorial/model_weights.h5"
     assert check_graph(name).status == "no-graph"
@@ -235,7 +235,7 @@ RESAVE = [
 def test_keras3_resave_opens_in_keras_own_loader(models, name, tmp_path):
     import keras
 
-    from wtool.model import load_model, save_model
+    from wtool.graph.model import load_model, save_model
 
     model = models(name)
     out = tmp_path / "resaved.keras"
@@ -253,7 +253,7 @@ def test_keras3_resave_opens_in_keras_own_loader(models, name, tmp_path):
 
 
 def test_weights_only_resave_loads_with_arch(models, tmp_path):
-    from wtool.model import load_model, save_model
+    from wtool.graph.model import load_model, save_model
 
     name = "lyhue1991__keras_tutorial/boston_housing_model.h5"
     model = models(name)
@@ -264,7 +264,7 @@ def test_weights_only_resave_loads_with_arch(models, tmp_path):
 
 
 def test_weight_mismatch_names_both_sides(tmp_path):
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     bad = tmp_path / "bad.h5"
     shutil.copy(CORPUS / "lyhue1991__keras_tutorial/boston_housing_model.h5", bad)
@@ -364,7 +364,7 @@ def numpy_keras1_rnn(x, w):
 
 
 def test_keras1_rnn_file_loads_and_computes_like_keras1(keras1_rnn):
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     path, w = keras1_rnn
     model = load_model(path)
@@ -384,7 +384,7 @@ def test_keras1_theano_channels_first_conv_computes_like_theano(tmp_path):
     4 filters on a 4-wide output: the case where Keras 3's TensorFlow `add` puts a channels-first
     bias on the wrong axis, which the translation avoids by running the convolution channels-last.
     """
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     rng = np.random.default_rng(11)
     kernel = rng.standard_normal((4, 2, 3, 2)).astype("float32")  # (filters, in, rows, cols)
@@ -426,7 +426,7 @@ def test_channels_first_functional_convolutions_keep_their_wiring(tmp_path):
     """tf.keras channels_first Conv2D -> Conv2D (both outputs used): rebuilt channels-last inside Permutes."""
     import keras
 
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     rng = np.random.default_rng(12)
     inp = keras.Input((3, 5, 4), name="x")
@@ -462,7 +462,7 @@ def test_channels_first_functional_convolutions_keep_their_wiring(tmp_path):
 
 
 def test_keras1_functional_merge_loads(tmp_path):
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     rng = np.random.default_rng(5)
     wa, wb = rng.standard_normal((3, 2)).astype("float32"), rng.standard_normal((4, 2)).astype("float32")
@@ -529,7 +529,7 @@ def test_infer_refuses_files_that_need_code(name, tmp_path):
 
 
 def test_old_training_config_compiles_when_asked():
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     model = load_model(CORPUS / "rsyamil__gan-hm/gan.h5", compile=True)
     assert model.compiled and type(model.optimizer).__name__ == "Adam"
@@ -540,7 +540,7 @@ def test_old_training_config_compiles_when_asked():
 
 def test_old_json_config_builds_a_model():
     """`model.to_json()` of Keras 2 (what `wtool new --config` is given) goes through the translation."""
-    from wtool.model import config_to_model
+    from wtool.graph.model import config_to_model
 
     with h5py.File(CORPUS / "lyhue1991__keras_tutorial/boston_housing_model.h5", "r") as f:
         config = json.loads(f.attrs["model_config"])
@@ -568,7 +568,7 @@ def _to_cudnn(kind: str, kernel: np.ndarray, recurrent: np.ndarray, bias: np.nda
 def test_cudnn_layers_load_as_plain_rnns(kind, tmp_path):
     import keras
 
-    from wtool.model import load_model
+    from wtool.graph.model import load_model
 
     rng = np.random.default_rng(13)
     units, features = 3, 2

@@ -9,11 +9,11 @@ import pytest
 
 from tests.conftest import SAMPLES, run_cli
 from wtool.errors import UsageError
-from wtool.spec import KINDS, parse_layers, parse_shape
+from wtool.graph.spec import KINDS, parse_layers, parse_shape
 
 
 def keras_weights(path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     model = keras.saving.load_model(path, compile=False)
@@ -174,7 +174,7 @@ def test_new_compiled_model_is_trainable_with_its_defaults(wtool, tmp_path, samp
 
 @pytest.mark.tf
 def test_new_from_config(wtool, tmp_path, samples):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     res = wtool("new", tmp_path / "n.keras", "--config", samples / "nested.keras", "--seed", "1", "--json")
@@ -194,7 +194,7 @@ def test_new_from_config(wtool, tmp_path, samples):
 
 @pytest.mark.tf
 def test_config_that_needs_code_is_refused(wtool, tmp_path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda t: t * 2.0)])

@@ -78,7 +78,7 @@ def _modules() -> list[str]:
 
 def test_every_module_imports_in_a_fresh_interpreter():
     modules = _modules()
-    assert "wtool.store.model_file" in modules and "wtool.commands.inspect" in modules
+    assert "wtool.store.model_file" in modules and "wtool.cli.commands.inspect" in modules
 
     def run(name: str) -> tuple[str, int, str]:
         proc = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=300)

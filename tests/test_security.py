@@ -234,7 +234,7 @@ def test_malicious_archives(label: str, fixture: str, tmp_path: Path, out: Path)
 
 
 def test_archive_check_reports_members_and_config(tmp_path: Path) -> None:
-    from wtool.archive import check_archive
+    from wtool.safety.archive import check_archive
 
     report = check_archive(XOR)
     assert set(report.members) == {"config.json", "metadata.json", "model.weights.h5"}
@@ -244,9 +244,9 @@ def test_archive_check_reports_members_and_config(tmp_path: Path) -> None:
 
 def test_archive_caps_are_enforced_while_streaming(tmp_path: Path) -> None:
     """A member whose declared size passes but whose stream would exceed the cap stops at the cap."""
-    from wtool import limits
-    from wtool.archive import check_archive
     from wtool.errors import InputError
+    from wtool.safety import limits
+    from wtool.safety.archive import check_archive
 
     with limits.override(max_bytes=16_000), pytest.raises(InputError, match="limit"):
         check_archive(XOR)  # 14.3 KiB of weights fit, weights + config + metadata (17 KiB) do not
@@ -324,8 +324,8 @@ def test_payload_fixture_is_live_and_unsafe_says_what_it_allows(tmp_path: Path, 
 
 
 def test_config_check_names_why(tmp_path: Path) -> None:
-    from wtool.config_check import check_config
     from wtool.errors import UnsafeError
+    from wtool.safety.config_check import check_config
 
     reasons = {
         "lambda_bytecode": "Lambda layer",
@@ -350,9 +350,9 @@ def test_config_check_names_why(tmp_path: Path) -> None:
 
 
 def test_parameter_budget_from_the_config(tmp_path: Path) -> None:
-    from wtool import limits
-    from wtool.config_check import check_config
     from wtool.errors import InputError
+    from wtool.safety import limits
+    from wtool.safety.config_check import check_config
 
     for name in ("xor", "mlp", "cnn", "lstm", "nested"):
         report = check_config(M.sample_config(name), name)
@@ -371,7 +371,7 @@ def test_parameter_budget_from_the_config(tmp_path: Path) -> None:
 
 
 def _zoo() -> list[object]:
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     L = keras.layers
@@ -422,8 +422,8 @@ def _strip_shape_hints(obj: object) -> None:
 def test_parameter_count_from_config_matches_keras_on_a_layer_zoo() -> None:
     """The budget is exact, not a guess: conv/separable/depthwise/transpose/grouped, BN/LN/GN, RNNs, wrappers,
     attention, nested models, with Keras 3 shape hints and with shapes propagated through the graph alone."""
-    from wtool.config_check import check_config
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
+    from wtool.safety.config_check import check_config
 
     keras = import_keras()
     for model in _zoo():
@@ -448,9 +448,9 @@ def test_huge_dense_is_refused_not_allocated(tmp_path: Path, out: Path) -> None:
     path = M.write_keras(tmp_path / "huge.keras", M.huge_dense_config(tmp_path))
     run_case("infer", ["infer", str(path), str(XOR_DATA), "-o", str(out / "p.npy")], out, tmp_path, (3,))
     # and through the build guard alone, with the config check's budget out of the way
-    from wtool import buildguard, limits
     from wtool.errors import InputError
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
+    from wtool.safety import buildguard, limits
 
     keras = import_keras()
     before = _rss_mb()
@@ -532,8 +532,8 @@ def test_malicious_arrays(label: str, fixture: str, tmp_path: Path, out: Path) -
 def test_arrays_module_reads_only_what_the_header_proves(tmp_path: Path) -> None:
     import numpy as np
 
-    from wtool.arrays import load_npy, load_npz
     from wtool.errors import WtoolError
+    from wtool.store.arrays import load_npy, load_npz
 
     good = tmp_path / "good.npy"
     np.save(good, np.arange(6, dtype="<f4").reshape(2, 3))
@@ -558,8 +558,8 @@ def test_initialisers_do_not_run_when_the_file_supplies_the_weights(tmp_path: Pa
     """An 8000x8000 Orthogonal kernel takes tens of seconds to initialise; the guarded build skips it."""
     import numpy as np
 
-    from wtool import buildguard
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
+    from wtool.safety import buildguard
 
     keras = import_keras()
     config = M.orthogonal_config(tmp_path, n=8000)
@@ -616,7 +616,7 @@ def test_in_place_failure_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_messages_quote_untrusted_names_safely(tmp_path: Path) -> None:
-    from wtool.limits import shown
+    from wtool.safety.limits import shown
 
     assert shown("\x1b[31mred\x1b[0m") == "'\\x1b[31mred\\x1b[0m'"
     assert len(shown("a" * 1000)) < 100
@@ -646,7 +646,7 @@ def test_error_lines_never_carry_terminal_control_characters(tmp_path: Path, cap
 
 def test_config_errors_do_not_echo_the_config(tmp_path: Path) -> None:
     from wtool.errors import InputError
-    from wtool.safejson import parse_config_json
+    from wtool.safety.safejson import parse_config_json
 
     text = '{"class_name": "Sequential", "config": {"secret": "' + M.SECRET + '", }'
     with pytest.raises(InputError) as info:
@@ -658,8 +658,8 @@ def test_every_model_file_in_the_corpus_still_opens(corpus: Path) -> None:
     """The checks refuse attacks, not real files: every corpus model passes the archive and config checks."""
     from conftest import corpus_files
 
-    from wtool.archive import check_archive
-    from wtool.safejson import parse_config_json
+    from wtool.safety.archive import check_archive
+    from wtool.safety.safejson import parse_config_json
 
     files = corpus_files()
     if not files:

@@ -395,7 +395,7 @@ def test_large_std_statistics_match_keras_formula(tmp_path):
 @pytest.mark.tf
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_keras_loads_the_edited_model(tmp_path, fmt):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     out = tmp_path / f"o.{fmt}"
@@ -493,7 +493,7 @@ assert not bad, bad
 
 @pytest.mark.tf
 def test_output_in_another_format_goes_through_keras(tmp_path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     out = tmp_path / "o.keras"
@@ -565,7 +565,7 @@ def test_initializer_that_cannot_fill_a_shape_names_the_weight(tmp_path):
 @pytest.mark.parametrize("command", ["set-weights", "transfer", "inspect", "diff"])
 def test_help_examples_are_not_rewrapped(command):
     """Each example of the docstring is its own line in --help (click's \\b marker), at any width."""
-    from wtool.commands import diff, inspect, set_weights, transfer
+    from wtool.cli.commands import diff, inspect, set_weights, transfer
 
     module = {"set-weights": set_weights, "transfer": transfer, "inspect": inspect, "diff": diff}[command]
     doc = module.command.callback.__doc__ if module.command.callback.__doc__ else ""
@@ -579,7 +579,7 @@ def test_help_examples_are_not_rewrapped(command):
 
 
 def test_help_lists_every_initializer():
-    from wtool.surgery import INITIALIZERS
+    from wtool.ops.surgery import INITIALIZERS
 
     text = " ".join(run_cli("set-weights", "--help").stdout.split())
     for name in [*INITIALIZERS, "constant:V"]:

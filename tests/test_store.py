@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from wtool import limits
 from wtool.errors import IncompatibleError, InputError, UnsafeError, UsageError
-from wtool.store import open_model, safety, select
+from wtool.safety import guards as safety
+from wtool.safety import limits
+from wtool.store import open_model, select
 from wtool.store.chunks import iter_blocks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -372,7 +373,7 @@ def test_plugins_are_disabled():
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """A model with many built-in layer classes, saved in all three formats."""
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     layers = keras.layers
@@ -415,7 +416,7 @@ def zoo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def zoo2(tmp_path_factory):
     """Wrappers around models, generic RNN cells, frozen nested models, shared layers, adapted state."""
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     layers = keras.layers
@@ -460,7 +461,7 @@ def test_zoo2_paths_equal_weight_paths(zoo2, fmt):
 
 
 def _assert_store_matches_model(path: Path, model, **kw):
-    from wtool.keras_paths import weight_paths
+    from wtool.store.model_paths import weight_paths
 
     live = weight_paths(model)
     expected = {p: v for p, v in live}
@@ -510,7 +511,7 @@ def test_zoo_weights_only_without_architecture(zoo):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_samples_paths_equal_weight_paths(name, fmt):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     model = keras.saving.load_model(sample(name, "keras"), compile=False)

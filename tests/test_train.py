@@ -22,7 +22,7 @@ XOR_SPEC = "dense:3:sigmoid:nobias,dense:1:sigmoid:nobias"
 
 
 def load(path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     return keras.saving.load_model(path, compile=False)
@@ -148,7 +148,7 @@ def test_frozen_batchnorm_runs_in_inference_mode(wtool, tmp_path, samples):
 
 
 def test_a_frozen_weight_that_moves_is_exit_70(wtool, tmp_path, samples, monkeypatch):
-    import wtool.train as core
+    import wtool.train.loop as core
 
     real = core._make_functions
 
@@ -436,8 +436,8 @@ def test_many_tiny_epochs_run(wtool, tmp_path, samples):
 
 
 def test_import_of_train_command_stays_tf_free():
-    code = ("import sys, wtool.cli, wtool.commands.train, wtool.commands.new, wtool.train, wtool.train_data, "
-            "wtool.spec; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); "
+    code = ("import sys, wtool.cli, wtool.cli.commands.train, wtool.cli.commands.new, wtool.train.loop, wtool.train.data, "
+            "wtool.graph.spec; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); "
             "raise SystemExit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -459,8 +459,8 @@ def test_tf_keras_2_optimizer_state_is_continued(corpus):
     """A tf.keras 2.4 .h5 names its Adam slots `Adam/dense/kernel/m:0`; they land on the right weights."""
     import h5py
 
-    from wtool.model import import_keras, load_model
-    from wtool.train import read_saved_training, restore_optimizer_state, saved_optimizer
+    from wtool.graph.model import import_keras, load_model
+    from wtool.train.loop import read_saved_training, restore_optimizer_state, saved_optimizer
 
     path = corpus / "dawn0829__ecgclassification" / "模型_DNN_new.h5"
     if not path.exists():
@@ -569,7 +569,7 @@ def test_sigterm_saves_a_checkpoint_too(tmp_path, samples):
 
 
 def test_freeze_reaches_sublayers_by_their_weight_path_prefix(wtool, tmp_path):
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     model = keras.Sequential([keras.Input((6, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4), name="bidir"),

@@ -36,7 +36,7 @@ def saved_trainable(path) -> dict[str, bool]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A family of small models: 10-class and 5-class heads, other layer names, a Keras 3 boston model."""
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(1)
@@ -237,7 +237,7 @@ def test_legacy_corpus_file_into_keras3_model(tmp_path, models):
 @pytest.mark.tf
 def test_legacy_corpus_transfer_predicts_like_keras(tmp_path, models):
     """The Keras 3 model with the transferred weights predicts what Keras's own loader of the old file does."""
-    from wtool.model import import_keras, load_model
+    from wtool.graph.model import import_keras, load_model
 
     keras = import_keras()
     out = tmp_path / "boston.keras"
@@ -280,7 +280,7 @@ def test_agrees_with_keras_load_weights_by_name(tmp_path, models):
     """On .h5, wtool moves exactly what Keras's load_weights(by_name=True, skip_mismatch=True) loads."""
     import warnings
 
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     out = tmp_path / "wtool.h5"
@@ -328,7 +328,7 @@ def test_by_order_between_differently_named_models(tmp_path, models):
 @pytest.mark.tf
 def test_h5_target_to_keras_output(tmp_path, models):
     """TARGET .h5 -> OUT .keras needs a graph: the HDF5-level edit, then Keras writes the archive."""
-    from wtool.model import import_keras
+    from wtool.graph.model import import_keras
 
     keras = import_keras()
     out = tmp_path / "o.keras"

@@ -6,18 +6,17 @@ Every weight has one canonical path, `LAYER[/SUB]/VAR`, the same in every format
         for w in mf.weights:
             print(w.path, w.shape)          # features/d1/kernel (16, 32) ...
         kernel = mf.read("features/d1/kernel")
+
+Owns: every on-disk weight format (readers per layout, the HDF5-level writer `write`, the
+`.npz`/`.npy` weight arrays `arrays`/`npz`), and weight naming: `naming` for file layouts,
+`model_paths` for a live `keras.Model` (the same paths). No TensorFlow.
+May import: `wtool.safety` and the foundation modules only.
 """
 
 from __future__ import annotations
 
-import os
-
-# No HDF5 filter plugins: a file must not make us load shared libraries. Set before h5py loads HDF5.
-os.environ["HDF5_PLUGIN_PRELOAD"] = "::"
-os.environ["HDF5_PLUGIN_PATH"] = os.devnull
-
-from wtool.store.model_file import ModelFile, open_model  # noqa: E402
-from wtool.store.select import matches, select  # noqa: E402
-from wtool.store.types import LayerInfo, WeightInfo  # noqa: E402
+from wtool.store.model_file import ModelFile, open_model
+from wtool.store.select import matches, select
+from wtool.store.types import LayerInfo, WeightInfo
 
 __all__ = ["LayerInfo", "ModelFile", "WeightInfo", "matches", "open_model", "select"]

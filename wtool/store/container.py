@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wtool import limits
 from wtool.errors import InputError
-from wtool.store import safety
+from wtool.safety import guards as safety
+from wtool.safety import limits
+from wtool.store.npz_sniff import is_numpy_archive, numpy_archive_message
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -169,9 +170,8 @@ def open_source(path: Path) -> Source:
 
 
 def _open_zip(path: Path) -> Source:
-    # The whole archive is checked first (structure, names, caps, every CRC, streamed): wtool.archive.
-    from wtool.archive import check_archive
-    from wtool.store.npz import is_numpy_archive, numpy_archive_message
+    # The whole archive is checked first (structure, names, caps, every CRC, streamed): wtool.safety.archive.
+    from wtool.safety.archive import check_archive
 
     if is_numpy_archive(path):
         raise InputError(*numpy_archive_message(path))
@@ -257,6 +257,6 @@ def _extract_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, p
 
 
 def _parse_json(data: bytes, name: str, path: Path) -> Any:
-    from wtool.safejson import parse_config_json  # duplicate keys, depth and size caps
+    from wtool.safety.safejson import parse_config_json  # duplicate keys, depth and size caps
 
     return parse_config_json(data, str(path), what=name)

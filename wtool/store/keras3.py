@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from wtool.store import safety
+from wtool.safety import guards as safety
 from wtool.store.collector import Collector
 from wtool.store.config import LayerNode, parse_node, wrapped_layer
 from wtool.store.naming import (

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import InputError
-from wtool.store import safety
+from wtool.safety import guards as safety
 from wtool.store.collector import Collector
 from wtool.store.config import LayerNode, wrapped_trainable
 from wtool.store.naming import (

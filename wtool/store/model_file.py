@@ -11,7 +11,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, InputError
 from wtool.fileio import check_input_file
-from wtool.store import safety
+from wtool.safety import guards as safety
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
 from wtool.store.config import parse_model_config
 from wtool.store.container import Source, open_source
@@ -30,7 +30,7 @@ class ModelFile:
         self.file_size = path.stat().st_size
         self._source = source
         self.h5 = source.h5
-        from wtool.h5walk import check_every_object
+        from wtool.safety.h5walk import check_every_object
 
         check_every_object(self.h5, str(path))  # links / external / virtual / plugin data anywhere in the file
         self.config: dict[str, Any] | None = None
@@ -189,7 +189,7 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[str, Any] | None:
-    from wtool.safejson import parse_config_json  # duplicate keys, depth and size caps
+    from wtool.safety.safejson import parse_config_json  # duplicate keys, depth and size caps
 
     try:
         value = parse_config_json(text, where, what=f"the {name} attribute")

@@ -1,14 +1,13 @@
 """Numpy `.npz` archives of weights keyed by path (what `wtool inspect --export` writes).
 
 `diff` compares a model with such an archive (export -> edit with numpy -> diff), so the
-archive is presented with the few read methods `wtool.diff.diff_models` uses. Other
+archive is presented with the few read methods `wtool.ops.diff.diff_models` uses. Other
 commands that expect a model say plainly that an .npz is a numpy archive, not a model.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,59 +16,18 @@ import numpy as np
 from wtool.errors import IncompatibleError
 from wtool.fileio import check_input_file
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+from wtool.store.npz_sniff import is_numpy_archive
 from wtool.store.types import WeightInfo
 
 
-def is_numpy_archive(path: str | os.PathLike[str]) -> bool:
-    """A zip whose first member is a `.npy` array (numpy's savez layout), judged from its first bytes.
-
-    An empty zip named `*.npz` counts too: `np.savez(f)` with no arrays (or `inspect --export`
-    of a model without weights) writes just the zip's end record, and np.load reads it as
-    an archive of zero arrays.
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(30)
-            if head[:4] == EMPTY_ZIP_MAGIC:
-                return os.fspath(path).lower().endswith(".npz") and _is_empty_zip(head, fh)
-            if len(head) < 30 or head[:4] != b"PK\x03\x04":
-                return False
-            name_len = struct.unpack("<H", head[26:28])[0]
-            name = fh.read(name_len)
-    except OSError:
-        return False
-    return name.endswith(b".npy")
-
-
-EMPTY_ZIP_MAGIC = b"PK\x05\x06"  # the end-of-central-directory record, first: no members before it
-
-
-def _is_empty_zip(head: bytes, fh: Any) -> bool:
-    """An end record at offset 0 that declares no entries and ends the file (after its comment)."""
-    if len(head) < 22:
-        return False
-    disk, cd_disk, entries_here, entries, cd_size, cd_offset, comment_len = struct.unpack("<HHHHIIH", head[4:22])
-    size = os.fstat(fh.fileno()).st_size
-    return entries_here == entries == 0 and cd_size == 0 and 22 + comment_len == size
-
-
-def numpy_archive_message(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """The (error, hint) for an .npz given where a model file is expected."""
-    error = (f"{os.fspath(path)}: a numpy .npz archive (data, or weights exported by `inspect --export`), "
-             "not a Keras model")
-    hint = ("`wtool diff MODEL FILE.npz` compares a model with exported weights; "
-            "`wtool set-weights MODEL --npz FILE.npz -o OUT` assigns them")
-    return error, hint
-
-
 class NpzWeights:
-    """An .npz of arrays keyed by weight path, read with `wtool.arrays.load_npz` (no pickles)."""
+    """An .npz of arrays keyed by weight path, read with `wtool.store.arrays.load_npz` (no pickles)."""
 
     format = "npz"
     layout = "npz"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from wtool.arrays import load_npz
+        from wtool.store.arrays import load_npz
 
         self.path = check_input_file(path)
         raw = load_npz(self.path)

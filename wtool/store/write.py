@@ -16,7 +16,7 @@ is copied unchanged, except config.json when `--freeze` edits it.
 
 Output formats: the input's own format; `.keras` -> `.weights.h5` by extracting the
 archive's weights file. Other conversions need the graph and go through Keras
-(`wtool.model`), after the HDF5-level edit.
+(`wtool.graph.model`), after the HDF5-level edit.
 
 After writing, every assigned dataset is read back and compared with what was meant.
 """
@@ -32,7 +32,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import atomic_output
-from wtool.store import safety
+from wtool.safety import guards as safety
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
@@ -55,6 +55,8 @@ COPY_CHECK_WINDOWS = 64
 COPY_CHECK_WINDOW = 64 << 10
 # Groups that hold optimizer state, per layout.
 OPTIMIZER_GROUPS = ("optimizer_weights", "optimizer")
+# (edited copy, output, include the optimizer) -> None: loads the copy through Keras and saves it.
+Rebuild = Callable[[Path, Path, bool], None]
 
 
 # --------------------------------------------------------------------------- formats
@@ -487,12 +489,14 @@ def write_weights(
     reset_optimizer: bool = False,
     freeze: Sequence[str] = (),
     out_format: str | None = None,
-    unsafe: bool = False,
+    rebuild: Rebuild | None = None,
 ) -> WriteResult:
     """Write a copy of `source` to `out` (atomically) with the given datasets assigned.
 
     The caller (surgery) has validated names, shapes, dtypes and values; this checks the
     shapes again against the file and raises before the output appears if anything is off.
+    A conversion the HDF5 level cannot do (.h5 <-> .keras) needs the graph: `rebuild`,
+    given by the caller, loads the edited copy through Keras and saves it as `out`.
     """
     source, out = Path(source), Path(out)
     out_format = out_format or format_of_name(out)
@@ -509,8 +513,10 @@ def write_weights(
         with atomic_output(out) as tmp:
             return _write_direct(source, source_format, tmp, out_format, writes,
                                  reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
+    if rebuild is None:
+        raise InternalError(f"writing .{source_format} as .{out_format} needs the graph, and no rebuild was given")
     return _write_via_keras(source, source_format, out, out_format, writes,
-                            reset_optimizer=reset_optimizer, freeze=freeze, unsafe=unsafe)
+                            reset_optimizer=reset_optimizer, freeze=freeze, rebuild=rebuild)
 
 
 def _keras3_layout(path: Path) -> bool:
@@ -521,13 +527,11 @@ def _keras3_layout(path: Path) -> bool:
 
 def _write_via_keras(source: Path, source_format: str, out: Path, out_format: str,
                      writes: Sequence[WeightWrite], *, reset_optimizer: bool,
-                     freeze: Sequence[str], unsafe: bool) -> WriteResult:
+                     freeze: Sequence[str], rebuild: Rebuild) -> WriteResult:
     """Edit at the HDF5 level in the source's format, then let Keras rebuild the graph and save."""
     if source_format == "weights.h5":
         raise IncompatibleError(f"{source}: a weights-only file has no architecture to save as .{out_format}",
                                 "write a .weights.h5 output, or start from a .keras or .h5 model")
-    from wtool.model import save_model
-    from wtool.surgery import load_with_compile
 
     suffix = ".keras" if source_format == "keras" else ".h5"
     with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
@@ -535,11 +539,10 @@ def _write_via_keras(source: Path, source_format: str, out: Path, out_format: st
         result = _write_direct(source, source_format, staged, source_format, writes,
                                reset_optimizer=reset_optimizer, freeze=freeze, final_name=out)
         try:
-            model = load_with_compile(staged, unsafe=unsafe)
+            rebuild(staged, out, not reset_optimizer)
         except WtoolError as exc:  # name the user's file, not the staging copy in a temporary directory
             exc.message = exc.message.replace(str(staged), str(source))
             raise
-        save_model(model, out, include_optimizer=not reset_optimizer)
     result.output = str(out)
     result.format = out_format
     result.method = "keras"

@@ -1,0 +1,75 @@
+"""Option bundles shared by every command, written once."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from wtool.cli.render import Output
+from wtool.safety import limits
+
+
+def without_blas_threads() -> None:
+    """For commands that multiply no matrices (inspect, diff): numpy loads without an OpenBLAS thread pool.
+
+    Starting the pool costs ~8 ms of a ~160 ms `wtool inspect` on 2 cores. Only before numpy is
+    imported (so an embedding process is left alone), and a value the user set is kept.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --json, -q/--quiet and --debug; pass an `out: Output` instead of the two flags."""
+
+    @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout and nothing else there.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress or notes on stderr.")
+    @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+    @click.option("--max-params", envvar="WTOOL_MAX_PARAMS", metavar="N",
+                  help="Refuse to build a graph with more than N parameters (default 1e9; only where a graph is "
+                       "built: new, train, infer, transfer --replace-head, writes through Keras).")
+    @click.option("--max-layers", envvar="WTOOL_MAX_LAYERS", metavar="N",
+                  help="Refuse to build a graph with more than N layers (default 10000; where a graph is built).")
+    @click.option("--max-bytes", envvar="WTOOL_MAX_BYTES", metavar="SIZE",
+                  help="Refuse inputs that decompress to / declare more than SIZE (default 16G).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, json_mode: bool, quiet: bool, debug: bool, max_params: str | None,
+                max_layers: str | None, max_bytes: str | None, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        if debug:
+            ctx.find_root().meta["wtool.debug"] = True
+            os.environ["WTOOL_DEBUG"] = "1"  # also keeps TensorFlow's start-up messages
+        token = limits.set_current(limits.from_options(max_params, max_layers, max_bytes))
+        try:
+            return func(*args, out=Output(json_mode=json_mode, quiet=quiet), **kwargs)
+        finally:
+            limits.reset(token)
+
+    return wrapper
+
+
+def unsafe_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--unsafe",
+        is_flag=True,
+        help="Allow model files that need code to load (Lambda layers, custom objects). Only for files you trust.",
+    )(func)
+
+
+class _PathText(click.Path):
+    """click's Path minus the existence checks (wtool's own give exit 3), refusing an empty string."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+InputPath = _PathText(dir_okay=True, file_okay=True, path_type=str)
+OutputPath = _PathText(dir_okay=False, path_type=str)
+DirPath = _PathText(file_okay=False, path_type=str)

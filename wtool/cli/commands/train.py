@@ -1,0 +1,319 @@
+"""`wtool train`: parse options -> wtool.train.loop.train -> render progress and the summary."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from typing import Any
+
+import click
+
+from wtool.cli.commands.common import DirPath, InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.render import Output, TextWriter, fmt_float, fmt_int, fmt_plural, one_line
+from wtool.errors import UsageError
+
+# Non-terminal progress: one line per epoch, but no more than one per this many seconds (plus the last).
+LINE_INTERVAL_S = 1.0
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers (not '{text}')") from None
+
+
+def _metrics_text(record: dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        if key in ("epoch", "seconds", "lr"):
+            continue
+        parts.append(f"{key} {fmt_float(value)}")
+    return "  ".join(parts)
+
+
+class LineReporter:
+    """One line per epoch on stderr (throttled when epochs are very short)."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.last = 0.0
+        self.pending: dict[str, Any] | None = None
+        self.plan: Any = None
+
+    def begin(self, plan: Any) -> None:
+        self.plan = plan
+        for note in plan.notes:
+            self.out.info(note)
+        self.out.info(f"training {fmt_plural(plan.samples, 'sample')} ({fmt_plural(plan.steps_per_epoch, 'step')} of "
+                      f"{plan.batch_size}{f', validating on {fmt_int(plan.val_samples)}' if plan.val_samples else ''})"
+                      f" for {fmt_plural(plan.epochs, 'epoch')}: {plan.optimizer}, loss {plan.loss}; "
+                      f"{plan.trainable_weights} trainable and {plan.frozen_weights} frozen weights; seed {plan.seed}")
+
+    def epoch_begin(self, epoch: int) -> None:
+        pass
+
+    def progress(self, epoch: int, steps_done: int, loss: float) -> None:
+        pass
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        first = record["epoch"] == self.plan.start_epoch + 1
+        if first or now - self.last >= LINE_INTERVAL_S or record["epoch"] == self.plan.epochs:
+            self._line(record)
+            self.last = now
+            self.pending = None
+        else:
+            self.pending = record
+
+    def _line(self, record: dict[str, Any]) -> None:
+        rate = self.plan.samples / record["seconds"] if record.get("seconds") else 0
+        self.out.info(f"epoch {record['epoch']}/{self.plan.epochs}  {_metrics_text(record)}  "
+                      f"{record['seconds']:.2f}s  {fmt_int(int(rate))} samples/s")
+
+    def end(self) -> None:
+        if self.pending is not None:
+            self._line(self.pending)
+
+
+class RichReporter(LineReporter):
+    """A rich progress bar on a terminal: steps of the running epoch, loss and rate; one line per finished epoch."""
+
+    def __init__(self, out: Output) -> None:
+        super().__init__(out)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress_bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                     console=out.stderr, transient=True)
+        self.task: Any = None
+        self.t0 = 0.0
+
+    def begin(self, plan: Any) -> None:
+        super().begin(plan)
+        self.progress_bar.start()
+        self.task = self.progress_bar.add_task("train", total=plan.steps_per_epoch, epoch="", stats="")
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+        self.progress_bar.update(self.task, completed=0, epoch=f"{epoch + 1}/{self.plan.epochs}", stats="")
+
+    def progress(self, epoch: int, steps_done: int, loss: float) -> None:
+        seconds = max(1e-9, time.perf_counter() - self.t0)
+        rate = min(steps_done * self.plan.batch_size, self.plan.samples) / seconds
+        self.progress_bar.update(self.task, completed=steps_done,
+                                 stats=f"loss {fmt_float(loss)}  {fmt_int(int(rate))} samples/s")
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.2 or record["epoch"] == self.plan.epochs:
+            rate = self.plan.samples / record["seconds"] if record.get("seconds") else 0
+            self.progress_bar.console.print(one_line(
+                f"epoch {record['epoch']}/{self.plan.epochs}  {_metrics_text(record)}  {record['seconds']:.2f}s  "
+                f"{fmt_int(int(rate))} samples/s"), highlight=False, markup=False)
+            self.last = now
+
+    def end(self) -> None:
+        self.progress_bar.stop()
+
+
+def _resume_command(ctx: click.Context) -> str:
+    """The command line that resumes this run: the given options, plus --checkpoint-dir and --resume."""
+    args = ["wtool", "train"]
+    params = ctx.params
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name in ("resume", "json_mode", "quiet", "debug"):
+            continue
+        value = params.get(name)
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+            continue
+        if value is None or value == param.default or value == () or value is False and not param.secondary_opts:
+            continue
+        assert isinstance(param, click.Option)
+        if param.is_flag:
+            if param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        elif param.multiple:
+            for item in value:
+                args += [param.opts[0], str(item)]
+        else:
+            args += [param.opts[0], str(value)]
+    if params.get("checkpoint_dir") is None:
+        args += ["--checkpoint-dir", "{CHECKPOINT_DIR}"]
+    args.append("--resume")
+    return shlex.join(args).replace("'{CHECKPOINT_DIR}'", "{CHECKPOINT_DIR}")
+
+
+def _render(summary: dict[str, Any]) -> Any:
+    def human(writer: TextWriter) -> None:
+        rows: list[tuple[str, str]] = []
+        last = summary["last_epoch"]
+        first = last - summary["epochs_run"] + 1
+        epochs = f"{summary['epochs_run']} run ({first}..{last} of {summary['epochs']})"
+        if summary["stopped_early"]:
+            epochs += ", stopped early"
+        if summary["best_epoch"] is not None:
+            epochs += f"; best epoch {summary['best_epoch']} ({summary['monitor']} {fmt_float(summary['best'])})"
+            if summary["restored_best_weights"]:
+                epochs += ", its weights written"
+        rows.append(("epochs", epochs))
+        final = summary["final"]
+        rows.append(("final", "  ".join(f"{k} {fmt_float(v)}" for k, v in final.items() if k != "lr")
+                     + (f"  (lr {fmt_float(final['lr'])})" if "lr" in final else "")))
+        rate = summary["samples_per_s"]
+        rows.append(("time", f"{summary['wall_time_s']:.1f} s wall"
+                     + (f", {fmt_int(int(rate))} samples/s steady state" if rate else "")))
+        steps = f"{summary['optimizer']}, {fmt_plural(summary['optimizer_steps'], 'step')}"
+        if summary["restored_optimizer_steps"]:
+            steps += f" ({fmt_int(summary['restored_optimizer_steps'])} before this run)"
+        rows.append(("optimizer", steps))
+        frozen = summary["frozen"]["weights"]
+        rows.append(("frozen", f"{frozen} frozen weights unchanged" if frozen else "no frozen weights"))
+        rows.append(("seed", str(summary["seed"])))
+        if summary.get("history_file"):
+            rows.append(("history", str(summary["history_file"])))
+        dist = summary.get("strategy") or {}
+        if dist.get("kind", "one-device") != "one-device":
+            rows.append(("strategy", str(dist.get("description"))))
+        target = summary["output"] or "(written by the chief)"
+        writer.line(f"trained {summary['model']} -> {target}")
+        for key, value in rows:
+            writer.line(value, head=f"{key:<11}")
+
+    return human
+
+
+@click.command(name="train")
+@click.argument("model", type=InputPath)
+@click.option("-o", "--output", "out_file", type=OutputPath, help="Where to write the trained model (.keras, .h5, .weights.h5).")
+@click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically) instead of writing -o OUT.")
+@click.option("--arch", type=InputPath, help="Architecture (.keras/.h5) for a weights-only MODEL.")
+@unsafe_option
+@click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y) or .csv (with --target).")
+@click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
+@click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
+@click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
+@click.option("--y-key", default="y", show_default=True, help="Label array name in a .npz.")
+@click.option("--target", help="Label column of a .csv (header name or 0-based index); the rest are features.")
+@click.option("--val-data", type=InputPath, help="Validation data, in the same form as --data.")
+@click.option("--val-split", type=float, help="Validate on the last FRACTION of the rows (before shuffling).")
+@click.option("--epochs", type=int, default=1, show_default=True, help="Epochs to train (the total, when resuming).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows every epoch.")
+@click.option("--seed", type=int, help="Seed everything: the same command twice gives bitwise-identical weights.")
+@click.option("--optimizer", help="sgd, adam, adamw, rmsprop, adagrad, nadam, ... (default: the model's saved "
+              "optimizer, else adam).")
+@click.option("--lr", type=float, help="Learning rate (initial rate for a schedule).")
+@click.option("--momentum", type=float, help="Momentum (sgd, rmsprop).")
+@click.option("--weight-decay", type=float, help="Decoupled weight decay.")
+@click.option("--clip-norm", type=float, help="Clip gradients to this global norm.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine", "cosine-restarts", "exponential", "step",
+                                                  "inverse-time", "polynomial", "piecewise"]),
+              help="Learning-rate schedule (Keras's own).")
+@click.option("--decay-steps", type=int, help="Schedule period in steps (default: the run, or one epoch).")
+@click.option("--decay-rate", type=float, help="Decay factor (exponential 0.96, step 0.5, inverse-time 0.5).")
+@click.option("--warmup-steps", type=int, default=0, help="Linear warm-up steps (cosine).")
+@click.option("--min-lr", type=float, default=0.0, help="Floor of cosine/polynomial schedules.")
+@click.option("--boundaries", help="piecewise: step boundaries, e.g. 1000,2000.")
+@click.option("--lr-values", help="piecewise: rates, one more than boundaries, e.g. 0.1,0.01,0.001.")
+@click.option("--loss", help="mse, mae, binary_crossentropy, sparse_categorical_crossentropy, ... "
+              "(default: the model's saved loss).")
+@click.option("--metric", "metrics", multiple=True, help="A Keras metric by name (repeatable; default: saved ones).")
+@click.option("--freeze", multiple=True, help="Freeze layers whose path matches GLOB (repeatable).")
+@click.option("--unfreeze", multiple=True, help="Unfreeze layers whose path matches GLOB (repeatable; after --freeze).")
+@click.option("--reset-optimizer", is_flag=True, help="Start the optimizer fresh instead of continuing its saved state.")
+@click.option("--early-stopping", type=int, metavar="PATIENCE",
+              help="Stop after PATIENCE epochs without improvement; the best epoch's weights are written.")
+@click.option("--monitor", help="What early stopping watches (default val_loss, or loss without validation).")
+@click.option("--min-delta", type=float, default=0.0, help="Smallest change that counts as an improvement.")
+@click.option("--checkpoint-dir", type=DirPath,
+              help="Keep checkpoints (model, optimizer, epoch, RNG state) here.")
+@click.option("--checkpoint-every", type=int, help="Checkpoint every N epochs (default 1 with --checkpoint-dir).")
+@click.option("--keep-checkpoints", type=int, default=3, show_default=True, help="How many checkpoints to keep.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --checkpoint-dir.")
+@click.option("--history", "history_file", type=OutputPath, help="Write per-epoch metrics to FILE.csv or FILE.json.")
+@click.option("--tensorboard", type=DirPath,
+              help="Write TensorBoard scalars and weight histograms to DIR.")
+@click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
+@click.option("--jit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="XLA compilation (auto: on for long runs of models without convolutions or recurrent layers).")
+@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
+              show_default=True, help="tf.distribute strategy (auto: mirrored over GPUs when there are several, "
+              "else one device). README 'cluster'.")
+@click.option("--workers", metavar="HOST:PORT,...", help="multi-worker: every worker's address, the same list on "
+              "each (instead of TF_CONFIG); worker 0 is the chief.")
+@click.option("--task-index", type=int, metavar="I", help="multi-worker: this worker's position in --workers.")
+@click.option("--replicas", type=int, metavar="N", help="mirrored: replicas on this host (default: every GPU; "
+              "without GPUs the CPU is split into N logical devices, for testing).")
+@click.option("--collective-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS",
+              help="multi-worker: how long to wait for the other workers (to join, and at each all-reduce) "
+              "before stopping with exit 7.")
+@common_options
+def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
+            data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None,
+            val_data: str | None, val_split: float | None, epochs: int, batch_size: int, shuffle: bool,
+            seed: int | None, optimizer: str | None, lr: float | None, momentum: float | None,
+            weight_decay: float | None, clip_norm: float | None, lr_schedule: str | None, decay_steps: int | None,
+            decay_rate: float | None, warmup_steps: int, min_lr: float, boundaries: str | None,
+            lr_values: str | None, loss: str | None, metrics: tuple[str, ...], freeze: tuple[str, ...],
+            unfreeze: tuple[str, ...], reset_optimizer: bool, early_stopping: int | None, monitor: str | None,
+            min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
+            resume: bool, history_file: str | None, tensorboard: str | None, steps_per_execution: int | None,
+            jit: str, strategy: str, workers: str | None, task_index: int | None, replicas: int | None,
+            collective_timeout: float) -> None:
+    """Train MODEL on labelled data with a tf.GradientTape loop and write the result to -o OUT.
+
+    Optimizer, loss and metrics default to the model's saved compile config; a model that was
+    trained before continues from its saved optimizer state (--reset-optimizer to start fresh).
+    Ctrl-C saves a checkpoint and prints the command that resumes (exit 130); a NaN/Inf loss
+    stops at once (exit 6).
+
+    Examples:
+
+    \b
+      wtool train sample_models/xor.keras --data sample_models/xor.npz -o xor-trained.keras --lr 20 --epochs 5000 --seed 0
+      wtool train sample_models/nested.keras --data sample_models/nested.npz -o tuned.keras --freeze features --epochs 5
+      wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
+      wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
+    """
+    from wtool.train.distribute import check_options, parse_workers
+    from wtool.train.loop import ScheduleOptions, TrainOptions, train
+
+    worker_list = tuple(parse_workers(workers)) if workers is not None else ()
+    check_options(strategy, worker_list, task_index, replicas=replicas, timeout=collective_timeout)
+
+    schedule = None
+    if lr_schedule is not None:
+        schedule = ScheduleOptions(lr_schedule, decay_steps, decay_rate, warmup_steps, min_lr,
+                                   tuple(int(b) for b in _floats(boundaries, "--boundaries")),
+                                   _floats(lr_values, "--lr-values"))
+    elif boundaries or lr_values or decay_steps or decay_rate:
+        raise UsageError("--decay-steps/--decay-rate/--boundaries/--lr-values need --lr-schedule")
+    ctx = click.get_current_context()
+    opts = TrainOptions(
+        model=model, out=out_file, in_place=in_place, arch=arch, unsafe=unsafe, data=data, x=x_file, y=y_file,
+        x_key=x_key, y_key=y_key, target=target, val_data=val_data, val_split=val_split, epochs=epochs,
+        batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=loss, metrics=metrics,
+        freeze=freeze, unfreeze=unfreeze, reset_optimizer=reset_optimizer, early_stopping=early_stopping,
+        monitor=monitor, min_delta=min_delta, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, resume=resume, history=history_file, tensorboard=tensorboard,
+        steps_per_execution=steps_per_execution, jit=jit, resume_command=_resume_command(ctx), strategy=strategy,
+        workers=worker_list, task_index=task_index, replicas=replicas, collective_timeout=collective_timeout)
+    reporter: Any = None
+    if out.show_progress:
+        reporter = RichReporter(out)
+    elif not out.quiet:
+        reporter = LineReporter(out)
+    result = train(opts, reporter)
+    document = dict(result.summary)
+    document["history"] = result.history
+    out.result_text(document, _render(result.summary))
+    sys.stdout.flush()

@@ -1,0 +1,506 @@
+"""Loading and saving Keras model graphs (TensorFlow is imported here, lazily).
+
+The one place graph commands (train, infer, transfer --replace-head, new) get a
+`keras.Model` from a file and write one back.
+
+How a file becomes a model:
+
+1. `check_graph` (no TensorFlow): read the saved model config through the weight store,
+   translate it to a Keras 3 config (`wtool.graph.legacy_config.translate`: Keras 1, Keras 2 and
+   tf.keras configs, no code executed) and decide whether it can be rebuilt safely.
+2. The translated config is deserialized by Keras in safe mode (`--unsafe` lifts that
+   for Lambda layers and registered custom objects only).
+3. Every weight is assigned by its canonical path from the weight store, bitwise; a
+   layer whose saved arrays do not match by name (Keras 1 `_W`/`_b`, per-gate LSTM
+   arrays, CuDNN layers) goes through `wtool.graph.legacy_weights`. Any mismatch is reported
+   once, naming both sides, with exit 4.
+
+A Keras 3 `.keras` archive that needs no translation is loaded by Keras itself (same result).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wtool.errors import IncompatibleError, InputError, UnsafeError, WtoolError
+from wtool.fileio import atomic_output, check_input_file
+from wtool.graph.legacy_config import (
+    Problem,
+    Translation,
+    TranslationError,
+    translate,
+    translate_training_config,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+    from wtool.store import ModelFile
+
+# How many problems a message lists before "and N more".
+MAX_LISTED = 6
+
+
+def import_keras() -> Any:
+    """Import keras (and TensorFlow) quietly and return the module.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA drivers, absl) go straight to file
+    descriptor 2 before any log level applies, so stderr is pointed at /dev/null while
+    it loads; with WTOOL_DEBUG or TF_CPP_MIN_LOG_LEVEL set by the user they are kept.
+    """
+    import logging
+    import sys
+
+    if "keras" in sys.modules and "tensorflow" in sys.modules:
+        return sys.modules["keras"]
+    quiet = not os.environ.get("WTOOL_DEBUG") and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved_fd = None
+    if quiet:
+        try:
+            sys.stderr.flush()
+            saved_fd = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:  # no real fd 2 (embedded use): import noisily
+            saved_fd = None
+    try:
+        import keras
+        import tensorflow  # noqa: F401  (its start-up messages belong inside the redirect)
+    finally:
+        if saved_fd is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return keras
+
+
+# ---------------------------------------------------------------------------------------------
+# checking (no TensorFlow)
+
+
+@dataclass
+class CheckResult:
+    """Whether a file's graph can be rebuilt, and why not."""
+
+    path: str
+    exit_code: int  # 0 ok, 4 incompatible, 5 needs code (--unsafe)
+    status: str  # "ok", "needs-unsafe", "incompatible", "no-graph"
+    reasons: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    keras_version: str | None = None
+    loader: str = "translated"  # "keras" (a Keras 3 archive Keras loads itself) or "translated"
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "keras_version": self.keras_version,
+            "loader": self.loader,
+            "reasons": list(self.reasons),
+            "translations": list(self.changes),
+        }
+
+    def summary(self) -> str:
+        if self.ok:
+            return "the graph can be rebuilt" + (f" ({len(self.changes)} translations)" if self.changes else "")
+        return {"needs-unsafe": "the graph needs code from the file (--unsafe)",
+                "incompatible": "the graph cannot be rebuilt",
+                "no-graph": "the file holds no architecture"}.get(self.status, self.status)
+
+
+def _verdict(problems: list[Problem], unsafe: bool) -> tuple[int, str]:
+    if any(p.kind == "incompatible" for p in problems):
+        return 4, "incompatible"
+    if unsafe and any(p.kind == "code" and _is_custom(p) for p in problems):
+        # --unsafe allows code, but a custom class still has to be installed; the CLI installs none
+        return 4, "incompatible"
+    if any(p.kind == "code" for p in problems) and not unsafe:
+        return 5, "needs-unsafe"
+    return 0, "ok"
+
+
+def _is_custom(problem: Problem) -> bool:
+    return "custom" in problem.reason or "whose code is not in the file" in problem.reason
+
+
+def _is_native(mf: ModelFile) -> bool:
+    """A Keras 3 `.keras` archive (Keras loads those itself)."""
+    return str(mf.keras_version or "").startswith("3") and mf.format == "keras"
+
+
+def _open_store(path: Path, arch_config: dict[str, Any] | None = None) -> ModelFile:
+    from wtool.store import open_model
+
+    return open_model(path, arch_config=arch_config)
+
+
+WEIGHTS_ONLY_HINT = "use the .keras or .h5 model; train and infer also take --arch MODEL with a weights-only file"
+
+
+def _translation(mf: ModelFile, path: Path) -> Translation:
+    if mf.config is None:
+        raise IncompatibleError(f"{path}: the file has no model config", WEIGHTS_ONLY_HINT)
+    try:
+        return translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
+    except TranslationError as exc:
+        raise InputError(f"{path}: {exc.message}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: the model config is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResult:
+    """Can the graph of PATH be rebuilt (with or without --unsafe)? Never imports TensorFlow."""
+    p = check_input_file(path)
+    with _open_store(p) as mf:
+        if mf.config is None:
+            reason = ("a weights-only file: a graph needs a .keras or .h5 model's architecture "
+                      "(train and infer take it with --arch MODEL)")
+            return CheckResult(str(path), 4, "no-graph", [reason], keras_version=mf.keras_version)
+        t = _translation(mf, p)
+    code, status = _verdict(t.problems, unsafe)
+    reasons = group_reasons(t.problems)
+    if status == "incompatible" and unsafe:
+        reasons = [r + (" (not installed)" if "custom" in r else "") for r in reasons]
+    return CheckResult(str(path), code, status, reasons, t.changes, mf.keras_version,
+                       "keras" if _is_native(mf) and not t.changes else "translated")
+
+
+def group_reasons(problems: list[Problem]) -> list[str]:
+    """One line per distinct reason, naming the layers it applies to (13 Lambdas: one line)."""
+    layers: dict[str, list[str]] = {}
+    for problem in problems:
+        layers.setdefault(problem.reason, []).append(problem.layer)
+    out = []
+    for reason, names in layers.items():
+        names = [n for n in names if n]
+        if not names:
+            out.append(reason)
+        elif len(names) == 1:
+            out.append(f"layer `{names[0]}`: {reason}")
+        else:
+            shown = ", ".join(f"`{n}`" for n in names[:3])
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            out.append(f"layers {shown}{more}: {reason}")
+    return out
+
+
+def _raise_for(problems: list[Problem], unsafe: bool, path: Path) -> None:
+    code, _status = _verdict(problems, unsafe)
+    if code == 0:
+        return
+    listed = group_reasons([p for p in problems if p.kind == "incompatible"] or list(problems))
+    text = "; ".join(listed[:MAX_LISTED])
+    if len(listed) > MAX_LISTED:
+        text += f"; and {len(listed) - MAX_LISTED} more"
+    if code == 5:
+        raise UnsafeError(f"{path}: refused: the graph needs code from the file: {text}",
+                          "pass --unsafe only if you trust this file")
+    raise IncompatibleError(f"{path}: the graph cannot be rebuilt: {text}",
+                            f"see `wtool inspect {path} --check`")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str | os.PathLike[str] | None = None,
+               compile: bool = False) -> keras.Model:
+    """Load a model for graph work. `arch` gives the architecture for a weights-only file.
+
+    Raises InputError (3) for unreadable files, UnsafeError (5) when the graph needs code and
+    `unsafe` is off, IncompatibleError (4) when the graph or the weights do not fit.
+    """
+    p = check_input_file(path)
+    with _open_store(p) as mf:
+        if mf.config is not None:
+            t = _translation(mf, p)
+            _raise_for(t.problems, unsafe, p)
+            native = _is_native(mf) and not t.changes
+            check_config_as_data(mf.config if native else t.config, p, unsafe, raw=None if native else mf.config)
+            keras = import_keras()
+            if native:
+                return _keras_load(keras, p, unsafe, compile)
+            model = build_model(t, unsafe=unsafe, source=p)
+            assign_weights(model, mf, source=p, translation=t)
+            if compile:
+                _compile_from(model, mf.training_config)
+            return model
+    if arch is None:
+        raise IncompatibleError(f"{path}: a weights-only file has no architecture", WEIGHTS_ONLY_HINT)
+    with _open_store(check_input_file(arch)) as arch_file:
+        arch_config = arch_file.config
+    model = load_model(arch, unsafe=unsafe, compile=compile)
+    with _open_store(p, arch_config=arch_config) as mf:
+        assign_weights(model, mf, source=p, translation=None)
+    return model
+
+
+def check_config_as_data(config: Any, path: Path, unsafe: bool, raw: Any = None) -> None:
+    """wtool.safety.config_check on the config Keras will see: refusals (5) and size budgets (3) before building.
+
+    `raw` (the file's own config, when it was translated) gets the code refusals too, so a module
+    or class that translation would quietly replace is still refused. With --unsafe, each thing
+    it lets through is named on stderr.
+    """
+    import click
+
+    from wtool.safety.config_check import check_code, check_config
+
+    if raw is not None:
+        check_code(raw, str(path), unsafe=unsafe)
+    report = check_config(config, str(path), unsafe=unsafe)
+    for line in report.allowed_lines():
+        click.echo(f"warning: {path}: --unsafe allows {line}", err=True)
+
+
+def _keras_load(keras: Any, path: Path, unsafe: bool, compile: bool) -> Any:
+    from wtool.safety.buildguard import cheap_build
+
+    try:
+        with cheap_build(str(path)):  # weights come from the file: no initialisers run, --max-params counted
+            return keras.saving.load_model(path, safe_mode=not unsafe, compile=compile)
+    except WtoolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; each becomes one line
+        raise _build_error(exc, path) from None
+
+
+def _build_error(exc: BaseException, path: Path) -> WtoolError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lower = text.lower()
+    if "safe_mode" in text or "unsafe" in lower:
+        return UnsafeError(f"{path}: refused: the model needs code to load ({text[:200]})",
+                           "pass --unsafe only if you trust this file")
+    if "could not locate" in lower or "unknown layer" in lower:
+        return IncompatibleError(f"{path}: the graph needs code that is not installed ({text[:200]})")
+    return IncompatibleError(f"{path}: Keras cannot rebuild the graph: {type(exc).__name__}: {text[:300]}",
+                             f"see `wtool inspect {path} --check`")
+
+
+def _compile_from(model: Any, training_config: dict[str, Any] | None) -> bool:
+    """Compile with the file's training settings when Keras 3 can express them exactly.
+
+    Best effort, like Keras's own legacy loader: the model stays uncompiled otherwise.
+    """
+    import warnings
+
+    args = translate_training_config(training_config)
+    if args is None:
+        return False
+    keras = import_keras()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = keras.optimizers.deserialize(args["optimizer"])
+            model.compile(optimizer=optimizer, loss=args["loss"], metrics=args["metrics"],
+                          loss_weights=args["loss_weights"])
+    except Exception:  # noqa: BLE001 - any failure means "not compiled", as documented
+        return False
+    return True
+
+
+def config_to_model(config: dict[str, Any], *, unsafe: bool = False, source: str = "config",
+                    keras_version: str | None = None) -> Any:
+    """A model from a (possibly old) model config, e.g. Keras 2's `model.to_json()`: translated,
+    checked and built like a file's graph. No weights are loaded (they start initialised)."""
+    version = keras_version or (config.get("keras_version") if isinstance(config, dict) else None)
+    try:
+        t = translate(config, version, config.get("backend") if isinstance(config, dict) else None)
+    except TranslationError as exc:
+        raise InputError(f"{source}: {exc.message}") from None
+    _raise_for(t.problems, unsafe, Path(source))
+    check_config_as_data(t.config, Path(source), unsafe, raw=config)
+    return build_model(t, unsafe=unsafe, source=source, initialise=True)
+
+
+def build_model(translation: Translation, *, unsafe: bool = False, source: str | os.PathLike[str] = "model",
+                initialise: bool = False) -> Any:
+    """Deserialize a translated config into a built Keras 3 model.
+
+    Without `initialise` the variables start as zeros (the file's weights are assigned next).
+    """
+    keras = import_keras()
+    path = Path(source)
+    from wtool.safety.buildguard import cheap_build
+
+    try:
+        with cheap_build(str(path), zero_init=not initialise):  # --max-params counted either way
+            model = keras.saving.deserialize_keras_object(translation.config, safe_mode=not unsafe)
+    except WtoolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; each becomes one line
+        raise _build_error(exc, path) from None
+    if not getattr(model, "built", False):
+        raise IncompatibleError(f"{path}: the rebuilt model has no input shape, so its weights cannot be created")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+
+def _layer_index(model: Any) -> dict[str, Any]:
+    """Canonical layer path -> layer, for every weight-owning layer (nested models walked)."""
+    index: dict[str, Any] = {}
+
+    def walk(container: Any, prefix: str) -> None:
+        for layer in getattr(container, "layers", []):
+            key = f"{prefix}{layer.name}"
+            if hasattr(layer, "layers") and layer.__class__.__name__ in ("Functional", "Sequential", "Model"):
+                walk(layer, key + "/")
+            else:
+                index[key] = layer
+
+    walk(model, "")
+    return index
+
+
+def _owner(path: str, keys: set[str]) -> str | None:
+    parts = path.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        key = "/".join(parts[:i])
+        if key in keys:
+            return key
+    return None
+
+
+def _fmt_shape(shape: Any) -> str:
+    shape = tuple(int(s) for s in shape)
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _fits(array: Any, variable: Any) -> bool:
+    import numpy as np
+
+    if tuple(array.shape) != tuple(variable.shape):
+        return False
+    src, dst = np.dtype(array.dtype), np.dtype(variable.dtype)
+    return src == dst or np.can_cast(src, dst, casting="safe")
+
+
+def assign_weights(model: Any, mf: ModelFile, *, source: str | os.PathLike[str] = "file",
+                   translation: Translation | None = None) -> None:
+    """Assign every weight of `model` from the store `mf` by canonical path (bitwise).
+
+    All mismatches are collected and reported once (IncompatibleError, exit 4).
+    """
+    import numpy as np
+
+    from wtool.graph import legacy_weights
+    from wtool.store.model_paths import weight_paths
+
+    pairs = list(weight_paths(model))
+    saved = {w.path: w for w in mf.weights}
+    by_layer_saved: dict[str, list[Any]] = {}
+    for saved_weight in mf.weights:
+        by_layer_saved.setdefault(saved_weight.layer, []).append(saved_weight)
+    index = _layer_index(model)
+    keys = set(index)
+
+    plan: list[tuple[Any, Any, str]] = []  # (variable, array, saved path)
+    problems: list[str] = []
+    used: set[str] = set()
+    direct_ok: dict[str, bool] = {}
+    owners: dict[str, str | None] = {}
+    for path, var in pairs:
+        owner = _owner(path, keys)
+        owners[path] = owner
+        w = saved.get(path)
+        ok = w is not None and tuple(w.shape) == tuple(var.shape)
+        if owner is not None:
+            direct_ok[owner] = direct_ok.get(owner, True) and ok
+    # layers whose weights do not match one-to-one by name go through legacy conversion
+    converted: dict[str, list[Any]] = {}
+    failed: set[str] = set()
+    conversions = translation.weight_conversions if translation is not None else {}
+    keras1_file = not mf.keras_version or str(mf.keras_version).startswith("1")
+    for owner, ok in direct_ok.items():
+        if ok:
+            continue
+        layer = index[owner]
+        saved_here = by_layer_saved.get(owner) or by_layer_saved.get(layer.name) or []
+        expected_vars = [v for p, v in pairs if owners[p] == owner]
+        if not saved_here:
+            continue  # reported below, per weight
+        info = dict(conversions.get(layer.name, {}))
+        if keras1_file:
+            info.setdefault("keras1", True)
+        try:
+            arrays = [mf.read(w.path) for w in saved_here]
+            cfg = layer.get_config()
+            new = legacy_weights.convert(layer.__class__.__name__, arrays, [tuple(v.shape) for v in expected_vars],
+                                         info, cfg)
+        except legacy_weights.WeightConversionError as exc:
+            problems.append(f"layer `{owner}`: {exc} (file: {', '.join(w.path for w in saved_here)})")
+            used.update(w.path for w in saved_here)
+            failed.add(owner)
+            continue
+        converted[owner] = list(zip(expected_vars, new, strict=True))
+        used.update(w.path for w in saved_here)
+    for path, var in pairs:
+        owner = owners[path]
+        if owner in converted or owner in failed:
+            continue
+        w = saved.get(path)
+        if w is None:
+            problems.append(f"model weight `{path}` {_fmt_shape(var.shape)} has no array in the file")
+            continue
+        used.add(path)
+        if tuple(w.shape) != tuple(var.shape):
+            problems.append(f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
+                            f"the file has {_fmt_shape(w.shape)} {w.dtype}")
+            continue
+        plan.append((var, w, path))
+    for w in mf.weights:
+        if w.path not in used:
+            problems.append(f"file weight `{w.path}` {_fmt_shape(w.shape)} has no place in the model")
+    if problems:
+        text = "; ".join(problems[:MAX_LISTED])
+        if len(problems) > MAX_LISTED:
+            text += f"; and {len(problems) - MAX_LISTED} more"
+        raise IncompatibleError(f"{source}: the file's weights do not fit the model: {text}",
+                                "check the architecture (`wtool inspect --check`) or pass the right --arch")
+    assignments: list[tuple[Any, Any, str]] = []
+    for var, w, path in plan:
+        assignments.append((var, mf.read(w.path), path))
+    for owner, items in converted.items():
+        for var, array in items:
+            assignments.append((var, array, owner))
+    bad = []
+    for var, array, path in assignments:
+        array = np.asarray(array)
+        if not _fits(array, var):
+            bad.append(f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
+                       f"the file has {_fmt_shape(array.shape)} {array.dtype}")
+    if bad:
+        raise IncompatibleError(f"{source}: the file's weights do not fit the model: " + "; ".join(bad[:MAX_LISTED]))
+    for var, array, _path in assignments:
+        var.assign(np.asarray(array).astype(var.dtype, copy=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def save_model(model: keras.Model, out: str | os.PathLike[str], *, include_optimizer: bool = True) -> None:
+    """Write a model atomically; the format follows OUT's extension."""
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        if out.name.endswith(".weights.h5"):
+            model.save_weights(tmp)
+        elif out.suffix in (".h5", ".hdf5"):
+            model.save(tmp, include_optimizer=include_optimizer)
+        else:
+            model.save(tmp)

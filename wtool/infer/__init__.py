@@ -1,0 +1,6 @@
+"""Streaming prediction with frozen weights (`training=False`).
+
+Owns: the frozen model, input matching and the streamed batch loop (`predict`).
+May import: `wtool.graph`, `wtool.data`, `wtool.store`, `wtool.safety` and the foundation
+modules; not `wtool.ops`, `wtool.train` or `wtool.cli`. TensorFlow is imported lazily.
+"""

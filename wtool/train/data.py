@@ -1,0 +1,267 @@
+"""Labelled data for `wtool train`: load x/y, split off validation, check they fit a model.
+
+Sources: `.npz` (keys `x`/`y` or chosen ones), a pair of `.npy` files (memory-mapped, so
+data larger than memory trains), `.csv` with a target column. No TensorFlow here: the
+model side of the checks is described by plain shapes (`ModelIO`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wtool.data.rows import is_number
+from wtool.errors import IncompatibleError, InputError, UsageError
+from wtool.fileio import check_input_file
+
+# Bytes scanned per step when checking a (possibly memory-mapped) array for NaN/Inf.
+FINITE_CHUNK_BYTES = 64 * 1024 * 1024
+# Largest CSV wtool parses in memory (a larger table belongs in .npy files).
+CSV_MAX_BYTES = 2 * 1024**3
+
+
+@dataclass
+class LabelledData:
+    """Features `x` and labels `y` with the same number of rows; `source` names them in messages."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model takes and gives, without the batch axis."""
+
+    input_shape: tuple[int | None, ...]
+    input_dtype: str
+    output_shape: tuple[int | None, ...]
+
+
+def fmt_shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def load_labelled(data: str | None = None, *, x: str | None = None, y: str | None = None,
+                  x_key: str = "x", y_key: str = "y", target: str | None = None) -> LabelledData:
+    """Load one labelled data set from `data` (.npz / .csv) or from `x` and `y` (.npy)."""
+    if data is not None and (x is not None or y is not None):
+        raise UsageError("give either --data FILE or --x FILE.npy --y FILE.npy, not both")
+    if data is None:
+        if x is None or y is None:
+            raise UsageError("no training data", "pass --data FILE.npz|FILE.csv, or --x FILE.npy --y FILE.npy")
+        return _pair(x, y)
+    path = check_input_file(data)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        if target is not None:
+            raise UsageError("--target is for .csv data; a .npz file names its arrays with --x-key/--y-key")
+        return _npz(path, x_key, y_key)
+    if suffix == ".csv":
+        if target is None:
+            raise UsageError(f"{data}: a .csv needs --target COLUMN (the label column's name or 0-based index)")
+        return _csv(path, target)
+    if suffix == ".npy":
+        raise UsageError(f"{data}: a single .npy holds no labels", "pass --x FEATURES.npy --y LABELS.npy")
+    raise InputError(f"{data}: unsupported data format '{suffix or path.name}'",
+                     "use .npz (arrays x and y), .csv with --target, or --x/--y .npy files")
+
+
+def _checked(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{what}: dtype {arr.dtype} is not numeric", "store features and labels as numbers")
+    if arr.ndim == 0:
+        raise InputError(f"{what}: a scalar, not an array of rows")
+    if arr.shape[0] == 0:
+        raise InputError(f"{what}: has no rows")
+    return arr
+
+
+def _pair(x: str, y: str) -> LabelledData:
+    arrays = []
+    for label, name in (("--x", x), ("--y", y)):
+        path = check_input_file(name)
+        if path.suffix.lower() != ".npy":
+            raise InputError(f"{name}: {label} takes a .npy file", "save arrays with numpy.save")
+        from wtool.store.arrays import check_npy
+
+        check_npy(path)  # header, numeric dtype, declared size == file size, before memory-mapping
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"{name}: cannot read as .npy ({str(exc).splitlines()[0]})") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read as .npy ({exc})") from None
+        arrays.append(_checked(arr, name))
+    data = LabelledData(arrays[0], arrays[1], f"{x} / {y}")
+    _same_rows(data, x, y)
+    return data
+
+
+def _npz(path: Path, x_key: str, y_key: str) -> LabelledData:
+    from wtool.store.arrays import load_npz
+
+    archive = load_npz(path)  # zip structure, headers, numeric dtypes and sizes checked; nothing unpickled
+    keys = list(archive)
+    arrays = []
+    for option, key in (("--x-key", x_key), ("--y-key", y_key)):
+        if key not in keys:
+            have = ", ".join(keys) or "nothing"
+            raise InputError(f"{path}: no array '{key}' (it has: {have})",
+                             f"name the arrays with {option} KEY" if keys else None)
+        arrays.append(_checked(archive[key], f"{path}: array '{key}'"))
+    data = LabelledData(arrays[0], arrays[1], str(path))
+    _same_rows(data, f"'{x_key}'", f"'{y_key}'")
+    return data
+
+
+def _csv(path: Path, target: str) -> LabelledData:
+    if path.stat().st_size > CSV_MAX_BYTES:
+        raise InputError(f"{path}: larger than {CSV_MAX_BYTES // 1024**3} GB", "convert it to .npy and use --x/--y")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a UTF-8 text file") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise InputError(f"{path}: empty CSV")
+    header = [c.strip() for c in rows[0]]
+    has_header = not all(is_number(c) for c in header)
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise InputError(f"{path}: a header but no rows")
+    names = header if has_header else [str(i) for i in range(len(header))]
+    if target in names:
+        col = names.index(target)
+    elif target.lstrip("-").isdigit() and -len(names) <= int(target) < len(names):
+        col = int(target) % len(names)
+    else:
+        raise InputError(f"{path}: no column '{target}' (columns: {', '.join(names)})",
+                         "name the label column with --target (a header name or a 0-based index)")
+    if len(names) < 2:
+        raise InputError(f"{path}: only one column; features and a target need at least two")
+    values = np.empty((len(body), len(names)), dtype=np.float64)
+    for i, row in enumerate(body):
+        line = i + (2 if has_header else 1)
+        if len(row) != len(names):
+            raise InputError(f"{path}: line {line} has {len(row)} fields, the header has {len(names)}")
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                raise InputError(f"{path}: line {line}, column '{names[j]}': '{cell}' is not a number",
+                                 "train takes numeric columns; encode categories as numbers first") from None
+    y = values[:, col]
+    x = np.delete(values, col, axis=1).astype(np.float32)
+    y_out = y.astype(np.int64) if np.all(np.isfinite(y)) and np.all(y == np.round(y)) else y.astype(np.float32)
+    return LabelledData(x, y_out, str(path))
+
+
+def _same_rows(data: LabelledData, x_name: str, y_name: str) -> None:
+    if data.x.shape[0] != data.y.shape[0]:
+        raise IncompatibleError(f"{data.source}: x {x_name} has {data.x.shape[0]} rows but y {y_name} has "
+                                f"{data.y.shape[0]}", "features and labels need one row each per sample")
+
+
+def split_validation(data: LabelledData, fraction: float) -> tuple[LabelledData, LabelledData]:
+    """Keras's validation_split: the last `fraction` of the rows (before any shuffling) validate."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--val-split must be between 0 and 1 (not {fraction})")
+    n = len(data)
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise UsageError(f"--val-split {fraction} of {n} rows leaves {n - n_val} to train and {n_val} to validate",
+                         "use a fraction that leaves at least one row on each side")
+    cut = n - n_val
+    return (LabelledData(data.x[:cut], data.y[:cut], data.source),
+            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)"))
+
+
+def check_finite(data: LabelledData) -> None:
+    """NaN or Inf anywhere in x or y is refused (exit 3), naming the first bad row. Memory-mapped data is scanned in chunks."""
+    for name, arr in (("x", data.x), ("y", data.y)):
+        if arr.dtype.kind != "f":
+            continue
+        row_bytes = max(1, arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
+        step = max(1, FINITE_CHUNK_BYTES // row_bytes)
+        for start in range(0, arr.shape[0], step):
+            block = np.asarray(arr[start:start + step])
+            ok = np.isfinite(block)
+            if not ok.all():
+                bad = np.argwhere(~ok)[0]
+                row = start + int(bad[0])
+                value = block[tuple(bad)]
+                raise InputError(f"{data.source}: {name} has {value} in row {row}",
+                                 "remove or impute rows with NaN/Inf before training")
+
+
+def check_fits(data: LabelledData, io_: ModelIO, loss: str | None) -> None:
+    """Refuse (exit 4) features or labels that do not fit the model or the loss, naming both sides."""
+    want = io_.input_shape
+    rows = tuple(data.x.shape[1:])
+    if len(rows) != len(want) or any(w is not None and w != r for w, r in zip(want, rows, strict=False)):
+        raise IncompatibleError(f"model expects {fmt_shape((None, *want))}; x has rows of shape {fmt_shape(rows)}",
+                                f"in {data.source}; reshape the data or pick a model with that input")
+    if io_.input_dtype.startswith("int") and data.x.dtype.kind == "f":
+        head = np.asarray(data.x[:10000])
+        if not np.all(head == np.round(head)):
+            raise IncompatibleError(f"model expects integer inputs ({io_.input_dtype}); x has fractional values",
+                                    f"in {data.source}")
+    out = io_.output_shape
+    ys = tuple(data.y.shape[1:])
+    lname = (loss or "").lower().replace("_", "")
+    sparse = "sparsecategorical" in lname
+    if sparse:
+        if out and out[-1] is not None:
+            classes = out[-1]
+            expect = out[:-1]
+            if ys not in (expect, (*expect, 1)):
+                raise IncompatibleError(f"loss {loss} wants integer class labels of shape {fmt_shape(expect)} per row "
+                                        f"(model output {fmt_shape((None, *out))}); y has rows of shape {fmt_shape(ys)}",
+                                        "for one-hot labels use --loss categorical_crossentropy")
+            sample = np.asarray(data.y)
+            if sample.dtype.kind == "f" and not np.all(sample == np.round(sample)):
+                raise IncompatibleError(f"loss {loss} wants integer class labels; y has fractional values",
+                                        f"in {data.source}")
+            lo, hi = sample.min(), sample.max()
+            if lo < 0 or hi >= classes:
+                raise IncompatibleError(f"model has {classes} classes (labels 0..{classes - 1}); y has labels "
+                                        f"from {lo:g} to {hi:g}", f"in {data.source}")
+        return
+    if _fits(ys, out):
+        if "binarycrossentropy" in lname or "binaryfocal" in lname:
+            sample = np.asarray(data.y)
+            if sample.min() < 0 or sample.max() > 1:
+                raise IncompatibleError(f"loss {loss} wants labels in [0, 1]; y has values from {sample.min():g} "
+                                        f"to {sample.max():g}", f"in {data.source}")
+        if "categoricalcrossentropy" in lname and out and out[-1] not in (None, 1) and len(ys) == len(out) - 1:
+            raise IncompatibleError(f"loss {loss} wants one-hot labels of shape {fmt_shape(out)}; y has rows of "
+                                    f"shape {fmt_shape(ys)}",
+                                    "for integer class labels use --loss sparse_categorical_crossentropy")
+        return
+    hint = None
+    if len(ys) == len(out) - 1 and out and out[-1] not in (None, 1):
+        hint = "integer class labels? use --loss sparse_categorical_crossentropy"
+    raise IncompatibleError(f"model output is {fmt_shape((None, *out))}; y has rows of shape {fmt_shape(ys)}"
+                            + (f" (loss {loss})" if loss else ""), hint or f"in {data.source}")
+
+
+def _fits(ys: tuple[int, ...], out: tuple[int | None, ...]) -> bool:
+    def same(a: tuple[int, ...], b: tuple[int | None, ...]) -> bool:
+        return len(a) == len(b) and all(w is None or w == r for w, r in zip(b, a, strict=False))
+
+    if same(ys, out):
+        return True
+    # (n,) labels for a (None, 1) output, as Keras's losses squeeze/expand one axis.
+    if out and out[-1] == 1 and same(ys, out[:-1]):
+        return True
+    return bool(ys and ys[-1] == 1 and same(ys[:-1], out))
+
