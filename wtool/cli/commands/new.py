@@ -115,6 +115,70 @@ def _human(doc: dict[str, Any]) -> Any:
 
     return render
 
+INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bfloat16")
+
+
+def _check_usage(out_file: str, config_file: str | None, layers_spec: str | None, input_shape: str | None,
+                 optimizer: str | None, lr: float | None, metrics: tuple[str, ...], loss: str | None) -> None:
+    """Option combinations and OUT's format, before anything is read or TensorFlow starts."""
+    if config_file and (layers_spec or input_shape):
+        raise UsageError("give either --config FILE or --layers with --input-shape, not both")
+    if not config_file and not layers_spec:
+        raise UsageError("nothing to build", "pass --layers SPEC with --input-shape, or --config FILE.json")
+    if (optimizer or lr is not None or metrics) and not loss and not config_file:
+        raise UsageError("--optimizer/--lr/--metric compile the model and need --loss")
+    name = Path(out_file).name.lower()
+    if not name.endswith((".keras", ".h5", ".hdf5")) or name.endswith(".weights.h5"):
+        raise UsageError(f"{out_file}: OUT must end in .keras or .h5 (not .weights.h5)",
+                         "a fresh model needs its architecture saved")
+    if layers_spec and not input_shape:
+        raise UsageError("--layers needs --input-shape", "e.g. --input-shape 784 or --input-shape 28,28,1")
+
+
+def _parse_spec(layers_spec: str | None, input_shape: str | None, input_dtype: str | None) -> tuple[Any, Any]:
+    """`--layers` and `--input-shape` parsed (usage errors before TensorFlow starts)."""
+    assert layers_spec is not None and input_shape is not None
+    specs = parse_layers(layers_spec)
+    shape = parse_shape(input_shape)
+    if input_dtype is not None and input_dtype not in INPUT_DTYPES:
+        raise UsageError(f"--input-dtype '{input_dtype}' is not a dtype", "e.g. float32 or int32")
+    return specs, shape
+
+
+def _model_from_spec(specs: Any, shape: Any, input_dtype: str | None, model_name: str) -> Any:
+    """The model a parsed `--layers` spec describes, within --max-layers and --max-params."""
+    from wtool.graph.spec import build_model
+    from wtool.safety import limits
+    from wtool.safety.buildguard import cheap_build
+
+    cap = limits.current().max_layers
+    if len(specs) > cap:
+        raise InputError(f"--layers: {len(specs)} layers (limit {cap:,})", "raise the limit with --max-layers")
+    with cheap_build("--layers", zero_init=False):  # --max-params counted before any weight is allocated
+        return build_model(specs, shape, input_dtype=input_dtype, name=model_name)
+
+
+def _compile(keras: Any, model: Any, out_file: str, optimizer: str | None, lr: float | None, loss: str,
+             metrics: tuple[str, ...]) -> str:
+    """Compile with the named optimizer, loss and metrics (checked against Keras's names first)."""
+    from wtool.train.loop import TrainOptions, build_optimizer
+
+    opt = build_optimizer(TrainOptions(model=out_file, optimizer=optimizer or "adam", lr=lr), None, 1, 1)
+    try:
+        keras.losses.get(loss)
+    except (ValueError, TypeError):
+        raise UsageError(f"--loss '{loss}' is not a Keras loss",
+                         "e.g. mse, binary_crossentropy, sparse_categorical_crossentropy") from None
+    for metric in metrics:
+        if metric.lower() in ("accuracy", "acc"):
+            continue
+        try:
+            keras.metrics.get(metric)
+        except (ValueError, TypeError):
+            raise UsageError(f"--metric '{metric}' is not a Keras metric", "e.g. accuracy, mae, auc") from None
+    model.compile(optimizer=opt, loss=loss, metrics=list(metrics) or None)
+    return f"{type(opt).__name__.lower()}, loss {loss}"
+
 
 @click.command(name="new")
 @click.argument("out_file", metavar="OUT", type=OutputPath)
@@ -149,34 +213,10 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
       wtool new cnn.keras --input-shape 28,28,1 --layers "conv2d:8:3:relu,maxpool,flatten,dense:10:softmax" --loss sparse_categorical_crossentropy --optimizer adam
       wtool new copy.keras --config sample_models/mlp.keras --seed 1
     """
-    if config_file and (layers_spec or input_shape):
-        raise UsageError("give either --config FILE or --layers with --input-shape, not both")
-    if not config_file and not layers_spec:
-        raise UsageError("nothing to build", "pass --layers SPEC with --input-shape, or --config FILE.json")
-    if (optimizer or lr is not None or metrics) and not loss and not config_file:
-        raise UsageError("--optimizer/--lr/--metric compile the model and need --loss")
-    path = Path(out_file)
-    name = path.name.lower()
-    if not name.endswith((".keras", ".h5", ".hdf5")) or name.endswith(".weights.h5"):
-        raise UsageError(f"{out_file}: OUT must end in .keras or .h5 (not .weights.h5)",
-                         "a fresh model needs its architecture saved")
-    config = None
-    specs = None
-    shape = None
-    if config_file:
-        config = read_config(config_file)
-    else:
-        assert layers_spec is not None
-        if not input_shape:
-            raise UsageError("--layers needs --input-shape", "e.g. --input-shape 784 or --input-shape 28,28,1")
-        specs = parse_layers(layers_spec)
-        shape = parse_shape(input_shape)
-        if input_dtype is not None and input_dtype not in ("float16", "float32", "float64", "int32", "int64",
-                                                            "uint8", "bfloat16"):
-            raise UsageError(f"--input-dtype '{input_dtype}' is not a dtype", "e.g. float32 or int32")
-
+    _check_usage(out_file, config_file, layers_spec, input_shape, optimizer, lr, metrics, loss)
+    config = read_config(config_file) if config_file else None
+    spec = _parse_spec(layers_spec, input_shape, input_dtype) if config is None else None
     from wtool.graph.model import import_keras, save_model
-    from wtool.graph.spec import build_model
 
     keras = import_keras()
     if seed is not None:
@@ -186,37 +226,12 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
             config.pop("compile_config", None)
         model = model_from_config(config, unsafe=unsafe, source=str(config_file))
     else:
-        assert specs is not None and shape is not None
-        from wtool.safety import limits
-        from wtool.safety.buildguard import cheap_build
-
-        cap = limits.current().max_layers
-        if len(specs) > cap:
-            raise InputError(f"--layers: {len(specs)} layers (limit {cap:,})", "raise the limit with --max-layers")
-        with cheap_build("--layers", zero_init=False):  # --max-params counted before any weight is allocated
-            model = build_model(specs, shape, input_dtype=input_dtype, name=model_name)
-    compiled = None
-    if loss:
-        from wtool.train.loop import TrainOptions, build_optimizer
-
-        opt = build_optimizer(TrainOptions(model=out_file, optimizer=optimizer or "adam", lr=lr), None, 1, 1)
-        try:
-            keras.losses.get(loss)
-        except (ValueError, TypeError):
-            raise UsageError(f"--loss '{loss}' is not a Keras loss",
-                             "e.g. mse, binary_crossentropy, sparse_categorical_crossentropy") from None
-        for metric in metrics:
-            if metric.lower() in ("accuracy", "acc"):
-                continue
-            try:
-                keras.metrics.get(metric)
-            except (ValueError, TypeError):
-                raise UsageError(f"--metric '{metric}' is not a Keras metric", "e.g. accuracy, mae, auc") from None
-        model.compile(optimizer=opt, loss=loss, metrics=list(metrics) or None)
-        compiled = f"{type(opt).__name__.lower()}, loss {loss}"
+        assert spec is not None
+        model = _model_from_spec(*spec, input_dtype, model_name)
+    compiled = _compile(keras, model, out_file, optimizer, lr, loss, metrics) if loss else None
     if compiled is None and getattr(model, "compiled", False) and getattr(model, "optimizer", None) is not None:
         compiled = f"{type(model.optimizer).__name__.lower()}, loss {model.loss}"  # from --config's compile_config
-    save_model(model, path)
-    doc = {"output": str(path), "seed": seed, "compiled": compiled, "model": summarize(model)}
+    save_model(model, Path(out_file))
+    doc = {"output": str(Path(out_file)), "seed": seed, "compiled": compiled, "model": summarize(model)}
     out.result_text(doc, _human(doc))
 
