@@ -152,4 +152,4 @@ def test_the_graph_is_read():
     """The reader finds real edges, lazy imports inside functions included."""
     assert "wtool.store.model_file" in GRAPH["wtool.store"]
     assert "wtool.safety.h5walk" in GRAPH["wtool.store.model_file"]  # imported inside a method
-    assert "wtool.graph.model" in GRAPH["wtool.ops.surgery"]
+    assert "wtool.graph.model" in GRAPH["wtool.ops.rebuild"]

@@ -1,0 +1,259 @@
+"""`set-weights` as plan -> apply: values from .npz/.npy files, another model or initializers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtool.errors import UsageError
+from wtool.fileio import check_input_file
+from wtool.ops.initializers import InitShapeError, parse_initializer
+from wtool.ops.planning import (
+    Problem,
+    Stats,
+    check_output,
+    closest,
+    dtype_problem,
+    glob_hits,
+    model_chunks,
+    open_checked,
+    parse_assignment,
+    problems_error,
+    shape_text,
+)
+from wtool.ops.rebuild import rebuild_with_keras
+from wtool.store import write as store_write
+
+
+@dataclass
+class Assignment:
+    """One weight to assign: where the values come from, and the statistics before and after."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: str
+    received_shape: tuple[int, ...] | None = None
+    received_dtype: str | None = None
+    old: Stats | None = None
+    new: Stats | None = None
+    h5_name: str = field(default="", repr=False)
+    value: np.ndarray | None = field(default=None, repr=False)
+    from_weight: store_write.WeightSource | None = field(default=None, repr=False)
+
+
+@dataclass
+class SetWeightsPlan:
+    model: str
+    format: str
+    output: str | None
+    assignments: list[Assignment] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    total_weights: int = 0
+    has_optimizer: bool = False
+    reset_optimizer: bool = False
+    dry_run: bool = False
+    result: store_write.WriteResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        optimizer = "none"
+        if self.has_optimizer:
+            optimizer = "dropped" if self.reset_optimizer else "kept"
+        if self.result is not None:
+            optimizer = self.result.optimizer
+        return {
+            "model": self.model,
+            "format": self.format,
+            "output": None if self.dry_run else self.output,
+            "dry_run": self.dry_run,
+            "ok": not self.problems,
+            "assigned": [
+                {"path": a.path, "shape": list(a.shape), "dtype": a.dtype, "source": a.source,
+                 "old": asdict(a.old) if a.old else None, "new": asdict(a.new) if a.new else None}
+                for a in self.assignments
+            ],
+            "problems": [asdict(p) for p in self.problems],
+            "counts": {"assigned": len(self.assignments), "kept": self.total_weights - len(self.assignments),
+                       "total": self.total_weights, "problems": len(self.problems)},
+            "optimizer": optimizer,
+            "verified": bool(self.result and self.result.verified == len(self.assignments)),
+            "method": self.result.method if self.result else None,
+            "notes": self.notes + (self.result.notes if self.result else []),
+        }
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    from wtool.store.arrays import load_npz
+
+    check_input_file(path)
+    return load_npz(path)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    from wtool.store.arrays import load_npy
+
+    check_input_file(path)
+    return load_npy(path)
+
+
+def _normalize_key(key: str) -> str:
+    key = key.strip("/")
+    return key[:-2] if key.endswith(":0") else key
+
+
+def plan_set_weights(
+    model_path: str,
+    *,
+    output: str | None,
+    npz: Sequence[str] = (),
+    weights: Sequence[str] = (),
+    from_model: str | None = None,
+    from_layers: Sequence[str] = (),
+    inits: Sequence[str] = (),
+    seed: int | None = None,
+    allow_nonfinite: bool = False,
+    reset_optimizer: bool = False,
+    in_place: bool = False,
+    dry_run: bool = False,
+) -> SetWeightsPlan:
+    """Gather every assignment, check them all, and return the plan (nothing written)."""
+    if not (npz or weights or from_model or inits):
+        raise UsageError("nothing to assign", "give at least one of --npz, --weight, --from-model, --init")
+    if from_layers and not from_model:
+        raise UsageError("--layer selects weights of --from-model; give --from-model SRC")
+    out = None if dry_run and output is None and not in_place else check_output(output, in_place, [model_path])
+    parsed_weights = [parse_assignment(w, "--weight") for w in weights]
+    parsed_inits = [(glob, *parse_initializer(spec)) for glob, spec in (parse_assignment(i, "--init") for i in inits)]
+
+    with open_checked(model_path) as model:
+        by_path = {w.path: w for w in model.weights}
+        plan = SetWeightsPlan(model=str(model_path), format=model.format, output=out,
+                              total_weights=len(model.weights), has_optimizer=bool(model.has_optimizer),
+                              reset_optimizer=reset_optimizer, dry_run=dry_run)
+        claimed: dict[str, str] = {}
+        rng = np.random.default_rng(seed)
+
+        def unknown(path: str, source: str) -> None:
+            near = closest(path, by_path)
+            hint = f" (closest: {', '.join(near)})" if near else ""
+            plan.problems.append(Problem("unknown_path", path, f"{path}: no such weight in {model_path}{hint} "
+                                         f"[from {source}]", near))
+
+        def claim(path: str, source: str) -> bool:
+            if path in claimed:
+                plan.problems.append(Problem("duplicate", path, f"{path}: assigned twice ({claimed[path]} "
+                                             f"and {source})"))
+                return False
+            claimed[path] = source
+            return True
+
+        def add_value(path: str, value: np.ndarray, source: str) -> None:
+            path = _normalize_key(path)
+            info = by_path.get(path)
+            if info is None:
+                unknown(path, source)
+                return
+            if not claim(path, source):
+                return
+            plan.assignments.append(Assignment(path, tuple(info.shape), info.dtype, source,
+                                               tuple(value.shape), str(value.dtype), h5_name=info.h5_name,
+                                               value=value))
+
+        for npz_path in npz:
+            for key, value in _load_npz(npz_path).items():
+                add_value(key, value, f"{npz_path}[{key}]")
+        for path, npy in parsed_weights:
+            add_value(path, _load_npy(npy), npy)
+        if from_model:
+            _add_from_model(plan, from_model, from_layers, by_path, unknown, claim)
+        for glob, name, init in parsed_inits:
+            hits = [w for w in model.weights if glob_hits(glob, w.path)]
+            if not hits:
+                unknown(glob, f"--init {glob}={name}")
+                continue
+            for info in hits:
+                if not claim(info.path, f"init {name}"):
+                    continue
+                try:
+                    value = init(rng, tuple(info.shape), np.dtype(info.dtype))
+                except InitShapeError as exc:
+                    plan.problems.append(Problem("shape", info.path, f"{info.path}: {exc} "
+                                                 f"[from --init {glob}={name}]"))
+                    continue
+                plan.assignments.append(Assignment(info.path, tuple(info.shape), info.dtype, f"init {name}",
+                                                   tuple(value.shape), str(value.dtype),
+                                                   h5_name=info.h5_name, value=value))
+
+        _check_assignments(plan, allow_nonfinite)
+        order = {w.path: i for i, w in enumerate(model.weights)}
+        plan.assignments.sort(key=lambda a: order.get(a.path, 0))
+        for a in plan.assignments:
+            a.old = Stats.of(model_chunks(model, a.path))
+    if plan.has_optimizer and not reset_optimizer and plan.assignments:
+        plan.notes.append("optimizer state kept: its saved moments belong to the old values "
+                          "(use --reset-optimizer to drop it)")
+    return plan
+
+
+def _add_from_model(plan: SetWeightsPlan, src_path: str, layers: Sequence[str], by_path: dict[str, Any],
+                    unknown: Callable[[str, str], None], claim: Callable[[str, str], bool]) -> None:
+    with open_checked(src_path) as src:
+        chosen = [w for w in src.weights if not layers or any(glob_hits(g, w.path) for g in layers)]
+        for glob in layers:
+            if not any(glob_hits(glob, w.path) for w in src.weights):
+                near = closest(glob, [w.path for w in src.weights])
+                plan.problems.append(Problem("unknown_path", glob, f"--layer {glob}: matches no weight in {src_path}"
+                                             + (f" (closest: {', '.join(near)})" if near else ""), near))
+        for w in chosen:
+            info = by_path.get(w.path)
+            source = f"{src_path}[{w.path}]"
+            if info is None:
+                unknown(w.path, source)
+                continue
+            if not claim(w.path, source):
+                continue
+            a = Assignment(w.path, tuple(info.shape), info.dtype, source, tuple(w.shape), w.dtype,
+                           h5_name=info.h5_name,
+                           from_weight=store_write.WeightSource(Path(src_path), src.format, w.h5_name))
+            if tuple(w.shape) == tuple(info.shape):
+                a.new = Stats.of(model_chunks(src, w.path))
+            plan.assignments.append(a)
+
+
+def _check_assignments(plan: SetWeightsPlan, allow_nonfinite: bool) -> None:
+    for a in plan.assignments:
+        if a.received_shape != a.shape:
+            plan.problems.append(Problem("shape", a.path, f"{a.path}: expected shape {shape_text(a.shape)}, "
+                                         f"received {shape_text(a.received_shape)} from {a.source}"))
+            continue
+        why = dtype_problem(np.dtype(a.received_dtype), np.dtype(a.dtype))
+        if why:
+            plan.problems.append(Problem("dtype", a.path, f"{a.path}: {why} from {a.source}"))
+            continue
+        if a.value is not None:
+            a.new = Stats.of([a.value])
+        if a.new is not None and a.new.nonfinite and not allow_nonfinite:
+            plan.problems.append(Problem("nonfinite", a.path, f"{a.path}: {a.new.nonfinite} NaN/Inf value(s) "
+                                         f"in {a.source}"))
+    if any(p.kind == "nonfinite" for p in plan.problems):
+        plan.notes.append("pass --allow-nonfinite to write NaN/Inf values on purpose")
+
+
+def apply_set_weights(plan: SetWeightsPlan) -> SetWeightsPlan:
+    """Write the plan (it must have no problems). Raises before writing anything otherwise."""
+    if plan.problems:
+        hint = "pass --allow-nonfinite to write NaN/Inf on purpose" if all(
+            p.kind == "nonfinite" for p in plan.problems) else None
+        raise problems_error(plan.problems, "nothing written", hint)
+    if plan.dry_run:
+        return plan
+    assert plan.output is not None
+    writes = [store_write.WeightWrite(a.h5_name, value=a.value, source=a.from_weight) for a in plan.assignments]
+    plan.result = store_write.write_weights(plan.model, plan.format, plan.output, writes,
+                                            reset_optimizer=plan.reset_optimizer, rebuild=rebuild_with_keras())
+    return plan
