@@ -187,10 +187,15 @@ def weight_sample(mf: ModelFile, path: str, n: int) -> np.ndarray:
 
 def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
                max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
-    """Write the weights to OUT.npz keyed by path, streaming each array (atomic). Returns the file size."""
+    """Write the weights to OUT.npz (or OUT.safetensors) keyed by path, streaming each array (atomic).
+
+    Returns the file size.
+    """
     target = Path(out)
+    if target.name.lower().endswith(".safetensors"):
+        return export_safetensors(mf, paths, target)
     if target.suffix.lower() != ".npz":
-        raise UsageError(f"--export {out}: the output must be a .npz file")
+        raise UsageError(f"--export {out}: the output must be a .npz or .safetensors file")
     missing = [layer.path for layer in mf.layers if layer.missing]
     if missing:
         raise InputError(f"{mf.path}: cannot export: the weights of {len(missing)} layer(s) are missing from the "
@@ -205,6 +210,21 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
                 for block in mf.iter_chunks(path, max_elements):
                     fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return target.stat().st_size
+
+
+def export_safetensors(mf: ModelFile, paths: list[str], out: str | os.PathLike[str]) -> int:
+    """Write the weights to OUT.safetensors keyed by path, dtypes kept (bfloat16 too). Returns the file size.
+
+    The safetensors package writes from arrays in memory: the selected weights are read whole.
+    """
+    from wtool.store.safetensors_file import write_safetensors
+
+    missing = [layer.path for layer in mf.layers if layer.missing]
+    if missing:
+        raise InputError(f"{mf.path}: cannot export: the weights of {len(missing)} layer(s) are missing from the "
+                         f"file ({', '.join(missing[:5])})", "the file is incomplete: save or download it again")
+    meta = {"format": "wtool", "source_format": str(mf.format)}
+    return write_safetensors(out, {path: mf.read(path) for path in paths}, meta)
 
 
 def jsonable_stats(stats: WeightStats | None) -> dict[str, Any] | None:

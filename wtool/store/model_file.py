@@ -227,12 +227,19 @@ def corrupt(path: Path, exc: BaseException, what: str = "the HDF5 structure") ->
 
 
 def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | None = None) -> ModelFile:
-    """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name).
+    """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name),
+    or a .safetensors file / sharded .safetensors.index.json (by name).
 
     `arch_config` (a model config, e.g. another ModelFile's `.config`) names the layers and
     variables of a weights-only file that has no config of its own.
     """
     p = check_input_file(path)
+    from wtool.store.safetensors_file import is_safetensors_name
+
+    if is_safetensors_name(p):  # not HDF5: its own reader, same interface
+        from wtool.store.safetensors_file import open_safetensors
+
+        return open_safetensors(p)  # type: ignore[return-value]
     source = open_source(p)
     try:
         return ModelFile(p, source, arch_config=arch_config)

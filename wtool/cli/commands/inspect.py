@@ -29,6 +29,7 @@ FORMAT_NAMES = {
     ("h5", "legacy"): "full model .h5 (legacy HDF5)",
     ("weights.h5", "keras3"): "weights only (Keras 3 layout)",
     ("weights.h5", "legacy"): "weights only (legacy layout)",
+    ("safetensors", "safetensors"): "safetensors (tensors only)",
 }
 SPARK = " ▁▂▃▄▅▆▇█"
 SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters
@@ -45,7 +46,8 @@ SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters
 @click.option("--histogram", is_flag=True, help="A small histogram of each selected weight.")
 @click.option("--layer", "layers", multiple=True, metavar="GLOB",
               help="Only these layers / weight paths (shell glob, repeatable): 'features/*', '*/kernel'.")
-@click.option("--export", type=OutputPath, metavar="OUT.npz", help="Write the selected weights to OUT.npz, keyed by path.")
+@click.option("--export", type=OutputPath, metavar="OUT.npz|OUT.safetensors",
+              help="Write the selected weights to OUT.npz or OUT.safetensors, keyed by path (dtypes kept).")
 @click.option("--check", is_flag=True, help="Also say whether the model graph can be rebuilt, and why not.")
 @unsafe_option
 @common_options
