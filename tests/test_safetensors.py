@@ -123,10 +123,10 @@ BAD_HEADERS = [
     ("bad_shape", b'{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', None, "bad shape"),
     ("size_mismatch", b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', None, "needs 8 bytes"),
     ("outside", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', None, "outside"),
-    ("overlap", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
-                b'"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', None, "overlaps"),
-    ("duplicate", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
-                  b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', None, "duplicate key"),
+    ("overlap", (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+                b'"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'), None, "overlaps"),
+    ("duplicate", (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+                  b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'), None, "duplicate key"),
     ("metadata", b'{"__metadata__":{"a":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', None,
      "__metadata__"),
 ]

@@ -27,6 +27,7 @@ COMMANDS = {
     "infer": "infer",
     "set-weights": "set_weights",
     "transfer": "transfer",
+    "convert": "convert",
 }
 
 

@@ -275,7 +275,7 @@ class SafetensorsFile:
         try:
             if not index or not info.shape:
                 value = np.asarray(handle.get_tensor(path))
-                return value[index] if index else value
+                return value[index] if index else value  # type: ignore[index]
             return np.asarray(handle.get_slice(path)[index])
         except Exception as exc:  # noqa: BLE001 - the package's errors on damaged data
             raise InputError(f"{self.path}: cannot read tensor {path!r} ({str(exc)[:160]})") from None
