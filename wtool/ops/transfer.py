@@ -55,9 +55,14 @@ class Pair:
     target_layer: str = field(default="", repr=False)
     source_h5: str = field(default="", repr=False)
     target_h5: str = field(default="", repr=False)
+    conversion: str | None = None  # --layout torch: how the source tensor(s) became the target's value
+    convert: Any = field(default=None, repr=False)  # torch_layout.Conversion
+    target_dtype: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"source": self.source, "target": self.target}
+        if self.conversion is not None:
+            doc["conversion"] = self.conversion
         if self.status == "transferred":
             doc["shape"] = list(self.target_shape or ())
         else:
@@ -79,6 +84,9 @@ class TransferPlan:
     skipped: list[Pair] = field(default_factory=list)
     missing_in_source: list[str] = field(default_factory=list)
     unused_from_source: list[str] = field(default_factory=list)
+    ignored_from_source: list[str] = field(default_factory=list)
+    layout: str = "keras"
+    prefix: str = ""
     layer_pairs: list[tuple[str, str]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
@@ -120,6 +128,8 @@ class TransferPlan:
             "mismatched": [] if self.skip_mismatch else [p.to_json() for p in self.skipped],
             "missing_in_source": self.missing_in_source,
             "unused_from_source": self.unused_from_source,
+            "ignored_from_source": self.ignored_from_source,
+            "layout": self.layout, "prefix": self.prefix,
             "counts": self.counts(),
             "frozen": (self.result.frozen if self.result else self.freeze),
             "problems": [asdict(p) for p in self.problems],
@@ -217,6 +227,9 @@ def plan_transfer(
     reset_optimizer: bool = False,
     dry_run: bool = False,
     unsafe: bool = False,
+    layout: str = "keras",
+    prefix: str | None = None,
+    map_file: str | None = None,
 ) -> TransferPlan:
     """Match SOURCE's weights to TARGET's, check every pair, and return the plan (nothing written).
 
@@ -224,25 +237,73 @@ def plan_transfer(
     order), pair the weights inside each layer pair and sort them into the report's lists
     (filtered by --layer/--exclude), then turn mismatches into problems unless skipped.
     """
+    if layout not in ("keras", "torch"):
+        raise UsageError(f"--layout must be keras or torch (not {layout!r})")
+    maps = [*maps, *_read_map_file(map_file)] if map_file else list(maps)
     out, rules = _check_transfer_options(source_path, target_path, output, by, maps, freeze, dry_run)
     with open_checked(source_path) as src, open_checked(target_path) as dst:
         plan = TransferPlan(str(source_path), str(target_path), out, by, src.format, dst.format,
                             skip_mismatch=skip_mismatch, allow_empty=allow_empty, dry_run=dry_run,
                             has_optimizer=bool(dst.has_optimizer), reset_optimizer=reset_optimizer,
-                            unsafe=unsafe)
+                            unsafe=unsafe, layout=layout)
+        src_weights = _source_weights(src, layout, prefix, plan)
         if freeze and not store_write.has_config(dst.format):
             raise UsageError(f"{target_path}: a weights-only file has no config to record frozen layers in",
                              "transfer into a .keras or .h5 model, or drop --freeze")
-        src_layers, dst_layers = _layer_order(src.weights), _layer_order(dst.weights)
+        src_layers, dst_layers = _layer_order(src_weights), _layer_order(dst.weights)
         layer_pairs = _pair_layers(rules, by, src_layers, dst_layers, plan.problems)
-        _sort_weight_pairs(plan, layer_pairs, src.weights, dst.weights, _selector(layers, exclude))
+        pairer = _pair_torch if layout == "torch" else _pair_weights
+        _sort_weight_pairs(plan, layer_pairs, src_weights, dst.weights, _selector(layers, exclude), pairer)
         _collect_problems(plan, src_layers, dst_layers)
+        if plan.ignored_from_source:
+            plan.notes.append(f"ignored {len(plan.ignored_from_source)} PyTorch bookkeeping tensor(s) "
+                              f"(num_batches_tracked): Keras has no such weight")
         if freeze:
             plan.freeze = list(dict.fromkeys(p.target_layer for p in plan.transferred))
         if plan.has_optimizer and not reset_optimizer and plan.transferred:
             plan.notes.append("optimizer state of TARGET kept: its saved moments belong to the old values "
                               "(use --reset-optimizer to drop it)")
     return plan
+
+
+def _read_map_file(path: str) -> list[str]:
+    """--map-file: one SRC_GLOB=DST_GLOB rule a line; blank lines and `#` comments skipped."""
+    from wtool.fileio import check_input_file
+
+    p = check_input_file(path)
+    if p.stat().st_size > 1 << 20:
+        raise UsageError(f"--map-file {path}: larger than 1 MB")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--map-file {path}: not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _source_weights(src: Any, layout: str, prefix: str | None, plan: TransferPlan) -> list[Any]:
+    """SOURCE's weights as the pairing sees them: PyTorch modules for --layout torch, --prefix stripped."""
+    if layout == "torch" and src.format != "safetensors":
+        raise UsageError(f"--layout torch reads a .safetensors SOURCE (not .{src.format})",
+                         "export the PyTorch state dict with safetensors.torch.save_file")
+    if layout != "torch" and not prefix:
+        return list(src.weights)
+    from wtool.ops import torch_layout
+    from wtool.store.types import WeightInfo
+
+    sep = "." if layout == "torch" else "/"
+    keys = [w.h5_name if layout == "torch" else w.path for w in src.weights]
+    pfx = torch_layout.common_prefix(keys, sep) if prefix == "auto" else (prefix or "")
+    plan.prefix = pfx
+    if pfx and not any(k.startswith(pfx) for k in keys):
+        raise UsageError(f"--prefix {pfx}: no source key starts with it")
+    if layout == "torch":
+        return torch_layout.source_view([(w.h5_name, tuple(w.shape), w.dtype) for w in src.weights], pfx)
+    out = []
+    for w in src.weights:
+        path = w.path[len(pfx):] if pfx and w.path.startswith(pfx) else w.path
+        layer, _, name = path.rpartition("/")
+        out.append(WeightInfo(path, layer or path, name or path, tuple(w.shape), w.dtype, w.trainable, w.h5_name))
+    return out
 
 
 def _check_transfer_options(source_path: str, target_path: str, output: str | None, by: str,
@@ -303,7 +364,8 @@ def _by_layer(weights: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def _sort_weight_pairs(plan: TransferPlan, layer_pairs: Sequence[tuple[str, str]], src_weights: Sequence[Any],
-                       dst_weights: Sequence[Any], selected: Callable[..., bool]) -> None:
+                       dst_weights: Sequence[Any], selected: Callable[..., bool],
+                       pairer: Callable[..., list[Pair]] | None = None) -> None:
     """Pair the weights of each layer pair into transferred / skipped / missing / unused, in file order."""
     src_by_layer, dst_by_layer = _by_layer(src_weights), _by_layer(dst_weights)
     paired_src: set[str] = set()
@@ -312,10 +374,12 @@ def _sort_weight_pairs(plan: TransferPlan, layer_pairs: Sequence[tuple[str, str]
         plan.layer_pairs.append((s_layer, d_layer))
         paired_src.update(w.path for w in src_by_layer[s_layer])
         paired_dst.update(w.path for w in dst_by_layer[d_layer])
-        for pair in _pair_weights(src_by_layer[s_layer], dst_by_layer[d_layer], s_layer, d_layer):
+        for pair in (pairer or _pair_weights)(src_by_layer[s_layer], dst_by_layer[d_layer], s_layer, d_layer):
             if not selected(pair.source, pair.target):
                 continue
-            if pair.source is None:
+            if pair.status == "ignored":
+                plan.ignored_from_source.append(pair.source or "")
+            elif pair.source is None:
                 plan.missing_in_source.append(pair.target or "")
             elif pair.target is None:
                 plan.unused_from_source.append(pair.source)
@@ -324,8 +388,9 @@ def _sort_weight_pairs(plan: TransferPlan, layer_pairs: Sequence[tuple[str, str]
             else:
                 plan.skipped.append(pair)
     plan.missing_in_source += [w.path for w in dst_weights if w.path not in paired_dst and selected(w.path)]
-    plan.unused_from_source += [w.path for w in src_weights if w.path not in paired_src and selected(w.path)]
-    src_order = {w.path: i for i, w in enumerate(src_weights)}
+    shown = (lambda w: w.h5_name) if plan.layout == "torch" else (lambda w: w.path)  # torch: the file's keys
+    plan.unused_from_source += [shown(w) for w in src_weights if w.path not in paired_src and selected(shown(w))]
+    src_order = {shown(w): i for i, w in enumerate(src_weights)}
     dst_order = {w.path: i for i, w in enumerate(dst_weights)}
     plan.missing_in_source.sort(key=lambda p: dst_order.get(p, 0))
     plan.unused_from_source.sort(key=lambda p: src_order.get(p, 0))
@@ -357,6 +422,36 @@ def _pair_weights(src_ws: Sequence[Any], dst_ws: Sequence[Any], s_layer: str, d_
     return [Pair(s_layer, d_layer, None, None, "skipped", "count", detail, d_layer)]
 
 
+def _pair_torch(src_ws: Sequence[Any], dst_ws: Sequence[Any], s_layer: str, d_layer: str) -> list[Pair]:
+    """--layout torch: the target layer's variables decide what each PyTorch tensor becomes (torch_layout)."""
+    from wtool.ops.torch_layout import plan_layer
+
+    convs, unused, ignored = plan_layer(src_ws, dst_ws)
+    key_of = {w.path: w.h5_name for w in src_ws}
+    dtype_of = {w.h5_name: w.dtype for w in src_ws}
+    pairs = []
+    for d in dst_ws:
+        conv = convs.get(d.path)
+        if conv is None:
+            pairs.append(Pair(None, d.path, None, tuple(d.shape), target_layer=d.layer, target_h5=d.h5_name))
+            continue
+        pair = Pair(" + ".join(conv.sources), d.path, conv.shape, tuple(d.shape), target_layer=d_layer,
+                    target_h5=d.h5_name, conversion=conv.text, convert=conv, target_dtype=d.dtype)
+        if conv.shape != tuple(d.shape):
+            pair.status, pair.reason = "skipped", "shape"
+            if conv.shape is None:
+                pair.detail = conv.text
+        else:
+            why = next((w for w in (dtype_problem(np.dtype(dtype_of[k]), np.dtype(d.dtype))
+                                    for k in conv.sources) if w), None)
+            if why:
+                pair.status, pair.reason, pair.detail = "skipped", "dtype", why
+        pairs.append(pair)
+    pairs += [Pair(key_of[p], None, None, None) for p in unused]
+    pairs += [Pair(key_of[p], None, None, None, status="ignored") for p in ignored]
+    return pairs
+
+
 def _shapes(ws: Sequence[Any]) -> str:
     return "[" + ", ".join(shape_text(w.shape) for w in ws) + "]"
 
@@ -377,7 +472,7 @@ def _pair_named(src_ws: Sequence[Any], dst_ws: Sequence[Any], s_names: list[str]
 
 def _check_pair(s: Any, d: Any, d_layer: str) -> Pair:
     pair = Pair(s.path, d.path, tuple(s.shape), tuple(d.shape), target_layer=d_layer, source_h5=s.h5_name,
-                target_h5=d.h5_name)
+                target_h5=d.h5_name, target_dtype=d.dtype)
     if tuple(s.shape) != tuple(d.shape):
         pair.status, pair.reason = "skipped", "shape"
     else:
@@ -423,9 +518,27 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
     if plan.dry_run:
         return plan
     assert plan.output is not None
-    writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
-        Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
+    if plan.source_format == "safetensors":
+        writes = _value_writes(plan)
+    else:
+        writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
+            Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
     plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
                                             reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
                                             rebuild=rebuild_with_keras(plan.unsafe))
     return plan
+
+
+def _value_writes(plan: TransferPlan) -> list[store_write.WeightWrite]:
+    """A safetensors SOURCE is not HDF5: its values are read (and converted for --layout torch) here."""
+    writes = []
+    with open_checked(plan.source) as src:
+        for p in plan.transferred:
+            if p.convert is not None:
+                value = p.convert.make([src.read(k) for k in p.convert.sources])
+            else:
+                value = src.read(p.source_h5)
+            if p.target_dtype:
+                value = value.astype(np.dtype(p.target_dtype), copy=False)
+            writes.append(store_write.WeightWrite(p.target_h5, value=np.ascontiguousarray(value)))
+    return writes

@@ -38,7 +38,7 @@ def render_plan(console: Console, plan: Any) -> None:
     for p in plan.transferred:
         same = p.source == p.target
         table.add_row(moved, cell(p.source), "" if same else "->", "" if same else cell(p.target),
-                      fmt_shape(p.target_shape))
+                      fmt_shape(p.target_shape) + (f"  {cell(p.conversion)}" if p.conversion else ""))
     for p in plan.skipped:
         why = {"shape": f"source {fmt_shape(p.source_shape)}, target {fmt_shape(p.target_shape)}",
                "dtype": p.detail, "count": p.detail}.get(p.reason or "", p.detail or "")
@@ -48,6 +48,8 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_row("[dim]missing in source[/]", "-", "", cell(path), "kept as is")
     for path in plan.unused_from_source:
         table.add_row("[dim]unused from source[/]", cell(path), "", "-", "")
+    for path in plan.ignored_from_source:
+        table.add_row("[dim]ignored[/]", cell(path), "", "-", "PyTorch bookkeeping")
     if table.row_count:
         print_wide(console, table)
     n_left = counts["skipped"] if plan.skip_mismatch else counts["mismatched"]
@@ -85,6 +87,13 @@ def render_head(console: Console, report: Any) -> None:
               help="Pair layers by path (nested included), or weight-bearing layers by position.")
 @click.option("--map", "maps", multiple=True, metavar="SRC_GLOB=DST_GLOB",
               help="Pair layers explicitly; each * of SRC fills the same * of DST. Repeatable.")
+@click.option("--map-file", type=InputPath, metavar="FILE",
+              help="More --map rules, one SRC_GLOB=DST_GLOB a line (# comments).")
+@click.option("--layout", type=click.Choice(["keras", "torch"]), default="keras", show_default=True,
+              help="torch: SOURCE is a PyTorch state dict in .safetensors; tensors are converted to Keras "
+                   "conventions on the way (Linear/Conv transposes, BatchNorm names, LSTM/GRU gates).")
+@click.option("--prefix", metavar="PREFIX|auto",
+              help="Strip this key prefix from SOURCE's names first ('model.'); auto: the prefix all keys share.")
 @click.option("--layers", "layers", multiple=True, metavar="GLOB",
               help="Only weights under these layers/paths (either side). Repeatable.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these layers/paths out. Repeatable.")
@@ -104,7 +113,8 @@ def render_head(console: Console, report: Any) -> None:
 def command(out: Output, source: str, target: str | None, output: str | None, by: str, maps: tuple[str, ...],
             layers: tuple[str, ...], exclude: tuple[str, ...], skip_mismatch: bool, allow_empty: bool,
             freeze: bool, reset_optimizer: bool, replace_head: int | None, head_activation: str | None,
-            head_layer: str | None, seed: int | None, dry_run: bool, unsafe: bool) -> None:
+            head_layer: str | None, seed: int | None, dry_run: bool, unsafe: bool, map_file: str | None,
+            layout: str, prefix: str | None) -> None:
     """Copy SOURCE's weights into TARGET's architecture and write OUT.
 
     TARGET's graph, its other weights and its optimizer state are kept; OUT's format
@@ -120,6 +130,8 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
       wtool transfer a.keras b.keras --by order --skip-mismatch -o b2.keras
       wtool transfer old.h5 new.keras --map 'dense_*=fc_*' --freeze -o ft.keras
       wtool transfer base.keras --replace-head 5 --freeze -o ft.keras
+      wtool transfer torch.safetensors net.keras --layout torch --prefix auto \\
+          --map 'fc1=hidden' --map 'fc2=out' -o net_torch.keras
     """
     from wtool.ops import surgery
 
@@ -130,7 +142,8 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
         conflicting = [name for name, given in (("--map", maps), ("--layers", layers), ("--exclude", exclude),
                                                 ("--skip-mismatch", skip_mismatch), ("--allow-empty", allow_empty),
                                                 ("--reset-optimizer", reset_optimizer), ("--dry-run", dry_run),
-                                                ("--by", by != "name")) if given]
+                                                ("--by", by != "name"), ("--map-file", map_file),
+                                                ("--layout", layout != "keras"), ("--prefix", prefix)) if given]
         if conflicting:
             raise UsageError(f"{', '.join(conflicting)} cannot be used with --replace-head")
         if output is None:
@@ -151,7 +164,7 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
     plan = surgery.plan_transfer(source, target, output=output, by=by, maps=maps, layers=layers,
                                  exclude=exclude, skip_mismatch=skip_mismatch, allow_empty=allow_empty,
                                  freeze=freeze, reset_optimizer=reset_optimizer, dry_run=dry_run,
-                                 unsafe=unsafe)
+                                 unsafe=unsafe, layout=layout, prefix=prefix, map_file=map_file)
     if plan.problems:
         out.result(plan.to_json(), lambda console: render_plan(console, plan))
         surgery.apply_transfer(plan)  # raises with every problem
