@@ -28,6 +28,7 @@ COMMANDS = {
     "set-weights": "set_weights",
     "transfer": "transfer",
     "convert": "convert",
+    "merge": "merge",
 }
 
 

@@ -1,0 +1,299 @@
+"""`wtool merge`: checkpoint averaging of same-architecture models, weight by weight, without TensorFlow.
+
+Modes (one per run):
+
+- mean (default): the uniform soup, sum(x_i) / n;
+- weights w_1..w_n: sum(w_i x_i) / sum(w_i);
+- slerp t (two models): spherical interpolation of each weight flattened, falling back to the
+  linear one when the two are (nearly) parallel;
+- task arithmetic over BASE: BASE + sum(s_i (x_i - BASE)), scales s_i (default 1 each);
+- ema (one model): the moving averages a `use_ema=True` Keras optimizer keeps in its state,
+  written over the trainable weights.
+
+The output is a copy of the first model (its format, architecture and optimizer state),
+with the merged weights written through `wtool.store.write`. A merged value is computed
+only when the writer asks for it (`LazyMerge.__array__`), one weight at a time, so memory
+holds one weight of each input rather than whole models. Integer and boolean weights
+(step counters, quantized values) are merged only when identical in every input.
+BatchNorm moving statistics are averaged like any other weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wtool.errors import IncompatibleError, UsageError
+from wtool.ops.planning import check_output, glob_hits, open_checked, shape_text
+from wtool.store import write as store_write
+
+
+@dataclass
+class WeightMerge:
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    status: str = "merged"  # merged | kept (not selected) | identical (integer, equal everywhere)
+    distances: list[float] = field(default_factory=list)  # |x_i - result| / |result| per input
+
+
+@dataclass
+class MergeReport:
+    inputs: list[str]
+    output: str
+    mode: str
+    coefficients: list[float]
+    base: str | None = None
+    weights: list[WeightMerge] = field(default_factory=list)
+    optimizer: str = "none"
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "output": self.output, "mode": self.mode, "base": self.base,
+                "coefficients": self.coefficients,
+                "weights": [{"path": w.path, "shape": list(w.shape), "dtype": w.dtype, "status": w.status,
+                             "distances": w.distances} for w in self.weights],
+                "counts": {s: sum(1 for w in self.weights if w.status == s) for s in ("merged", "kept", "identical")},
+                "optimizer": self.optimizer, "notes": self.notes}
+
+
+def combine(mode: str, arrays: Sequence[np.ndarray], coefficients: Sequence[float],
+            base: np.ndarray | None = None) -> np.ndarray:
+    """One merged weight (float64 arithmetic, cast back by the writer)."""
+    xs = [np.asarray(a, dtype=np.float64) for a in arrays]
+    if mode in ("mean", "weights"):
+        total = float(sum(coefficients))
+        return sum((c / total) * x for c, x in zip(coefficients, xs, strict=True))  # type: ignore[return-value]
+    if mode == "task":
+        assert base is not None
+        b = np.asarray(base, dtype=np.float64)
+        return b + sum(c * (x - b) for c, x in zip(coefficients, xs, strict=True))
+    if mode == "slerp":
+        return slerp(xs[0], xs[1], coefficients[0])
+    raise UsageError(f"unknown merge mode {mode!r}")  # pragma: no cover
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float, eps: float = 1e-6) -> np.ndarray:
+    """Spherical interpolation between a and b (as flat vectors); linear when they are nearly parallel."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na < eps or nb < eps:
+        return (1 - t) * a + t * b
+    cos = float(np.clip(np.dot(a.ravel(), b.ravel()) / (na * nb), -1.0, 1.0))
+    omega = math.acos(cos)
+    if abs(math.sin(omega)) < eps:
+        return (1 - t) * a + t * b
+    return (math.sin((1 - t) * omega) * a + math.sin(t * omega) * b) / math.sin(omega)
+
+
+class LazyMerge:
+    """A merged weight computed when the writer converts it to an array (and dropped after)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], read: Any, record: WeightMerge) -> None:
+        self.path = path
+        self.shape = shape
+        self._read = read
+        self._record = record
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        inputs, result = self._read()
+        if not self._record.distances:
+            norm = float(np.linalg.norm(result)) or 1.0
+            self._record.distances = [float(np.linalg.norm(np.asarray(x, np.float64) - result)) / norm
+                                      for x in inputs]
+        return np.asarray(result, dtype=dtype) if dtype is not None else result
+
+
+def _parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option}: expected numbers separated by commas (not {text!r})") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option}: expected finite numbers (not {text!r})")
+    return values
+
+
+def _mode(n: int, mean: bool, weights: str | None, slerp_t: float | None, task_base: str | None,
+          scales: str | None, ema: bool) -> tuple[str, list[float]]:
+    chosen = [name for name, on in (("--mean", mean), ("--weights", weights is not None),
+                                    ("--slerp", slerp_t is not None), ("--task-arithmetic", task_base is not None),
+                                    ("--ema", ema)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} cannot be used together; pick one way to merge")
+    if scales is not None and task_base is None:
+        raise UsageError("--scales goes with --task-arithmetic BASE")
+    if ema:
+        if n != 1:
+            raise UsageError(f"--ema takes one model (not {n})", "wtool merge MODEL --ema -o OUT")
+        return "ema", []
+    if n < 1 or (n < 2 and task_base is None):
+        raise UsageError("merge needs at least two models", "wtool merge A B [C ...] -o OUT")
+    if weights is not None:
+        coeffs = _parse_floats(weights, "--weights")
+        if len(coeffs) != n:
+            raise UsageError(f"--weights: {len(coeffs)} numbers for {n} models; give one per model")
+        if sum(coeffs) == 0:
+            raise UsageError("--weights: the numbers sum to 0")
+        return "weights", coeffs
+    if slerp_t is not None:
+        if n != 2:
+            raise UsageError(f"--slerp interpolates two models (not {n})")
+        if not 0.0 <= slerp_t <= 1.0:
+            raise UsageError(f"--slerp T must be between 0 and 1 (not {slerp_t:g})")
+        return "slerp", [slerp_t]
+    if task_base is not None:
+        coeffs = _parse_floats(scales, "--scales") if scales is not None else [1.0] * n
+        if len(coeffs) == 1 and n > 1:
+            coeffs = coeffs * n
+        if len(coeffs) != n:
+            raise UsageError(f"--scales: {len(coeffs)} numbers for {n} models; give one, or one per model")
+        return "task", coeffs
+    return "mean", [1.0] * n
+
+
+def merge(models: Sequence[str], output: str | None, *, mean: bool = False, weights: str | None = None,
+          slerp_t: float | None = None, task_base: str | None = None, scales: str | None = None,
+          layers: Sequence[str] = (), ema: bool = False, reset_optimizer: bool = False,
+          unsafe: bool = False) -> MergeReport:
+    """Merge MODELS into OUT (a copy of the first model with the merged weights). Raises before writing."""
+    mode, coeffs = _mode(len(models), mean, weights, slerp_t, task_base, scales, ema)
+    inputs = list(models) + ([task_base] if task_base else [])
+    out = check_output(output, False, inputs)
+    if mode == "ema":
+        return _merge_ema(models[0], out, reset_optimizer, unsafe)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        files = [stack.enter_context(open_checked(p)) for p in models]
+        base = stack.enter_context(open_checked(task_base)) if task_base else None
+        first = files[0]
+        _check_same(first, [*files[1:], *([base] if base is not None else [])], [*models[1:],
+                                                                                  *([task_base] if task_base else [])])
+        report = MergeReport([str(m) for m in models], out, mode, coeffs, base=task_base)
+        writes = []
+        for w in first.weights:
+            record = WeightMerge(w.path, tuple(w.shape), w.dtype)
+            report.weights.append(record)
+            if layers and not any(glob_hits(g, w.path) for g in layers):
+                record.status = "kept"
+                continue
+            if np.dtype(w.dtype).kind not in "fc":
+                _check_identical(w.path, files, base, models)
+                record.status = "identical"
+                continue
+
+            def read(path: str = w.path) -> tuple[list[np.ndarray], np.ndarray]:
+                arrays = [f.read(path) for f in files]
+                b = base.read(path) if base is not None else None
+                return arrays, combine(mode, arrays, coeffs, b)
+
+            writes.append(store_write.WeightWrite(w.h5_name, value=LazyMerge(w.path, tuple(w.shape), read,
+                                                                             record)))  # type: ignore[arg-type]
+        if layers and not any(r.status == "merged" for r in report.weights):
+            raise IncompatibleError(f"--layers {', '.join(layers)}: selects no float weight to merge")
+        from wtool.ops.rebuild import rebuild_with_keras
+
+        result = store_write.write_weights(models[0], first.format, out, writes, reset_optimizer=reset_optimizer,
+                                           rebuild=rebuild_with_keras(unsafe))
+    report.optimizer = result.optimizer
+    report.notes += result.notes
+    if result.optimizer == "kept":
+        report.notes.append(f"optimizer state of {models[0]} kept: its moments belong to that model "
+                            "(use --reset-optimizer to drop it)")
+    return report
+
+
+def _check_same(first: Any, others: Sequence[Any], names: Sequence[str]) -> None:
+    """Same weight paths, shapes and dtypes in every input; all differences in one error."""
+    want = {w.path: (tuple(w.shape), w.dtype) for w in first.weights}
+    problems = []
+    for mf, name in zip(others, names, strict=True):
+        have = {w.path: (tuple(w.shape), w.dtype) for w in mf.weights}
+        for path in want.keys() - have.keys():
+            problems.append(f"{path}: not in {name}")
+        for path in have.keys() - want.keys():
+            problems.append(f"{path}: only in {name}")
+        for path in want.keys() & have.keys():
+            if want[path] != have[path]:
+                problems.append(f"{path}: {shape_text(want[path][0])} {want[path][1]} in {first.path}, "
+                                f"{shape_text(have[path][0])} {have[path][1]} in {name}")
+    if problems:
+        head = f"the models differ in architecture ({len(problems)} difference(s)); nothing written"
+        raise IncompatibleError("\n".join([head, *(f"  - {p}" for p in sorted(problems)[:20])]),
+                                "merge needs models of one architecture (`wtool diff A B` shows the differences)",
+                                multiline=True)
+
+
+def _check_identical(path: str, files: Sequence[Any], base: Any, names: Sequence[str]) -> None:
+    ref = files[0].read(path)
+    for f, name in zip([*files[1:], *([base] if base is not None else [])], [*names[1:], "BASE"], strict=False):
+        if not np.array_equal(f.read(path), ref):
+            raise IncompatibleError(f"{path}: an integer/boolean weight ({ref.dtype}) differs between "
+                                    f"{names[0]} and {name}; it cannot be averaged",
+                                    "--layers GLOB merges only the float weights you name")
+
+
+# --------------------------------------------------------------------------- EMA
+
+
+def _optimizer_config(mf: Any) -> dict[str, Any]:
+    compile_config = mf.compile_config or {}
+    opt = compile_config.get("optimizer") if isinstance(compile_config, dict) else None
+    if opt is None and isinstance(mf.training_config, dict):
+        opt = mf.training_config.get("optimizer_config")
+    if isinstance(opt, dict):
+        cfg = opt.get("config", opt)
+        return cfg if isinstance(cfg, dict) else {}
+    return {}
+
+
+def _merge_ema(model: str, out: str, reset_optimizer: bool, unsafe: bool) -> MergeReport:
+    """OUT = MODEL with each trainable weight replaced by the optimizer's moving average of it."""
+    with open_checked(model) as mf:
+        if not _optimizer_config(mf).get("use_ema"):
+            raise IncompatibleError(f"{model}: its optimizer keeps no moving averages (use_ema is not set)",
+                                    "train with an optimizer built with use_ema=True")
+        group = mf.h5.get("optimizer/vars") if mf.h5 is not None else None
+        if group is None:
+            raise IncompatibleError(f"{model}: use_ema is set, but the file holds no optimizer state",
+                                    "save the model with include_optimizer=True")
+        from wtool.safety import guards
+
+        names = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+        slots = []
+        for name in names:
+            ds = group[name]
+            guards.check_h5_dataset(ds, str(model))
+            slots.append(ds)
+        trainable = [w for w in mf.weights if w.trainable]
+        shapes = [tuple(w.shape) for w in trainable]
+        # Keras's order: scalars (iterations, learning rate), then one average per trainable variable.
+        start = next((i for i, ds in enumerate(slots) if ds.shape != ()), None)
+        if start is None or [tuple(ds.shape) for ds in slots[start:start + len(shapes)]] != shapes:
+            raise IncompatibleError(f"{model}: the optimizer state does not hold one moving average per "
+                                    f"trainable weight ({len(shapes)} expected)")
+        report = MergeReport([str(model)], out, "ema", [float(_optimizer_config(mf).get("ema_momentum", 0.99))])
+        writes = []
+        for w, ds in zip(trainable, slots[start:start + len(shapes)], strict=True):
+            record = WeightMerge(w.path, tuple(w.shape), w.dtype)
+            value = np.asarray(ds[()])
+            current = mf.read(w.path)
+            norm = float(np.linalg.norm(value.astype(np.float64))) or 1.0
+            record.distances = [float(np.linalg.norm(current.astype(np.float64) - value)) / norm]
+            report.weights.append(record)
+            writes.append(store_write.WeightWrite(w.h5_name, value=value))
+        report.weights += [WeightMerge(w.path, tuple(w.shape), w.dtype, status="kept")
+                           for w in mf.weights if not w.trainable]
+        fmt = mf.format
+    from wtool.ops.rebuild import rebuild_with_keras
+
+    result = store_write.write_weights(model, fmt, out, writes, reset_optimizer=reset_optimizer,
+                                       rebuild=rebuild_with_keras(unsafe))
+    report.optimizer = result.optimizer
+    report.notes += result.notes
+    return report
+
