@@ -28,6 +28,8 @@ class WeightDiff:
     rel_l2_change: float | None = None
     mismatched: int = 0  # values outside the tolerance (NaN mismatches included)
     nan_mismatched: int = 0  # places where exactly one side is NaN
+    diff_sq: float = 0.0  # ||a-b||^2 over finite differences
+    ref_sq: float | None = None  # ||a||^2 (finite values), with norms=True
 
 
 @dataclass
@@ -59,10 +61,12 @@ def check_tolerances(atol: float, rtol: float) -> None:
 
 
 def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0,
-                layer_globs: list[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> DiffReport:
+                layer_globs: list[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                norms: bool = False) -> DiffReport:
     """Compare two files weight by weight, by canonical path. NaN equals NaN at the same place.
 
     Weights whose values are equal within the tolerance but whose dtypes differ are "dtype".
+    With `norms`, ||a||^2 of every compared weight is kept too (for `layer_changes`).
     """
     check_tolerances(atol, rtol)
     a_paths = [w.path for w in a.weights]
@@ -80,11 +84,12 @@ def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0
             wb = b.weight(path)
             rows.append(WeightDiff(path, "only_b", shape_b=wb.shape, dtype_b=wb.dtype))
         else:
-            rows.append(_compare(a, b, path, atol, rtol, max_elements))
+            rows.append(_compare(a, b, path, atol, rtol, max_elements, norms))
     return DiffReport(a=str(a.path), b=str(b.path), atol=atol, rtol=rtol, weights=rows)
 
 
-def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, max_elements: int) -> WeightDiff:
+def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, max_elements: int,
+             norms: bool = False) -> WeightDiff:
     wa, wb = a.weight(path), b.weight(path)
     row = WeightDiff(path, "same", wa.shape, wb.shape, wa.dtype, wb.dtype)
     if wa.shape != wb.shape:
@@ -101,8 +106,13 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
     nan_mismatched = 0
     # Inf and NaN are handled explicitly below; numpy's "invalid value" / "overflow" warnings are noise here.
     with np.errstate(all="ignore"):
+        ref_total = 0.0
         for block_a, block_b in zip(a.iter_chunks(path, max_elements), b.iter_chunks(path, max_elements),
                                     strict=True):
+            if norms:
+                xa = np.asarray(block_a, dtype=np.float64).ravel()
+                xa = xa[np.isfinite(xa)]
+                ref_total += float(np.dot(xa, xa))
             if block_a.dtype == block_b.dtype and np.array_equal(block_a, block_b):
                 continue  # the common case, without float64 copies (NaN blocks take the slow path)
             x = np.asarray(block_a, dtype=np.float64).ravel()
@@ -126,6 +136,9 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
                 max_abs = max(max_abs, float(d.max()))
                 diff_sq += float(np.dot(d, d))
         row.max_abs_diff = max_abs
+        row.diff_sq = diff_sq
+        if norms:
+            row.ref_sq = ref_total
         row.rel_l2_change = 0.0
         if math.isinf(max_abs):
             row.rel_l2_change = math.inf  # ||a-b|| is infinite: so is the change relative to ||a||
@@ -159,3 +172,33 @@ def _dtype_key(dtype: str) -> object:
     except (TypeError, ValueError):
         return dtype
     return d.newbyteorder("=") if d.byteorder in "<>" else d
+
+
+@dataclass
+class LayerChange:
+    """One layer of `diff --summary`: ||a-b|| / ||a|| over all its weights."""
+
+    layer: str
+    weights: int
+    changed: int
+    rel_change: float | None  # None: A's weights are all zero, or nothing comparable
+    status: str  # same | changed | other (shape/dtype/only in one file)
+
+
+def layer_changes(report: DiffReport) -> list[LayerChange]:
+    """Per layer, from a report made with norms=True, in the order layers first appear."""
+    groups: dict[str, list[WeightDiff]] = {}
+    for w in report.weights:
+        groups.setdefault(w.path.rsplit("/", 1)[0] if "/" in w.path else w.path, []).append(w)
+    out = []
+    for layer, rows in groups.items():
+        other = any(w.status in ("shape", "only_a", "only_b") for w in rows)
+        compared = [w for w in rows if w.status in ("same", "changed", "dtype")]
+        diff_sq = sum(w.diff_sq for w in compared)
+        ref_sq = sum(w.ref_sq or 0.0 for w in compared)
+        inf = any(w.rel_l2_change == math.inf for w in compared)
+        rel = math.inf if inf else (math.sqrt(diff_sq / ref_sq) if ref_sq > 0 else (0.0 if diff_sq == 0 else None))
+        changed = sum(1 for w in rows if w.status != "same")
+        status = "other" if other else ("changed" if any(w.status == "changed" for w in rows) else "same")
+        out.append(LayerChange(layer, len(rows), changed, rel if compared else None, status))
+    return out

@@ -227,6 +227,43 @@ def export_safetensors(mf: ModelFile, paths: list[str], out: str | os.PathLike[s
     return write_safetensors(out, {path: mf.read(path) for path in paths}, meta)
 
 
+# ---- identity ---------------------------------------------------------------------------------
+
+
+def _canonical_dtype(dtype: str) -> np.dtype:
+    d = np.dtype(dtype)
+    return d.newbyteorder("<") if d.byteorder in "<>=" and d.itemsize > 1 else d
+
+
+def weight_hash(mf: ModelFile, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> str:
+    """sha256 of a weight's dtype, shape and little-endian C-order bytes: the same in every format."""
+    import hashlib
+
+    info = mf.weight(path)
+    dtype = _canonical_dtype(info.dtype)
+    h = hashlib.sha256(f"{dtype.name}{list(info.shape)}".encode())
+    for block in mf.iter_chunks(path, max_elements):
+        h.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def model_hashes(mf: ModelFile, paths: list[str]) -> dict[str, Any]:
+    """The structural fingerprint (paths, shapes, dtypes), one content hash per weight and one for all.
+
+    Both model-level hashes go over the weights sorted by path, so a model saved as .keras,
+    .h5, .weights.h5 or .safetensors hashes the same; architecture and optimizer state are
+    not part of them.
+    """
+    import hashlib
+    import json
+
+    rows = sorted((path, list(mf.weight(path).shape), _canonical_dtype(mf.weight(path).dtype).name) for path in paths)
+    per_weight = {path: weight_hash(mf, path) for path in paths}
+    structure = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    content = hashlib.sha256(json.dumps([[*row, per_weight[row[0]]] for row in rows]).encode()).hexdigest()
+    return {"algorithm": "sha256", "structure": structure, "content": content, "weights": per_weight}
+
+
 def jsonable_stats(stats: WeightStats | None) -> dict[str, Any] | None:
     if stats is None:
         return None

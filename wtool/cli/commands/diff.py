@@ -22,8 +22,11 @@ STATUS_TEXT = {"same": "same", "changed": "changed", "dtype": "dtype differs", "
 @click.option("--layer", "layers", multiple=True, metavar="GLOB",
               help="Only these layers / weight paths (shell glob, repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="List equal weights too (by default only differences).")
+@click.option("--summary", is_flag=True,
+              help="Only the per-layer relative change ||a-b||/||a|| over each layer's weights.")
 @common_options
-def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], show_all: bool, out: Output) -> None:
+def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], show_all: bool, summary: bool,
+            out: Output) -> None:
     """Compare two model or weights files weight by weight, without TensorFlow.
 
     Weights are matched by path, so a model saved as .keras and as .h5 compares equal.
@@ -43,6 +46,7 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
       wtool diff sample_models/mlp.keras sample_models/mlp.h5
       wtool diff before.keras after.keras --atol 1e-6 --layer 'features/*'
       wtool diff a.keras b.weights.h5 --json
+      wtool diff before.keras after.keras --summary
     """
     without_blas_threads()  # before numpy loads
     from wtool.ops.diff import check_tolerances, diff_models
@@ -50,8 +54,17 @@ def command(a: str, b: str, atol: float, rtol: float, layers: tuple[str, ...], s
 
     check_tolerances(atol, rtol)  # before opening the files
     with open_weights(a) as ma, open_weights(b) as mb:
-        report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None)
-    out.result_text(_document(report), lambda writer: _render(writer, report, show_all))
+        report = diff_models(ma, mb, atol=atol, rtol=rtol, layer_globs=list(layers) or None, norms=summary)
+    if summary:
+        from wtool.ops.diff import layer_changes
+
+        changes = layer_changes(report)
+        doc = {"a": report.a, "b": report.b, "equal": report.equal,
+               "layers": [{"layer": c.layer, "weights": c.weights, "changed": c.changed, "status": c.status,
+                           "rel_change": c.rel_change} for c in changes]}
+        out.result_text(doc, lambda writer: _render_summary(writer, report, changes))
+    else:
+        out.result_text(_document(report), lambda writer: _render(writer, report, show_all))
     if not report.equal:
         raise click.exceptions.Exit(1)
 
@@ -107,4 +120,13 @@ def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
         headers = ["weight", "status", "shape", "max |a-b|", "rel L2 change", "mismatched"]
         headers += ["NaN mismatch"] if with_nan else []
         writer.table(headers, rows, {"max |a-b|", "rel L2 change", "mismatched", "NaN mismatch"})
+    writer.line(_summary_line(report))
+
+
+def _render_summary(writer: TextWriter, report: Any, changes: list[Any]) -> None:
+    rows = [[c.layer, c.status if c.status != "other" else "shape/only in one",
+             fmt_float(c.rel_change) if c.rel_change is not None else "n/a", f"{c.changed}/{c.weights}"]
+            for c in changes]
+    if rows:
+        writer.table(["layer", "status", "rel change", "weights changed"], rows, {"rel change", "weights changed"})
     writer.line(_summary_line(report))

@@ -48,11 +48,15 @@ SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters
               help="Only these layers / weight paths (shell glob, repeatable): 'features/*', '*/kernel'.")
 @click.option("--export", type=OutputPath, metavar="OUT.npz|OUT.safetensors",
               help="Write the selected weights to OUT.npz or OUT.safetensors, keyed by path (dtypes kept).")
+@click.option("--hash", "hashes", is_flag=True,
+              help="A structural fingerprint (paths, shapes, dtypes) and content hashes (sha256) per weight and "
+                   "for the model, the same for one model in every format.")
 @click.option("--check", is_flag=True, help="Also say whether the model graph can be rebuilt, and why not.")
 @unsafe_option
 @common_options
 def command(model: str, show_weights: bool, stats: bool, sample: int | None, histogram: bool,
-            layers: tuple[str, ...], export: str | None, check: bool, unsafe: bool, out: Output) -> None:
+            layers: tuple[str, ...], export: str | None, hashes: bool, check: bool, unsafe: bool,
+            out: Output) -> None:
     """Show what is inside a model or weights file, without TensorFlow.
 
     A header (format, Keras version, size, optimizer state, training config), the
@@ -66,9 +70,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
       wtool inspect sample_models/nested.h5 --weights --stats --layer 'features/*'
       wtool inspect sample_models/mlp.keras --sample 3 --layer hidden/kernel
       wtool inspect sample_models/lstm.weights.h5 --export lstm.npz --json
+      wtool inspect sample_models/mlp.h5 --hash
     """
     without_blas_threads()  # before numpy loads
-    from wtool.ops.inspect import export_npz, summarize, weight_histogram, weight_sample, weight_stats
+    from wtool.ops.inspect import export_npz, model_hashes, summarize, weight_histogram, weight_sample, weight_stats
     from wtool.store import open_model
 
     with open_model(model) as mf:
@@ -82,6 +87,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
                 entry["histogram"] = weight_histogram(mf, w.path, entry["stats"])
             if sample:
                 entry["sample"] = weight_sample(mf, w.path, sample)
+        hashed = model_hashes(mf, [w.path for w in summary.weights]) if hashes else None
         exported = None
         if export:
             size = export_npz(mf, [w.path for w in summary.weights], export)
@@ -89,11 +95,17 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
     check_result = _check(model, unsafe) if check else None
 
     doc = _document(summary, details, exported, check_result)
+    if hashed is not None:
+        doc["hash"] = hashed
     for warning in summary.warnings:
         out.warn(warning)
     show_weights = show_weights or stats
-    out.result_text(doc, lambda writer: render_summary(writer, summary, details, show_weights, stats, histogram,
-                                                       sample, check_result))
+    def human(writer: TextWriter) -> None:
+        render_summary(writer, summary, details, show_weights, stats, histogram, sample, check_result)
+        if hashed is not None:
+            _render_hash(writer, hashed, show_weights)
+
+    out.result_text(doc, human)
     if exported and not out.json_mode:
         out.info(f"exported {fmt_plural(exported['weights'], 'weight')} to {export} ({fmt_bytes(exported['bytes'])})")
     if check_result is not None and check_result.exit_code:
@@ -165,6 +177,14 @@ def _layer_document(layer: Any, paths: list[str], params: int) -> dict[str, Any]
 
 
 # ---- human output -----------------------------------------------------------------------------
+
+
+def _render_hash(writer: TextWriter, hashed: dict[str, Any], per_weight: bool) -> None:
+    writer.line()
+    writer.line(f"structure sha256:{hashed['structure']}  (paths, shapes, dtypes)")
+    writer.line(f"content   sha256:{hashed['content']}  (and every value)")
+    if per_weight:
+        writer.table(["weight", "sha256"], [[p, h] for p, h in hashed["weights"].items()])
 
 
 def _yes(flag: bool) -> str:
