@@ -73,7 +73,14 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
       wtool inspect sample_models/mlp.h5 --hash
     """
     without_blas_threads()  # before numpy loads
-    from wtool.ops.inspect import export_npz, model_hashes, summarize, weight_histogram, weight_sample, weight_stats
+    from wtool.ops.inspect import (
+        export_npz,
+        model_hashes,
+        summarize,
+        weight_histogram,
+        weight_sample,
+        weight_stats,
+    )
     from wtool.store import open_model
 
     with open_model(model) as mf:
