@@ -29,6 +29,7 @@ COMMANDS = {
     "transfer": "transfer",
     "convert": "convert",
     "merge": "merge",
+    "export": "export",
 }
 
 
