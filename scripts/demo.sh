@@ -26,10 +26,16 @@ step "Transfer the 10-class MLP into it: what moved, what was skipped and why" \
   "$WTOOL" transfer $S/mlp.h5 "$OUT/mlp5.keras" --skip-mismatch -o "$OUT/mlp5-warm.keras" -q
 step "Fine-tuning in three commands, 1/3: a new 4-class head on the nested model, feature extractor frozen" \
   "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze --seed 0 -o "$OUT/ft.keras"
+step "Convert between formats: what the target keeps and drops (HDF5 level, no TensorFlow)" \
+  "$WTOOL" convert $S/nested.keras "$OUT/nested.safetensors"
+step "Is it the same model? One fingerprint in every format" \
+  "$WTOOL" inspect "$OUT/nested.safetensors" --hash
 step "2/3: train; the frozen weights are checked bitwise at the end" \
   "$WTOOL" train "$OUT/ft.keras" --data $S/nested.npz -o "$OUT/ft-trained.keras" --epochs 5 --seed 0 -q
 step_differ "3/3: only the head moved (diff exits 1 because something did)" \
   "$WTOOL" diff "$OUT/ft.keras" "$OUT/ft-trained.keras"
+step "Average the original and the fine-tuned model (a two-model soup; the report gives each one's distance)" \
+  "$WTOOL" merge $S/nested.keras "$OUT/ft-trained.keras" -o "$OUT/soup.keras"
 step "Make a fresh model from a compact layer spec (the classic XOR network, no biases)" \
   "$WTOOL" new "$OUT/xor.keras" --input-shape 2 --layers "dense:3:sigmoid:nobias,dense:1:sigmoid:nobias" --seed 0
 step "Train the sample XOR network with its saved plain SGD and mse (a GradientTape loop; 5,000 epochs)" \
