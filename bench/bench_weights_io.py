@@ -50,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras, numpy as np
 src, npy, out = sys.argv[1:4]
 model = keras.saving.load_model(src, compile=False)
-model.get_layer("d3").kernel.assign(np.load(npy))
+model.get_layer(f"d{len(model.layers) // 2}").kernel.assign(np.load(npy))
 model.save(out)
 """
 
@@ -104,7 +104,7 @@ def run() -> list[dict]:
         read3 = ["sh", "-c", "cat " + " ".join(f"'{m}'" for m in models) + " > /dev/null"]
         cases = {
             "convert": [*wtool, "convert", str(a), str(out_h5), "-q"],
-            "set-weights": [*wtool, "set-weights", str(a), "--weight", f"d3/kernel={d / 'kernel.npy'}",
+            "set-weights": [*wtool, "set-weights", str(a), "--weight", f"d{LAYERS // 2}/kernel={d / 'kernel.npy'}",
                             "-o", str(out_k), "-q"],
             "merge": [*wtool, "merge", *map(str, models), "-o", str(out_k), "-q"],
             "keras convert": [py, "-c", KERAS_CONVERT, str(a), str(out_h5)],

@@ -225,3 +225,37 @@ def test_keras_layout_safetensors_round_trip_and_usage_errors(models, tmp_path):
     assert run_cli("diff", models["cnn"], out).exit_code == 0
     res = run_cli("transfer", models["cnn"], models["cnn"], "-o", tmp_path / "x.keras", "--layout", "torch")
     assert res.exit_code == 2 and "--layout torch reads a .safetensors" in res.stderr
+
+
+def test_attention_projections_reshaped_into_heads(models, tmp_path):
+    """Linear q/k/v/out projections (E, E) into MultiHeadAttention's EinsumDense kernels (E, heads, dh)."""
+    from wtool.graph.model import import_keras
+
+    keras = import_keras()
+    e, heads, dh, t = 8, 2, 4, 3
+    inp = keras.Input((t, e))
+    attn = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dh, name="mha")
+    target = tmp_path / "attn.keras"
+    keras.Model(inp, attn(inp, inp)).save(target)
+    sd = {f"encoder.attn.{n}.{v}": (_r(e, e) if v == "weight" else _r(e))
+          for n in ("query", "key", "value", "out") for v in ("weight", "bias")}
+    src = _save(tmp_path / "attn.safetensors", sd)
+    out = tmp_path / "attn_torch.keras"
+    res = run_cli("transfer", src, target, "-o", out, "--layout", "torch", "--prefix", "encoder.",
+                  "--map", r"re:attn\.(query|key|value)=mha/\1", "--map", "attn.out=mha/attention_output", "--json")
+    assert res.exit_code == 0, res
+    conv = {p["target"]: p["conversion"] for p in res.json()["transferred"]}
+    assert conv["mha/query/kernel"] == "transpose(1, 0), reshape (8, 2, 4)"
+    assert conv["mha/attention_output/kernel"] == "transpose(1, 0), reshape (2, 4, 8)"
+    x = RNG.standard_normal((2, t, e)).astype(np.float32)
+
+    def proj(name, a):
+        return linear(a.astype(np.float64), sd[f"encoder.attn.{name}.weight"], sd[f"encoder.attn.{name}.bias"])
+
+    q, k, v = (proj(n, x).reshape(2, t, heads, dh).transpose(0, 2, 1, 3) for n in ("query", "key", "value"))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    context = (weights @ v).transpose(0, 2, 1, 3).reshape(2, t, e)
+    want = proj("out", context)
+    np.testing.assert_allclose(_infer(out, x, tmp_path), want, rtol=1e-4, atol=1e-5)

@@ -178,12 +178,24 @@ def _fill_wildcards(glob: str, values: Sequence[str]) -> str:
 
 def _map_layers(rules: Sequence[tuple[str, str]], src_layers: Sequence[str], dst_layers: Sequence[str],
                 problems: list[Problem]) -> list[tuple[str, str]]:
-    """Explicit `--map SRC_GLOB=DST_GLOB` pairs: each wildcard of SRC fills the same wildcard of DST."""
+    """Explicit `--map SRC_GLOB=DST_GLOB` pairs: each wildcard of SRC fills the same wildcard of DST.
+
+    `re:SRC_REGEX=DST` takes a regular expression (matching the whole layer path) instead,
+    whose groups fill `\\1`, `\\2`, ... of DST.
+    """
     pairs: list[tuple[str, str]] = []
     dst_set = set(dst_layers)
     for src_glob, dst_glob in rules:
-        regex, n_src = _glob_regex(src_glob)
-        n_dst = dst_glob.count("*") + dst_glob.count("?")
+        is_regex = src_glob.startswith("re:")
+        if is_regex:
+            try:
+                regex, n_src = re.compile(src_glob[3:] + r"\Z"), 0
+            except re.error as exc:
+                raise UsageError(f"--map {src_glob}: not a regular expression ({exc})") from None
+            n_dst = 0
+        else:
+            regex, n_src = _glob_regex(src_glob)
+            n_dst = dst_glob.count("*") + dst_glob.count("?")
         if n_dst and n_dst != n_src:
             raise UsageError(f"--map {src_glob}={dst_glob}: the target side has {n_dst} wildcard(s), "
                              f"the source side {n_src}", "use the same wildcards on both sides, or none on the "
@@ -194,7 +206,12 @@ def _map_layers(rules: Sequence[tuple[str, str]], src_layers: Sequence[str], dst
             if not m:
                 continue
             matched = True
-            if n_dst:
+            if is_regex:
+                try:
+                    dst = m.expand(dst_glob)
+                except (re.error, IndexError) as exc:
+                    raise UsageError(f"--map {src_glob}={dst_glob}: {exc}") from None
+            elif n_dst:
                 dst = _fill_wildcards(dst_glob, m.groups())
             else:
                 dst = dst_glob
@@ -250,10 +267,15 @@ def plan_transfer(
         if freeze and not store_write.has_config(dst.format):
             raise UsageError(f"{target_path}: a weights-only file has no config to record frozen layers in",
                              "transfer into a .keras or .h5 model, or drop --freeze")
-        src_layers, dst_layers = _layer_order(src_weights), _layer_order(dst.weights)
+        dst_weights = _torch_targets(dst.weights) if layout == "torch" else list(dst.weights)
+        src_layers, dst_layers = _layer_order(src_weights), _layer_order(dst_weights)
         layer_pairs = _pair_layers(rules, by, src_layers, dst_layers, plan.problems)
         pairer = _pair_torch if layout == "torch" else _pair_weights
-        _sort_weight_pairs(plan, layer_pairs, src_weights, dst.weights, _selector(layers, exclude), pairer)
+        _sort_weight_pairs(plan, layer_pairs, src_weights, dst_weights, _selector(layers, exclude), pairer)
+        if layout == "torch":  # --freeze names the Keras layer that owns the weight, not its sublayer
+            owner = {w.path: w.layer for w in dst.weights}
+            for p in plan.transferred + plan.skipped:
+                p.target_layer = owner.get(p.target or "", p.target_layer)
         _collect_problems(plan, src_layers, dst_layers)
         if plan.ignored_from_source:
             plan.notes.append(f"ignored {len(plan.ignored_from_source)} PyTorch bookkeeping tensor(s) "
@@ -303,6 +325,17 @@ def _source_weights(src: Any, layout: str, prefix: str | None, plan: TransferPla
         path = w.path[len(pfx):] if pfx and w.path.startswith(pfx) else w.path
         layer, _, name = path.rpartition("/")
         out.append(WeightInfo(path, layer or path, name or path, tuple(w.shape), w.dtype, w.trainable, w.h5_name))
+    return out
+
+
+def _torch_targets(weights: Sequence[Any]) -> list[Any]:
+    """TARGET's weights grouped by their direct parent (`mha/query`), as PyTorch groups tensors by module."""
+    from dataclasses import replace
+
+    out = []
+    for w in weights:
+        parent, _, var = w.path.rpartition("/")
+        out.append(replace(w, layer=parent, name=var) if parent else w)
     return out
 
 

@@ -86,7 +86,8 @@ def render_head(console: Console, report: Any) -> None:
 @click.option("--by", type=click.Choice(["name", "order"]), default="name", show_default=True,
               help="Pair layers by path (nested included), or weight-bearing layers by position.")
 @click.option("--map", "maps", multiple=True, metavar="SRC_GLOB=DST_GLOB",
-              help="Pair layers explicitly; each * of SRC fills the same * of DST. Repeatable.")
+              help="Pair layers explicitly; each * of SRC fills the same * of DST ('re:REGEX=DST' with \\1 groups). "
+                   "Repeatable.")
 @click.option("--map-file", type=InputPath, metavar="FILE",
               help="More --map rules, one SRC_GLOB=DST_GLOB a line (# comments).")
 @click.option("--layout", type=click.Choice(["keras", "torch"]), default="keras", show_default=True,
