@@ -12,8 +12,9 @@ Modes (one per run):
 
 The output is a copy of the first model (its format, architecture and optimizer state),
 with the merged weights written through `wtool.store.write`. A merged value is computed
-only when the writer asks for it (`LazyMerge.__array__`), one weight at a time, so memory
-holds one weight of each input rather than whole models. Integer and boolean weights
+only when the writer asks for it (`LazyMerge.__array__`), one weight at a time and block
+by block (1M elements of each input), so memory holds one result weight rather than
+whole models; the writer's read-back check computes it again rather than keeping it. Integer and boolean weights
 (step counters, quantized values) are merged only when identical in every input.
 BatchNorm moving statistics are averaged like any other weight.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from wtool.errors import IncompatibleError, UsageError
 from wtool.ops.planning import check_output, glob_hits, open_checked, shape_text
 from wtool.store import write as store_write
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
 
 
 @dataclass
@@ -61,49 +63,74 @@ class MergeReport:
                 "optimizer": self.optimizer, "notes": self.notes}
 
 
-def combine(mode: str, arrays: Sequence[np.ndarray], coefficients: Sequence[float],
-            base: np.ndarray | None = None) -> np.ndarray:
-    """One merged weight (float64 arithmetic, cast back by the writer)."""
-    xs = [np.asarray(a, dtype=np.float64) for a in arrays]
+def linear_coefficients(mode: str, coefficients: Sequence[float], n: int) -> tuple[list[float], float]:
+    """(k_i, k_base): every mode but slerp is OUT = sum(k_i x_i) + k_base BASE."""
     if mode in ("mean", "weights"):
         total = float(sum(coefficients))
-        return sum((c / total) * x for c, x in zip(coefficients, xs, strict=True))  # type: ignore[return-value]
-    if mode == "task":
-        assert base is not None
-        b = np.asarray(base, dtype=np.float64)
-        return b + sum(c * (x - b) for c, x in zip(coefficients, xs, strict=True))
-    if mode == "slerp":
-        return slerp(xs[0], xs[1], coefficients[0])
-    raise UsageError(f"unknown merge mode {mode!r}")  # pragma: no cover
+        return [c / total for c in coefficients], 0.0
+    if mode == "task":  # BASE + sum(s_i (x_i - BASE))
+        return list(coefficients), 1.0 - float(sum(coefficients))
+    raise UsageError(f"no linear coefficients for {mode!r}")  # pragma: no cover
 
 
-def slerp(a: np.ndarray, b: np.ndarray, t: float, eps: float = 1e-6) -> np.ndarray:
-    """Spherical interpolation between a and b (as flat vectors); linear when they are nearly parallel."""
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na < eps or nb < eps:
-        return (1 - t) * a + t * b
-    cos = float(np.clip(np.dot(a.ravel(), b.ravel()) / (na * nb), -1.0, 1.0))
-    omega = math.acos(cos)
+def slerp_coefficients(t: float, dot: float, norm_a: float, norm_b: float, eps: float = 1e-6) -> list[float]:
+    """Spherical interpolation as a linear combination of a and b; linear when nearly parallel or zero."""
+    if norm_a < eps or norm_b < eps:
+        return [1 - t, t]
+    omega = math.acos(float(np.clip(dot / (norm_a * norm_b), -1.0, 1.0)))
     if abs(math.sin(omega)) < eps:
-        return (1 - t) * a + t * b
-    return (math.sin((1 - t) * omega) * a + math.sin(t * omega) * b) / math.sin(omega)
+        return [1 - t, t]
+    return [math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)]
+
+
+def merge_weight(files: Sequence[Any], base: Any, path: str, mode: str, coefficients: Sequence[float],
+                 max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[np.ndarray, list[float]]:
+    """One merged weight, block by block (float64 arithmetic per block, stored in the weight's dtype).
+
+    Returns the result and |x_i - result| / |result| for each input.
+    """
+    info = files[0].weight(path)
+    shape = tuple(info.shape)
+    blocks = list(iter_blocks(shape, max_elements))
+    if mode == "slerp":
+        dot = sq_a = sq_b = 0.0
+        for index in blocks:
+            a = np.asarray(files[0].read_block(path, index), np.float64).ravel()
+            b = np.asarray(files[1].read_block(path, index), np.float64).ravel()
+            dot, sq_a, sq_b = dot + float(a @ b), sq_a + float(a @ a), sq_b + float(b @ b)
+        ks, kb = slerp_coefficients(coefficients[0], dot, math.sqrt(sq_a), math.sqrt(sq_b)), 0.0
+    else:
+        ks, kb = linear_coefficients(mode, coefficients, len(files))
+    out = np.empty(shape, dtype=np.dtype(info.dtype))
+    dist_sq = [0.0] * len(files)
+    ref_sq = 0.0
+    for index in blocks:
+        xs = [np.asarray(f.read_block(path, index), np.float64) for f in files]
+        acc = sum(k * x for k, x in zip(ks, xs, strict=True))
+        if kb:
+            acc = acc + kb * np.asarray(base.read_block(path, index), np.float64)
+        stored = np.asarray(acc).astype(out.dtype)
+        out[index] = stored  # type: ignore[index]
+        r = stored.astype(np.float64)
+        ref_sq += float(np.sum(r * r))
+        for i, x in enumerate(xs):
+            d = x - r
+            dist_sq[i] += float(np.sum(d * d))
+    norm = math.sqrt(ref_sq) or 1.0
+    return out, [math.sqrt(d) / norm for d in dist_sq]
 
 
 class LazyMerge:
     """A merged weight computed when the writer converts it to an array (and dropped after)."""
 
-    def __init__(self, path: str, shape: tuple[int, ...], read: Any, record: WeightMerge) -> None:
-        self.path = path
+    def __init__(self, shape: tuple[int, ...], compute: Any, record: WeightMerge) -> None:
         self.shape = shape
-        self._read = read
+        self._compute = compute
         self._record = record
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        inputs, result = self._read()
-        if not self._record.distances:
-            norm = float(np.linalg.norm(result)) or 1.0
-            self._record.distances = [float(np.linalg.norm(np.asarray(x, np.float64) - result)) / norm
-                                      for x in inputs]
+        result, distances = self._compute()
+        self._record.distances = distances
         return np.asarray(result, dtype=dtype) if dtype is not None else result
 
 
@@ -186,13 +213,11 @@ def merge(models: Sequence[str], output: str | None, *, mean: bool = False, weig
                 record.status = "identical"
                 continue
 
-            def read(path: str = w.path) -> tuple[list[np.ndarray], np.ndarray]:
-                arrays = [f.read(path) for f in files]
-                b = base.read(path) if base is not None else None
-                return arrays, combine(mode, arrays, coeffs, b)
+            def compute(path: str = w.path) -> tuple[np.ndarray, list[float]]:
+                return merge_weight(files, base, path, mode, coeffs)
 
-            writes.append(store_write.WeightWrite(w.h5_name, value=LazyMerge(w.path, tuple(w.shape), read,
-                                                                             record)))  # type: ignore[arg-type]
+            lazy = LazyMerge(tuple(w.shape), compute, record)
+            writes.append(store_write.WeightWrite(w.h5_name, value=lazy))  # type: ignore[arg-type]
         if layers and not any(r.status == "merged" for r in report.weights):
             raise IncompatibleError(f"--layers {', '.join(layers)}: selects no float weight to merge")
         from wtool.ops.rebuild import rebuild_with_keras
