@@ -1,8 +1,11 @@
-"""Operations on weight files, returned as data and never printed: inspect, diff, surgery.
+"""Operations on weight files, returned as data and never printed: inspect, diff, surgery, convert, merge, export.
 
-Owns: the inspect summary and statistics (`inspect`), weight-by-weight comparison
-(`diff`), set-weights and transfer as plan -> apply (`surgery`).
+Owns: the inspect summary, statistics and hashes (`inspect`), weight-by-weight comparison
+(`diff`), set-weights and transfer as plan -> apply (`surgery`, gathering `planning`,
+`initializers`, `set_weights`, `transfer`, `torch_layout`, `rebuild`, `head`), format
+conversion (`convert`), checkpoint averaging (`merge`) and serving export (`export`).
 May import: `wtool.graph` (model-level surgery, lazily), `wtool.data`, `wtool.store`,
 `wtool.safety` and the foundation modules; not `wtool.train`, `wtool.infer` or `wtool.cli`.
-`inspect` and `diff` never import TensorFlow.
+`inspect`, `diff`, `convert` (but .keras <-> .h5) and `merge` never import TensorFlow;
+`export` does (inside its functions).
 """
