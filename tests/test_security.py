@@ -83,6 +83,8 @@ MODEL_SLOT: dict[str, Callable[[str, Path], list[str]]] = {
     "transfer (target)": lambda f, out: ["transfer", str(XOR), f, "-o", str(out / f"out{suffix_of(f)}"),
                                          "--allow-empty"],
     "new --config": lambda f, out: ["new", str(out / "new.keras"), "--config", f, "-q"],
+    "convert": lambda f, out: ["convert", f, str(out / "out.safetensors"), "-q"],
+    "merge": lambda f, out: ["merge", f, f, "-o", str(out / f"out{suffix_of(f)}"), "-q"],
 }
 GRAPH_COMMANDS = {"train", "infer", "new"}
 
