@@ -81,6 +81,12 @@ def test_bfloat16_kept_and_export_to_npz(tmp_path):
     npz = tmp_path / "x.npz"
     assert run_cli("inspect", src, "--layer", "dense/*", "--export", npz).exit_code == 0
     np.testing.assert_array_equal(np.load(npz)["dense/bias"], np.ones(4, np.float16))
+    res = run_cli("inspect", src, "--export", tmp_path / "bf.npz")  # numpy has no bfloat16: refused, no file
+    assert res.exit_code == 2 and "cannot hold bfloat16" in res.stderr and not (tmp_path / "bf.npz").exists()
+    stats = {w["path"]: w["stats"] for w in run_cli("inspect", src, "--stats", "--json").json()["weights"]}
+    want = a.astype(np.float64)
+    assert stats["emb/embeddings"]["max"] == want.max() and stats["emb/embeddings"]["mean"] == pytest.approx(
+        want.mean())
 
 
 def test_torch_style_keys_and_sharded_index(tmp_path):

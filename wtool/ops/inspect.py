@@ -196,6 +196,11 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
         return export_safetensors(mf, paths, target)
     if target.suffix.lower() != ".npz":
         raise UsageError(f"--export {out}: the output must be a .npz or .safetensors file")
+    numpy_less = [p for p in paths if mf.weight(p).dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2")]
+    if numpy_less:
+        raise UsageError(f"{out}: an .npz cannot hold {mf.weight(numpy_less[0]).dtype} ({numpy_less[0]}"
+                         f"{f' and {len(numpy_less) - 1} more' if len(numpy_less) > 1 else ''})",
+                         "write a .safetensors file, which keeps it")
     missing = [layer.path for layer in mf.layers if layer.missing]
     if missing:
         raise InputError(f"{mf.path}: cannot export: the weights of {len(missing)} layer(s) are missing from the "

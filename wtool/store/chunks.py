@@ -6,12 +6,16 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-DEFAULT_MAX_ELEMENTS = 1 << 20  # 1M elements (4 MB of float32) per block
+DEFAULT_MAX_ELEMENTS = 1 << 20
+ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")  # 1M elements (4 MB of float32) per block
 
 
 def is_numeric(dtype: Any) -> bool:
-    """Whether statistics and tolerances apply (bool, integers, floats; not strings or objects)."""
-    return getattr(dtype, "kind", None) in ("b", "i", "u", "f")
+    """Whether statistics and tolerances apply (bool, integers, floats; not strings or objects).
+
+    bfloat16 and float8 (ml_dtypes, as .safetensors files hold them) are floats too.
+    """
+    return getattr(dtype, "kind", None) in ("b", "i", "u", "f") or getattr(dtype, "name", "") in ML_FLOATS
 
 
 def iter_blocks(shape: tuple[int, ...], max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[object, ...]]:
