@@ -129,7 +129,7 @@ def plan_layer(src: Sequence[Any], dst: Sequence[Any]) -> tuple[dict[str, Conver
             return
         fn, text = conv
         try:
-            shape = tuple(fn(np.empty(s.shape, np.uint8)).shape)
+            shape = tuple(fn(np.broadcast_to(np.uint8(0), tuple(s.shape))).shape)  # a view: no allocation
         except ValueError:
             shape = None
         def make(arrays: list[np.ndarray], fn: Convert = fn) -> np.ndarray:

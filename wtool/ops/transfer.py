@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import UsageError
+from wtool.errors import IncompatibleError, UsageError
 from wtool.ops.planning import (
     Problem,
     check_output,
@@ -551,27 +552,36 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
     if plan.dry_run:
         return plan
     assert plan.output is not None
-    if plan.source_format == "safetensors":
-        writes = _value_writes(plan)
-    else:
-        writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
-            Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
-    plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
-                                            reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
-                                            rebuild=rebuild_with_keras(plan.unsafe))
+    with contextlib.ExitStack() as stack:
+        if plan.source_format == "safetensors":  # not HDF5: values are read as the writer asks for them
+            src = stack.enter_context(open_checked(plan.source))
+            writes = [store_write.WeightWrite(p.target_h5, value=_LazyValue(src, p))  # type: ignore[arg-type]
+                      for p in plan.transferred]
+        else:
+            writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
+                Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
+        plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
+                                                reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
+                                                rebuild=rebuild_with_keras(plan.unsafe))
     return plan
 
 
-def _value_writes(plan: TransferPlan) -> list[store_write.WeightWrite]:
-    """A safetensors SOURCE is not HDF5: its values are read (and converted for --layout torch) here."""
-    writes = []
-    with open_checked(plan.source) as src:
-        for p in plan.transferred:
-            if p.convert is not None:
-                value = p.convert.make([src.read(k) for k in p.convert.sources])
-            else:
-                value = src.read(p.source_h5)
-            if p.target_dtype:
-                value = value.astype(np.dtype(p.target_dtype), copy=False)
-            writes.append(store_write.WeightWrite(p.target_h5, value=np.ascontiguousarray(value)))
-    return writes
+class _LazyValue:
+    """A transferred value read from the opened SOURCE (converted for --layout torch) when the writer
+    converts it to an array, one weight at a time, and dropped after."""
+
+    def __init__(self, source: Any, pair: Pair) -> None:
+        self.shape = tuple(pair.target_shape or ())
+        self._source = source
+        self._pair = pair
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        p, src = self._pair, self._source
+        if p.convert is not None:
+            value = p.convert.make([src.read(k) for k in p.convert.sources])
+        else:
+            value = src.read(p.source_h5)
+        value = np.ascontiguousarray(value, dtype=np.dtype(dtype or p.target_dtype or value.dtype))
+        if value.shape != self.shape:  # pragma: no cover - the plan checked the shapes
+            raise IncompatibleError(f"{p.target}: converted to {value.shape}, expected {self.shape}")
+        return value
