@@ -106,6 +106,63 @@ def _normalize_key(key: str) -> str:
     return key[:-2] if key.endswith(":0") else key
 
 
+class _Gatherer:
+    """Collects assignments for one model: each path claimed once, unknown paths reported with the closest."""
+
+    def __init__(self, plan: SetWeightsPlan, model: Any, model_path: str, seed: int | None) -> None:
+        self.plan = plan
+        self.model = model
+        self.model_path = model_path
+        self.by_path = {w.path: w for w in model.weights}
+        self.claimed: dict[str, str] = {}
+        self.rng = np.random.default_rng(seed)  # one generator for every --init of the run
+
+    def unknown(self, path: str, source: str) -> None:
+        near = closest(path, self.by_path)
+        hint = f" (closest: {', '.join(near)})" if near else ""
+        self.plan.problems.append(Problem("unknown_path", path, f"{path}: no such weight in {self.model_path}{hint} "
+                                          f"[from {source}]", near))
+
+    def claim(self, path: str, source: str) -> bool:
+        if path in self.claimed:
+            self.plan.problems.append(Problem("duplicate", path, f"{path}: assigned twice ({self.claimed[path]} "
+                                              f"and {source})"))
+            return False
+        self.claimed[path] = source
+        return True
+
+    def add_value(self, path: str, value: np.ndarray, source: str) -> None:
+        path = _normalize_key(path)
+        info = self.by_path.get(path)
+        if info is None:
+            self.unknown(path, source)
+            return
+        if not self.claim(path, source):
+            return
+        self.plan.assignments.append(Assignment(path, tuple(info.shape), info.dtype, source,
+                                                tuple(value.shape), str(value.dtype), h5_name=info.h5_name,
+                                                value=value))
+
+    def add_init(self, glob: str, name: str, init: Any) -> None:
+        """Every weight the glob matches, newly drawn."""
+        hits = [w for w in self.model.weights if glob_hits(glob, w.path)]
+        if not hits:
+            self.unknown(glob, f"--init {glob}={name}")
+            return
+        for info in hits:
+            if not self.claim(info.path, f"init {name}"):
+                continue
+            try:
+                value = init(self.rng, tuple(info.shape), np.dtype(info.dtype))
+            except InitShapeError as exc:
+                self.plan.problems.append(Problem("shape", info.path, f"{info.path}: {exc} "
+                                                  f"[from --init {glob}={name}]"))
+                continue
+            self.plan.assignments.append(Assignment(info.path, tuple(info.shape), info.dtype, f"init {name}",
+                                                    tuple(value.shape), str(value.dtype),
+                                                    h5_name=info.h5_name, value=value))
+
+
 def plan_set_weights(
     model_path: str,
     *,
@@ -131,64 +188,19 @@ def plan_set_weights(
     parsed_inits = [(glob, *parse_initializer(spec)) for glob, spec in (parse_assignment(i, "--init") for i in inits)]
 
     with open_checked(model_path) as model:
-        by_path = {w.path: w for w in model.weights}
         plan = SetWeightsPlan(model=str(model_path), format=model.format, output=out,
                               total_weights=len(model.weights), has_optimizer=bool(model.has_optimizer),
                               reset_optimizer=reset_optimizer, dry_run=dry_run)
-        claimed: dict[str, str] = {}
-        rng = np.random.default_rng(seed)
-
-        def unknown(path: str, source: str) -> None:
-            near = closest(path, by_path)
-            hint = f" (closest: {', '.join(near)})" if near else ""
-            plan.problems.append(Problem("unknown_path", path, f"{path}: no such weight in {model_path}{hint} "
-                                         f"[from {source}]", near))
-
-        def claim(path: str, source: str) -> bool:
-            if path in claimed:
-                plan.problems.append(Problem("duplicate", path, f"{path}: assigned twice ({claimed[path]} "
-                                             f"and {source})"))
-                return False
-            claimed[path] = source
-            return True
-
-        def add_value(path: str, value: np.ndarray, source: str) -> None:
-            path = _normalize_key(path)
-            info = by_path.get(path)
-            if info is None:
-                unknown(path, source)
-                return
-            if not claim(path, source):
-                return
-            plan.assignments.append(Assignment(path, tuple(info.shape), info.dtype, source,
-                                               tuple(value.shape), str(value.dtype), h5_name=info.h5_name,
-                                               value=value))
-
+        gather = _Gatherer(plan, model, str(model_path), seed)
         for npz_path in npz:
             for key, value in _load_npz(npz_path).items():
-                add_value(key, value, f"{npz_path}[{key}]")
+                gather.add_value(key, value, f"{npz_path}[{key}]")
         for path, npy in parsed_weights:
-            add_value(path, _load_npy(npy), npy)
+            gather.add_value(path, _load_npy(npy), npy)
         if from_model:
-            _add_from_model(plan, from_model, from_layers, by_path, unknown, claim)
+            _add_from_model(plan, from_model, from_layers, gather.by_path, gather.unknown, gather.claim)
         for glob, name, init in parsed_inits:
-            hits = [w for w in model.weights if glob_hits(glob, w.path)]
-            if not hits:
-                unknown(glob, f"--init {glob}={name}")
-                continue
-            for info in hits:
-                if not claim(info.path, f"init {name}"):
-                    continue
-                try:
-                    value = init(rng, tuple(info.shape), np.dtype(info.dtype))
-                except InitShapeError as exc:
-                    plan.problems.append(Problem("shape", info.path, f"{info.path}: {exc} "
-                                                 f"[from --init {glob}={name}]"))
-                    continue
-                plan.assignments.append(Assignment(info.path, tuple(info.shape), info.dtype, f"init {name}",
-                                                   tuple(value.shape), str(value.dtype),
-                                                   h5_name=info.h5_name, value=value))
-
+            gather.add_init(glob, name, init)
         _check_assignments(plan, allow_nonfinite)
         order = {w.path: i for i, w in enumerate(model.weights)}
         plan.assignments.sort(key=lambda a: order.get(a.path, 0))
