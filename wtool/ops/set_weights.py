@@ -27,6 +27,7 @@ from wtool.ops.planning import (
 )
 from wtool.ops.rebuild import rebuild_with_keras
 from wtool.store import write as store_write
+from wtool.store.naming import clean_key
 
 
 @dataclass
@@ -101,11 +102,6 @@ def _load_npy(path: str) -> np.ndarray:
     return load_npy(path)
 
 
-def _normalize_key(key: str) -> str:
-    key = key.strip("/")
-    return key[:-2] if key.endswith(":0") else key
-
-
 class _Gatherer:
     """Collects assignments for one model: each path claimed once, unknown paths reported with the closest."""
 
@@ -132,7 +128,7 @@ class _Gatherer:
         return True
 
     def add_value(self, path: str, value: np.ndarray, source: str) -> None:
-        path = _normalize_key(path)
+        path = clean_key(path)
         info = self.by_path.get(path)
         if info is None:
             self.unknown(path, source)

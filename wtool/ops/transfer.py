@@ -26,20 +26,7 @@ from wtool.ops.planning import (
 )
 from wtool.ops.rebuild import rebuild_with_keras
 from wtool.store import write as store_write
-
-# Keras 1 and tf.keras variable names -> Keras 3 names, to pair weights inside a layer.
-LEGACY_VAR_NAMES = {"W": "kernel", "b": "bias", "U": "recurrent_kernel", "running_mean": "moving_mean",
-                    "running_std": "moving_variance", "W_i": "kernel_i", "depthwise_W": "depthwise_kernel",
-                    "pointwise_W": "pointwise_kernel"}
-
-
-def normalize_var(layer_path: str, name: str) -> str:
-    """The variable part of a weight name, cleaned of `:0`, layer prefixes and Keras 1 names."""
-    v = name.split(":")[0].rsplit("/", 1)[-1]
-    layer = layer_path.rsplit("/", 1)[-1]
-    if v.startswith(layer + "_"):
-        v = v[len(layer) + 1 :]
-    return LEGACY_VAR_NAMES.get(v, v)
+from wtool.store.naming import LEGACY_VAR_NAMES, normalize_var  # noqa: F401  (LEGACY_VAR_NAMES re-exported)
 
 
 @dataclass

@@ -196,3 +196,26 @@ def clean_relative(rel: str, class_name: str | None = None) -> str:
     if parts and parts[-1] in renames:
         parts[-1] = renames[parts[-1]]
     return "/".join(parts)
+
+
+# ---- names inside a layer, whatever wrote them -----------------------------------------------
+
+# Keras 1 and tf.keras variable names -> Keras 3 names, to pair weights inside a layer.
+LEGACY_VAR_NAMES = {"W": "kernel", "b": "bias", "U": "recurrent_kernel", "running_mean": "moving_mean",
+                    "running_std": "moving_variance", "W_i": "kernel_i", "depthwise_W": "depthwise_kernel",
+                    "pointwise_W": "pointwise_kernel"}
+
+
+def normalize_var(layer_path: str, name: str) -> str:
+    """The variable part of a weight name, cleaned of `:0`, layer prefixes and Keras 1 names."""
+    v = name.split(":")[0].rsplit("/", 1)[-1]
+    layer = layer_path.rsplit("/", 1)[-1]
+    if v.startswith(layer + "_"):
+        v = v[len(layer) + 1 :]
+    return LEGACY_VAR_NAMES.get(v, v)
+
+
+def clean_key(key: str) -> str:
+    """An array key as a weight path: no surrounding slashes, no TensorFlow `:0` suffix."""
+    key = key.strip("/")
+    return key[:-2] if key.endswith(":0") else key

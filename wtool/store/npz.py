@@ -16,6 +16,7 @@ import numpy as np
 from wtool.errors import IncompatibleError
 from wtool.fileio import check_input_file
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+from wtool.store.naming import clean_key
 from wtool.store.npz_sniff import is_numpy_archive
 from wtool.store.types import WeightInfo
 
@@ -33,9 +34,7 @@ class NpzWeights:
         raw = load_npz(self.path)
         self._arrays: dict[str, np.ndarray] = {}
         for key, value in raw.items():
-            name = key.strip("/")
-            name = name[:-2] if name.endswith(":0") else name
-            self._arrays[name] = value
+            self._arrays[clean_key(key)] = value
         self.weights = [WeightInfo(path=k, layer=k.rpartition("/")[0], name=k.rpartition("/")[2],
                                    shape=tuple(int(n) for n in v.shape), dtype=str(v.dtype), trainable=True,
                                    h5_name=k)
