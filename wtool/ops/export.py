@@ -128,9 +128,28 @@ def export_model(model_path: str, output: str, fmt: str, *, atol: float | None =
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """No Python warnings, and file descriptor 2 on /dev/null: TensorFlow Lite's C++ runtime prints
+    `INFO: Created TensorFlow Lite XNNPACK delegate` there, which no log level silences (kept with WTOOL_DEBUG)."""
+    import sys
+
+    saved = None
+    if not os.environ.get("WTOOL_DEBUG"):
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:  # no real fd 2 (embedded use)
+            saved = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _export_saved_model(model: Any, out: Path, xs: list[np.ndarray], report: ExportReport) -> list[np.ndarray]:
@@ -172,16 +191,17 @@ def _run_tflite(path: Path, xs: list[np.ndarray], report: ExportReport) -> list[
         report.runtime = "tf.lite.Interpreter"
     with _quiet():
         interp = Interpreter(model_path=str(path))
-    details = interp.get_input_details()
-    if len(details) != len(xs):
-        raise IncompatibleError(f"{report.output}: the TFLite model takes {len(details)} inputs, the model {len(xs)}")
-    for d, x in zip(details, xs, strict=True):
-        interp.resize_tensor_input(d["index"], x.shape)
-    interp.allocate_tensors()
-    for d, x in zip(details, xs, strict=True):
-        interp.set_tensor(d["index"], x.astype(d["dtype"]))
-    interp.invoke()
-    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+        details = interp.get_input_details()
+        if len(details) != len(xs):
+            raise IncompatibleError(
+                f"{report.output}: the TFLite model takes {len(details)} inputs, the model {len(xs)}")
+        for d, x in zip(details, xs, strict=True):
+            interp.resize_tensor_input(d["index"], x.shape)
+        interp.allocate_tensors()
+        for d, x in zip(details, xs, strict=True):
+            interp.set_tensor(d["index"], x.astype(d["dtype"]))
+        interp.invoke()
+        return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
 
 
 def _run_onnx(path: Path, xs: list[np.ndarray], report: ExportReport) -> list[np.ndarray]:  # pragma: no cover
