@@ -16,7 +16,10 @@ only when the writer asks for it (`LazyMerge.__array__`), one weight at a time a
 by block (1M elements of each input), so memory holds one result weight rather than
 whole models; the writer's read-back check computes it again rather than keeping it. Integer and boolean weights
 (step counters, quantized values) are merged only when identical in every input.
-BatchNorm moving statistics are averaged like any other weight.
+BatchNorm moving statistics are averaged like any other weight, or re-estimated on data
+with `recompute_bn` (`wtool.ops.bn_stats`, which needs TensorFlow): the merge is staged in
+a temporary folder beside OUT, the statistics are measured on the staged model, and OUT is
+written once, atomically, with them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class WeightMerge:
     path: str
     shape: tuple[int, ...]
     dtype: str
-    status: str = "merged"  # merged | kept (not selected) | identical (integer, equal everywhere)
+    status: str = "merged"  # merged | kept (not selected) | identical (integer, equal everywhere) | recomputed
     distances: list[float] = field(default_factory=list)  # |x_i - result| / |result| per input
 
 
@@ -53,14 +56,16 @@ class MergeReport:
     weights: list[WeightMerge] = field(default_factory=list)
     optimizer: str = "none"
     notes: list[str] = field(default_factory=list)
+    batch_norm: dict[str, Any] | None = None  # with --recompute-bn: data, rows, layers
 
     def to_json(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "output": self.output, "mode": self.mode, "base": self.base,
                 "coefficients": self.coefficients,
                 "weights": [{"path": w.path, "shape": list(w.shape), "dtype": w.dtype, "status": w.status,
                              "distances": w.distances} for w in self.weights],
-                "counts": {s: sum(1 for w in self.weights if w.status == s) for s in ("merged", "kept", "identical")},
-                "optimizer": self.optimizer, "notes": self.notes}
+                "counts": {s: sum(1 for w in self.weights if w.status == s)
+                           for s in ("merged", "kept", "identical", "recomputed")},
+                "optimizer": self.optimizer, "batch_norm": self.batch_norm, "notes": self.notes}
 
 
 def linear_coefficients(mode: str, coefficients: Sequence[float], n: int) -> tuple[list[float], float]:
@@ -182,14 +187,31 @@ def _mode(n: int, mean: bool, weights: str | None, slerp_t: float | None, task_b
     return "mean", [1.0] * n
 
 
+@dataclass(frozen=True)
+class BnRecompute:
+    """--recompute-bn --data DATA: where to measure the merged model's BatchNorm statistics."""
+
+    data: str
+    x_key: str | None = None
+    batch_size: int = 128
+
+
 def merge(models: Sequence[str], output: str | None, *, mean: bool = False, weights: str | None = None,
           slerp_t: float | None = None, task_base: str | None = None, scales: str | None = None,
           layers: Sequence[str] = (), ema: bool = False, reset_optimizer: bool = False,
-          unsafe: bool = False) -> MergeReport:
+          unsafe: bool = False, recompute_bn: BnRecompute | None = None) -> MergeReport:
     """Merge MODELS into OUT (a copy of the first model with the merged weights). Raises before writing."""
     mode, coeffs = _mode(len(models), mean, weights, slerp_t, task_base, scales, ema)
     inputs = list(models) + ([task_base] if task_base else [])
     out = check_output(output, False, inputs)
+    if recompute_bn is not None:
+        return _merge_recomputing_bn(models, out, recompute_bn, mode, coeffs, task_base, layers, reset_optimizer,
+                                     unsafe)
+    return _merge_to(models, out, mode, coeffs, task_base, layers, reset_optimizer, unsafe)
+
+
+def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], task_base: str | None,
+              layers: Sequence[str], reset_optimizer: bool, unsafe: bool) -> MergeReport:
     if mode == "ema":
         return _merge_ema(models[0], out, reset_optimizer, unsafe)
     from contextlib import ExitStack
@@ -230,6 +252,61 @@ def merge(models: Sequence[str], output: str | None, *, mean: bool = False, weig
         report.notes.append(f"optimizer state of {models[0]} kept: its moments belong to that model "
                             "(use --reset-optimizer to drop it)")
     return report
+
+
+def _merge_recomputing_bn(models: Sequence[str], out: str, bn: BnRecompute, mode: str, coeffs: list[float],
+                          task_base: str | None, layers: Sequence[str], reset_optimizer: bool,
+                          unsafe: bool) -> MergeReport:
+    """Merge into a staged copy, measure its BatchNorm statistics on the data, then write OUT once."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from wtool.ops import bn_stats
+
+    target = Path(out)
+    directory = target.parent if str(target.parent) else Path(".")
+    stage_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".merge", dir=directory))
+    try:
+        stage = stage_dir / target.name
+        report = _merge_to(models, str(stage), mode, coeffs, task_base, layers, reset_optimizer, unsafe)
+        estimate = bn_stats.estimate(stage, bn.data, x_key=bn.x_key, batch_size=bn.batch_size, unsafe=unsafe)
+        with open_checked(stage) as staged:
+            names = {w.path: w.h5_name for w in staged.weights}
+            fmt = staged.format
+        missing = sorted(set(estimate.values) - set(names))
+        if missing:
+            raise IncompatibleError(f"--recompute-bn: the staged model has no weight {missing[0]}")
+        writes = [store_write.WeightWrite(names[path], value=value) for path, value in estimate.values.items()]
+        store_write.write_weights(stage, fmt, out, writes)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    report.output = out
+    _record_recomputed(report, models, estimate)
+    report.batch_norm = {"data": bn.data, "rows": estimate.rows, "batches": estimate.batches,
+                         "layers": estimate.layers}
+    n_layers, n_batches = len(estimate.layers), estimate.batches
+    report.notes.append(f"BatchNorm moving statistics of {n_layers} layer{'s' * (n_layers != 1)} re-estimated on "
+                        f"{estimate.rows} rows of {bn.data} ({n_batches} batch{'es' * (n_batches != 1)} "
+                        f"of up to {bn.batch_size} rows)")
+    return report
+
+
+def _record_recomputed(report: MergeReport, models: Sequence[str], estimate: Any) -> None:
+    """The moving statistics' report rows: status `recomputed`, distances of each input from the new values."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        files = [stack.enter_context(open_checked(p)) for p in models]
+        for record in report.weights:
+            new = estimate.values.get(record.path)
+            if new is None:
+                continue
+            record.status = "recomputed"
+            ref = np.asarray(new, np.float64)
+            norm = float(np.linalg.norm(ref)) or 1.0
+            record.distances = [float(np.linalg.norm(np.asarray(f.read(record.path), np.float64) - ref)) / norm
+                                for f in files]
 
 
 def _check_same(first: Any, others: Sequence[Any], names: Sequence[str]) -> None:
