@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from wtool.cli.commands.common import InputPath, OutputPath, common_options, unsafe_option
 from wtool.cli.render import Output, cell, fmt_int
-from wtool.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - numpy stays out of `wtool --help`
     from rich.console import Console
@@ -73,6 +72,17 @@ def _progress(out: Output, total: int) -> tuple[Callable[[int], None] | None, An
     return update, bar
 
 
+@contextmanager
+def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] | None]:
+    """The bar on stderr for as long as the run streams rows."""
+    update, bar = _progress(out, total)
+    if bar is None:
+        yield update
+        return
+    with bar:
+        yield update
+
+
 @click.command(name="infer")
 @click.argument("model", type=InputPath)
 @click.argument("input_path", metavar="[INPUT]", required=False, type=InputPath)
@@ -123,74 +133,20 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
 
       wtool infer two_inputs.keras --input image=img.npy --input meta=meta.csv -o out.npz
     """
-    from wtool.data.rows import OUTPUT_FORMATS, CollectWriter, JsonlWriter, format_of, open_writer
-    from wtool.fileio import atomic_output
-    from wtool.infer import predict as infer
+    from wtool.data.rows import CollectWriter, JsonlWriter
+    from wtool.infer.run import InferOptions, run_infer
 
-    t0 = time.perf_counter()
-    labels = infer.load_labels(labels_path) if labels_path else None
-    post = infer.Postprocess.from_options(argmax, top_k, threshold, labels)
-    shard_k_n = infer.parse_shard(shard)
-    named = infer.parse_input_pairs(named_inputs)
-    out_fmt = None
-    if out_path is not None:
-        out_fmt = format_of(out_path, OUTPUT_FORMATS)
-        if out_fmt is None:
-            raise UsageError(f"{out_path}: unsupported output format", "use -o with .npy, .npz, .csv, .tsv or .jsonl")
-    if out_path is not None:
-        parent = Path(out_path).parent
-        if not parent.is_dir():
-            raise UsageError(f"{out_path}: output directory {parent} does not exist")
-    if input_path is None and not named:
-        raise UsageError("no input: give INPUT (a file, or - for stdin)", "e.g. wtool infer MODEL rows.npy")
+    def to_stdout(cols: list[Column], n: int) -> RowWriter:
+        if not out.json_mode and out.stdout.is_terminal and n <= TABLE_ROWS:
+            return CollectWriter(cols)
+        return JsonlWriter(sys.stdout, cols, owns=False)
 
-    frozen = infer.load_frozen(model, unsafe=unsafe, arch=arch)
-    before = frozen.fingerprint()
-    sources = infer.open_inputs(frozen, input_path, named, key=input_key, columns=columns, fmt=input_format,
-                                header=header)
-    try:
-        plan = infer.InferPlan(frozen, sources, post, batch_size, shard_k_n)
-        if out_fmt == "npy" and len(plan.column_names) != 1:
-            raise UsageError(f"{out_path}: an .npy file holds one array; this run gives "
-                             f"{len(plan.column_names)} ({', '.join(plan.column_names)})",
-                             "use -o with .npz, .csv or .jsonl")
-        load_time = time.perf_counter() - t0
-        update, bar = _progress(out, plan.rows)
-        collected: CollectWriter | None = None
-
-        def to_stdout(cols: list[Column], n: int) -> RowWriter:
-            nonlocal collected
-            if not out.json_mode and out.stdout.is_terminal and n <= TABLE_ROWS:
-                collected = CollectWriter(cols)
-                return collected
-            return JsonlWriter(sys.stdout, cols, owns=False)
-
-        try:
-            if bar is not None:
-                bar.start()
-            if out_path is not None:
-                assert out_fmt is not None
-                with atomic_output(out_path) as tmp:
-                    stats = plan.run(lambda cols, n: open_writer(tmp, cols, n, out_fmt), update)
-            else:
-                stats = plan.run(to_stdout, update)  # a reader that stops early (`| head`): see cli.invoke
-        finally:
-            if bar is not None:
-                bar.stop()
-    finally:
-        for s in sources:
-            s.close()
-    unchanged = infer.check_unchanged(frozen, before)
-    report = infer.Report(
-        model=model,
-        inputs=[{"name": spec.name, **src.describe()} for spec, src in zip(frozen.inputs, sources, strict=True)],
-        output=out_path or "stdout", format=out_fmt or ("table" if collected is not None else "jsonl"),
-        rows=stats.rows, batches=stats.batches, batch_size=int(plan.batch_size or 0),
-        shard=f"{shard_k_n[0]}/{shard_k_n[1]}" if shard_k_n else None, row_range=(plan.start, plan.stop),
-        columns=infer.describe_columns(plan.columns), load_time_s=load_time, predict_time_s=stats.seconds,
-        wall_time_s=time.perf_counter() - t0, weights_unchanged=unchanged)
-    if collected is not None:
-        render_table(out.stdout, plan.columns, collected.batches, plan.start)
+    opts = InferOptions(model, input_path, out_path, named_inputs, input_key, input_format, columns, header,
+                        batch_size, shard, argmax, top_k, threshold, labels_path, arch, unsafe)
+    outcome = run_infer(opts, to_stdout, lambda total: _progress_shown(out, total))
+    report = outcome.report
+    if outcome.table is not None:
+        render_table(out.stdout, outcome.columns, outcome.table.batches, outcome.first_row)
     summary = (f"{fmt_int(report.rows)} row{'s' * (report.rows != 1)} in {fmt_int(report.batches)} "
                f"batch{'es' * (report.batches != 1)}, "
                f"{report.predict_time_s:.2f} s ({fmt_int(round(report.rows_per_s))} rows/s)")
