@@ -206,6 +206,7 @@ class Problem:
     kind: str  # "code" (needs code from the file: exit 5) or "incompatible" (exit 4)
     layer: str
     reason: str
+    custom_class: str | None = None  # a class only the user's code (--custom-objects) can provide
 
     def __str__(self) -> str:
         return f"layer `{self.layer}`: {self.reason}" if self.layer else self.reason
@@ -274,7 +275,7 @@ def _model(entry: dict[str, Any], ctx: _Context, top: bool = False) -> dict[str,
         name = entry.get("registered_name") or class_name
         ctx.custom_classes.append(str(name))
         ctx.problems.append(Problem("code", "", f"the model is an instance of the custom class `{name}`, "
-                                    "whose code is not in the file"))
+                                    "whose code is not in the file", custom_class=str(name)))
         return dict(entry)
     if class_name == "Sequential":
         return _sequential(entry, ctx)
@@ -605,7 +606,8 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         # Keras 3 style entry of a registered (custom) object
         ctx.custom_classes.append(str(entry.get("registered_name")))
         ctx.problems.append(Problem("code", lname, f"custom class `{entry['registered_name']}` "
-                                    "is not part of Keras; its code is not in the file"))
+                                    "is not part of Keras; its code is not in the file",
+                                    custom_class=str(entry["registered_name"])))
         return dict(entry)
     if old_class in REMOVED_NO_EQUIVALENT:
         ctx.problems.append(Problem("incompatible", lname, f"{REMOVED_NO_EQUIVALENT[old_class]} "
@@ -622,7 +624,7 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
     if cls not in SAFE_LAYERS:
         ctx.custom_classes.append(old_class)
         ctx.problems.append(Problem("code", lname, f"custom class `{old_class}` is not part of Keras "
-                                    "(its code is not installed)"))
+                                    "(its code is not installed)", custom_class=str(old_class)))
         return {"module": None, "class_name": old_class, "config": config, "registered_name": old_class}
     if cls != old_class and old_class not in ("Model",):
         ctx.change(f"`{lname}`: class {old_class} -> {cls}")
@@ -653,7 +655,7 @@ def _lambda_problem(config: dict[str, Any], lname: str, ctx: _Context) -> Proble
         if isinstance(function, dict) and function.get("class_name") != "__lambda__":
             name = function.get("config")
             return Problem("code", lname, f"Lambda layer calls the Python function `{name}`, whose code is "
-                           "not in the file (needs --unsafe and the function installed)")
+                           "not in the file (needs --unsafe and the function installed)", custom_class=str(name))
         return Problem("code", lname, "Lambda layer runs Python code stored in the file (needs --unsafe)")
     saved_by = f"Keras {ctx.keras_version}" if ctx.keras_version else "an old Keras"
     if config.get("function_type") == "function":
@@ -850,13 +852,18 @@ def _initializer(value: Any, lname: str, ctx: _Context) -> Any:
         ctx.change(f"`{lname}`: initializer dtype argument dropped")
     cls = _INITIALIZER_RENAMES.get(cls, cls)
     if cls not in _INITIALIZER_CLASSES:
-        ctx.problems.append(Problem("code", lname, f"custom initializer `{cls}`"))
+        ctx.problems.append(Problem("code", lname, f"custom initializer `{cls}`", custom_class=_registered_name(value, cls)))
         return value
     if cls in ("Orthogonal", "OrthogonalInitializer"):
         cls = "OrthogonalInitializer"
     if cls in ("Identity", "IdentityInitializer"):
         cls = "IdentityInitializer"
     return {"module": "keras.initializers", "class_name": cls, "config": inner, "registered_name": None}
+
+
+def _registered_name(value: dict[str, Any], cls: Any) -> str:
+    """The name Keras's registry knows a custom object by (`package>Class` in Keras 3 configs)."""
+    return str(value.get("registered_name") or cls)
 
 
 def _regularizer(value: Any, lname: str, ctx: _Context) -> Any:
@@ -867,7 +874,7 @@ def _regularizer(value: Any, lname: str, ctx: _Context) -> Any:
     if cls in ("L1L2Regularizer", "WeightRegularizer"):  # Keras 1
         cls = "L1L2"
     if cls not in _REGULARIZER_CLASSES:
-        ctx.problems.append(Problem("code", lname, f"custom regularizer `{cls}`"))
+        ctx.problems.append(Problem("code", lname, f"custom regularizer `{cls}`", custom_class=_registered_name(value, cls)))
         return value
     inner = {k: float(v) for k, v in inner.items() if k in ("l1", "l2", "factor", "mode")} if cls != \
         "OrthogonalRegularizer" else inner
@@ -885,7 +892,7 @@ def _constraint(value: Any, lname: str, ctx: _Context) -> Any:
     if cls == "MaxNorm" and "m" in inner:  # Keras 1
         inner["max_value"] = inner.pop("m")
     if cls not in _CONSTRAINT_CLASSES:
-        ctx.problems.append(Problem("code", lname, f"custom constraint `{cls}`"))
+        ctx.problems.append(Problem("code", lname, f"custom constraint `{cls}`", custom_class=_registered_name(value, cls)))
         return value
     return {"module": "keras.constraints", "class_name": cls, "config": inner, "registered_name": None}
 

@@ -95,6 +95,7 @@ class CheckResult:
     changes: list[str] = field(default_factory=list)
     keras_version: str | None = None
     loader: str = "translated"  # "keras" (a Keras 3 archive Keras loads itself) or "translated"
+    hint: str | None = None  # which option would make the graph load
 
     @property
     def ok(self) -> bool:
@@ -110,6 +111,7 @@ class CheckResult:
             "loader": self.loader,
             "reasons": list(self.reasons),
             "translations": list(self.changes),
+            "hint": self.hint,
         }
 
     def summary(self) -> str:
@@ -123,16 +125,30 @@ class CheckResult:
 def _verdict(problems: list[Problem], unsafe: bool) -> tuple[int, str]:
     if any(p.kind == "incompatible" for p in problems):
         return 4, "incompatible"
-    if unsafe and any(p.kind == "code" and _is_custom(p) for p in problems):
-        # --unsafe allows code, but a custom class still has to be installed; the CLI installs none
-        return 4, "incompatible"
     if any(p.kind == "code" for p in problems) and not unsafe:
         return 5, "needs-unsafe"
+    if unsafe and missing_classes(problems):
+        # --unsafe allows code, but a custom class still has to be installed (--custom-objects)
+        return 4, "incompatible"
     return 0, "ok"
 
 
-def _is_custom(problem: Problem) -> bool:
-    return "custom" in problem.reason or "whose code is not in the file" in problem.reason
+def missing_classes(problems: list[Problem]) -> list[str]:
+    """Custom classes the graph needs that no --custom-objects code has registered."""
+    from wtool.graph import custom
+
+    names = [p.custom_class for p in problems if p.kind == "code" and p.custom_class]
+    return list(dict.fromkeys(n for n in names if not custom.is_installed(n)))
+
+
+def _unsafe_hint(problems: list[Problem]) -> str:
+    from wtool.graph.custom import OPTION_HINT
+
+    classes = list(dict.fromkeys(p.custom_class for p in problems if p.kind == "code" and p.custom_class))
+    if not classes:
+        return "pass --unsafe only if you trust this file"
+    shown = ", ".join(f"`{c}`" for c in classes[:3])
+    return f"pass {OPTION_HINT} (the code that registers {shown}), only if you trust that code and this file"
 
 
 def _is_native(mf: ModelFile) -> bool:
@@ -170,11 +186,31 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
             return CheckResult(str(path), 4, "no-graph", [reason], keras_version=mf.keras_version)
         t = _translation(mf, p)
     code, status = _verdict(t.problems, unsafe)
-    reasons = group_reasons(t.problems)
-    if status == "incompatible" and unsafe:
+    reasons = group_reasons(_with_installed(t.problems))
+    hint = None
+    if status == "needs-unsafe":
+        hint = _unsafe_hint(t.problems)
+    elif status == "incompatible" and unsafe and missing_classes(t.problems):
         reasons = [r + (" (not installed)" if "custom" in r else "") for r in reasons]
+        hint = _missing_hint(t.problems)
     return CheckResult(str(path), code, status, reasons, t.changes, mf.keras_version,
-                       "keras" if _is_native(mf) and not t.changes else "translated")
+                       "keras" if _is_native(mf) and not t.changes else "translated", hint)
+
+
+def _with_installed(problems: list[Problem]) -> list[Problem]:
+    """A class that --custom-objects registered is reported as such, not as missing code."""
+    from dataclasses import replace
+
+    from wtool.graph import custom
+
+    return [replace(p, reason=f"custom class `{p.custom_class}`, registered by --custom-objects")
+            if p.custom_class and custom.is_installed(p.custom_class) else p for p in problems]
+
+
+def _missing_hint(problems: list[Problem]) -> str:
+    from wtool.graph import custom
+
+    return custom.missing_hint(missing_classes(problems))
 
 
 def group_reasons(problems: list[Problem]) -> list[str]:
@@ -205,8 +241,12 @@ def _raise_for(problems: list[Problem], unsafe: bool, path: Path) -> None:
     if len(listed) > MAX_LISTED:
         text += f"; and {len(listed) - MAX_LISTED} more"
     if code == 5:
-        raise UnsafeError(f"{path}: refused: the graph needs code from the file: {text}",
-                          "pass --unsafe only if you trust this file")
+        raise UnsafeError(f"{path}: refused: the graph needs code from the file: {text}", _unsafe_hint(problems))
+    missing = missing_classes(problems) if unsafe else []
+    if missing and not any(p.kind == "incompatible" for p in problems):
+        shown = ", ".join(f"`{c}`" for c in missing[:MAX_LISTED])
+        raise IncompatibleError(f"{path}: the graph needs custom classes that are not installed: {shown}",
+                                _missing_hint(problems))
     raise IncompatibleError(f"{path}: the graph cannot be rebuilt: {text}",
                             f"see `wtool inspect {path} --check`")
 

@@ -294,8 +294,11 @@ def _refuse_code(config: Any, source: str, report: ConfigReport, unsafe: bool) -
     if found and not unsafe:
         first = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        needs_class = any("class" in f.why or "custom" in f.why for f in found)
         raise UnsafeError(f"{source}: refused: {first.where}: {first.why}{more}",
-                          "pass --unsafe only if you trust this file and its author")
+                          "pass --unsafe only if you trust this file and its author"
+                          + (", with --custom-objects FILE.py|MODULE for the code that registers its classes"
+                             if needs_class else ""))
     return found
 
 

@@ -54,11 +54,24 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def unsafe_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--unsafe",
-        is_flag=True,
-        help="Allow model files that need code to load (Lambda layers, custom objects). Only for files you trust.",
-    )(func)
+    """--unsafe, and --custom-objects (imported here, before the command loads any graph)."""
+
+    @click.option("--unsafe", is_flag=True,
+                  help="Allow model files that need code to load (Lambda layers, custom objects). Only for files "
+                       "you trust.")
+    @click.option("--custom-objects", "custom_objects", multiple=True, metavar="FILE.py|MODULE",
+                  help="Import this Python file or module first, so the classes it registers with "
+                       "@keras.saving.register_keras_serializable load (repeatable; runs its code: needs --unsafe).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, custom_objects: tuple[str, ...], **kwargs: Any) -> Any:
+        if custom_objects:
+            from wtool.graph.custom import install
+            from wtool.graph.model import import_keras
+
+            install(custom_objects, unsafe=kwargs["unsafe"], load_keras=import_keras)
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 class _PathText(click.Path):

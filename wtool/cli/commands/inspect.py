@@ -172,7 +172,7 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
     if check_result is not None:
         doc["check"] = {"status": check_result.status, "exit_code": check_result.exit_code,
                         "reasons": check_result.reasons, "changes": check_result.changes,
-                        "loader": check_result.loader}
+                        "loader": check_result.loader, "hint": check_result.hint}
     return doc
 
 
@@ -251,6 +251,8 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         writer.line()
         reasons = "; ".join(check_result.reasons) if check_result.reasons else ""
         writer.line(one_line(f" {check_result.status}" + (f": {reasons}" if reasons else "")), head="graph")
+        if check_result.hint:
+            writer.line(one_line(f"  {check_result.hint}"), head="hint")
 
 
 def _nested_params(summary: Any) -> dict[str, int]:

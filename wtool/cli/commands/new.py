@@ -47,10 +47,12 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def model_from_config(config: dict[str, Any], *, unsafe: bool, source: str) -> Any:
+    from wtool.graph.custom import require_installed
     from wtool.graph.model import check_config_as_data, import_keras
     from wtool.safety.buildguard import cheap_build
 
     check_config_as_data(config, Path(source), unsafe)  # refusals (5) and budgets (3) before Keras sees it
+    require_installed(config, source)  # --unsafe without the --custom-objects that registers a class: 4
     keras = import_keras()
     compile_config = config.get("compile_config")
     try:
