@@ -92,7 +92,7 @@ OTHER_CLASSES = frozenset("""
     SpecificityAtSensitivity Sum TopKCategoricalAccuracy TrueNegatives TruePositives
     AWQDTypePolicy DTypePolicy DTypePolicyMap FloatDTypePolicy GPTQDTypePolicy Int4DTypePolicy
     QuantizedDTypePolicy QuantizedFloat8DTypePolicy Policy
-    Float8QuantizationConfig Int4QuantizationConfig Int8QuantizationConfig
+    Float8QuantizationConfig Int4QuantizationConfig Int8QuantizationConfig AbsMaxQuantizer
 """.split())
 # Serialization markers that only carry data.
 DATA_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__",

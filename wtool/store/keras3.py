@@ -18,10 +18,13 @@ from wtool.store.config import LayerNode, parse_node, wrapped_layer
 from wtool.store.naming import (
     MHA_SUBLAYERS,
     NON_TRAINABLE,
+    QUANTIZED_CLASSES,
     RNN_CELLS,
     class_from_group,
     guess_kernel_bias,
     keras3_var_names,
+    quantization_mode,
+    quantized_trainable,
     to_snake_case,
 )
 from wtool.store.types import LayerInfo
@@ -156,6 +159,10 @@ class Keras3Reader(Collector):
         path = prefix + name
         trainable = parent_trainable and (node.trainable if node is not None else True)
         self._add_layer(path, name, class_name, depth, trainable)
+        if node is not None and class_name in QUANTIZED_CLASSES:
+            self.layers[-1].quantization = quantization_mode(node.config)
+        if node is not None and isinstance(node.config.get("lora_rank"), int):
+            self.layers[-1].lora_rank = node.config["lora_rank"]
         if (node is not None and node.is_model) or vnode.container is not None:
             self._walk_model(vnode, node, path + "/", depth + 1, trainable)
             self._collect_vars(vnode, None, None, path, "", trainable)
@@ -238,8 +245,10 @@ class Keras3Reader(Collector):
             names = guess_kernel_bias([tuple(ds.shape) for _, ds in items])
         if names is None:
             names = [f"vars/{key}" for key, _ in items]
+        mode = quantization_mode(config) if class_name in QUANTIZED_CLASSES else None
         for (_, ds), var in zip(items, names, strict=True):
-            self.add_weight(layer, rel + var, ds, trainable and var not in NON_TRAINABLE)
+            self.add_weight(layer, rel + var, ds, trainable and var not in NON_TRAINABLE
+                            and quantized_trainable(mode, var))
 
 
 

@@ -85,6 +85,89 @@ VAR_RULES: dict[str, Callable[[dict[str, Any] | None], list[list[str]]]] = {
     "AdditiveAttention": _rule(("use_scale", True, "scale")),
 }
 
+def _reversible_embedding(config: dict[str, Any] | None) -> list[list[str]]:
+    if config is None:
+        return [["embeddings", "reverse_embeddings"], ["embeddings"]]
+    return [["embeddings"] if config.get("tie_weights", True) else ["embeddings", "reverse_embeddings"]]
+
+
+VAR_RULES["ReversibleEmbedding"] = _reversible_embedding
+
+# ---- quantized layers (Keras 3.15 `variable_serialization_spec`, in save order) ---------------
+
+_DENSE_SPEC = {
+    "int8": ["kernel", "bias", "kernel_scale"],
+    "int4": ["kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"],
+    "float8": ["kernel", "bias", "inputs_scale", "inputs_amax_history", "kernel_scale", "kernel_amax_history",
+               "outputs_grad_scale", "outputs_grad_amax_history"],
+    "gptq": ["bias", "kernel", "kernel_scale", "kernel_zero", "g_idx"],  # `quantized_kernel`, a variable named kernel
+    "awq": ["bias", "kernel", "kernel_scale", "kernel_zero", "awq_scales", "g_idx"],
+}
+_EMBEDDING_SPEC = {
+    "int8": ["embeddings", "embeddings_scale"],
+    "int4": ["embeddings", "embeddings_scale", "embeddings_zero", "g_idx"],
+}
+_REVERSE_EXTRA = {"int8": ["reverse_embeddings", "reverse_embeddings_scale"],
+                  "int4": ["reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero"]}
+QUANTIZED_CLASSES = frozenset({"Dense", "EinsumDense", "Embedding", "ReversibleEmbedding"})
+# Saved only when they exist: sub-channel int4 zero points and group indices (Keras skips them otherwise).
+_OPTIONAL_DROPS: tuple[tuple[str, ...], ...] = (
+    (), ("kernel_zero", "g_idx"), ("embeddings_zero", "g_idx", "reverse_embeddings_zero"), ("kernel_zero",),
+    ("g_idx",))
+# Variables Keras trains in a quantized layer (float8 keeps a float kernel and learns its scales).
+QUANT_TRAINABLE = {"float8": frozenset(_DENSE_SPEC["float8"])}
+
+
+def quantization_mode(config: dict[str, Any] | None) -> str | None:
+    """The dtype policy's quantization mode (`int8`, `int4/128`, `float8`, `gptq/4/128`...), if any."""
+    dtype = (config or {}).get("dtype")
+    inner = dtype.get("config") if isinstance(dtype, dict) else None
+    mode = inner.get("mode") if isinstance(inner, dict) else None
+    return mode if isinstance(mode, str) and mode else None
+
+
+def base_mode(mode: str) -> str:
+    """`int4/128` -> `int4`: the spec key of a mode string."""
+    return mode.split("/", 1)[0]
+
+
+def _quant_spec(class_name: str, config: dict[str, Any], mode: str) -> list[str] | None:
+    if class_name in ("Dense", "EinsumDense"):
+        spec = _DENSE_SPEC.get(mode)
+        if spec is None:
+            return None
+        has_bias = config.get("use_bias", True) if class_name == "Dense" else bool(config.get("bias_axes"))
+        return [n for n in spec if n != "bias" or has_bias]
+    spec = _EMBEDDING_SPEC.get(mode)
+    if spec is None:
+        return None
+    if class_name == "ReversibleEmbedding" and not config.get("tie_weights", True):
+        spec = spec + _REVERSE_EXTRA[mode]
+    return list(spec)
+
+
+def quantized_var_names(class_name: str | None, config: dict[str, Any] | None, n: int) -> list[str] | None:
+    """Names of a quantized layer's `n` saved variables, from its dtype policy; None if not quantized."""
+    mode = quantization_mode(config)
+    if mode is None or class_name not in QUANTIZED_CLASSES or config is None:
+        return None
+    spec = _quant_spec(class_name, config, base_mode(mode))
+    if spec is None:
+        return None
+    for drop in _OPTIONAL_DROPS:
+        names = [v for v in spec if v not in drop]
+        if len(names) == n:
+            return names
+    return None
+
+
+def quantized_trainable(mode: str | None, var: str) -> bool:
+    """Whether Keras trains this variable of a quantized layer (int8/int4 freeze all but the bias)."""
+    if mode is None:
+        return True
+    return var == "bias" or var in QUANT_TRAINABLE.get(base_mode(mode), frozenset())
+
+
 # RNN layers keep their variables in a `cell` sub-object: the cell level is not part of the path.
 RNN_CELLS = {
     "LSTM": "LSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleRNNCell",
@@ -124,6 +207,9 @@ def class_from_group(group_name: str) -> str | None:
 
 def keras3_var_names(class_name: str | None, config: dict[str, Any] | None, n: int) -> list[str] | None:
     """Names of a layer's `n` saved variables, or None when the class (or the count) is not known."""
+    quantized = quantized_var_names(class_name, config, n)
+    if quantized is not None:
+        return quantized
     rule = VAR_RULES.get(class_name or "")
     if rule is None:
         return None

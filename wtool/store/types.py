@@ -47,3 +47,5 @@ class LayerInfo:
     weights: list[str] = field(default_factory=list)
     params: int = 0
     missing: bool = False  # listed in the file but its group is absent (broken legacy files)
+    quantization: str | None = None  # the dtype policy's mode (`int8`, `int4/128`, `float8`...)
+    lora_rank: int | None = None  # saved after `enable_lora`: the file holds merged kernels

@@ -180,7 +180,9 @@ def _layer_document(layer: Any, paths: list[str], params: int) -> dict[str, Any]
     """With --layer, a layer lists and counts only its selected weights, as the text table does."""
     return {"path": layer.path, "name": layer.name, "class": layer.class_name, "depth": layer.depth,
             "params": params, "trainable": layer.trainable, "weights": paths,
-            **({"missing": True} if layer.missing else {})}
+            **({"missing": True} if layer.missing else {}),
+            **({"quantization": layer.quantization} if layer.quantization else {}),
+            **({"lora_rank": layer.lora_rank} if layer.lora_rank else {})}
 
 
 # ---- human output -----------------------------------------------------------------------------
@@ -228,7 +230,7 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         params = fmt_int(count) if layer.weights else ("missing" if layer.missing else "0")
         if not layer.weights and layer.path in nested:
             params = fmt_int(nested[layer.path])
-        rows.append(["  " * layer.depth + layer.name, layer.class_name or "?", " ".join(own) or "-", params,
+        rows.append(["  " * layer.depth + layer.name, _class_label(layer), " ".join(own) or "-", params,
                      _yes(layer.trainable)])
     writer.table(["layer", "class", "weights", "params", "trainable"], rows, {"params"})
     writer.line()
@@ -253,6 +255,13 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         writer.line(one_line(f" {check_result.status}" + (f": {reasons}" if reasons else "")), head="graph")
         if check_result.hint:
             writer.line(one_line(f"  {check_result.hint}"), head="hint")
+
+
+def _class_label(layer: Any) -> str:
+    """`Dense [int8]`: the quantization mode and LoRA rank Keras saved in the layer's config."""
+    tags = ([layer.quantization] if layer.quantization else []) + (
+        [f"lora rank {layer.lora_rank}, merged"] if layer.lora_rank else [])
+    return (layer.class_name or "?") + (f" [{', '.join(tags)}]" if tags else "")
 
 
 def _nested_params(summary: Any) -> dict[str, int]:
