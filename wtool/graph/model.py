@@ -49,15 +49,20 @@ def import_keras() -> Any:
 
     TensorFlow's C++ start-up lines (oneDNN, CUDA drivers, absl) go straight to file
     descriptor 2 before any log level applies, so stderr is pointed at /dev/null while
-    it loads; with WTOOL_DEBUG or TF_CPP_MIN_LOG_LEVEL set by the user they are kept.
+    it loads, whatever TF_CPP_MIN_LOG_LEVEL the environment holds (CI scripts export 0 to 3;
+    none of those lines is meant for a wtool user). The C++ level is pinned to 3 for the
+    same reason. Only WTOOL_DEBUG keeps them, for debugging TensorFlow itself.
     """
     import logging
     import sys
 
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         return sys.modules["keras"]
-    quiet = not os.environ.get("WTOOL_DEBUG") and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet = not os.environ.get("WTOOL_DEBUG")
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved_fd = None
     if quiet:
         try:
@@ -430,104 +435,136 @@ def _fits(array: Any, variable: Any) -> bool:
     return src == dst or np.can_cast(src, dst, casting="safe")
 
 
+@dataclass
+class _WeightPlan:
+    """What assign_weights found: arrays by saved path, converted layers, and every mismatch."""
+
+    direct: list[tuple[Any, Any, str]] = field(default_factory=list)  # (variable, saved weight, path)
+    converted: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # owner -> (variable, array)
+    failed: set[str] = field(default_factory=set)
+    used: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
 def assign_weights(model: Any, mf: ModelFile, *, source: str | os.PathLike[str] = "file",
                    translation: Translation | None = None) -> None:
     """Assign every weight of `model` from the store `mf` by canonical path (bitwise).
 
-    All mismatches are collected and reported once (IncompatibleError, exit 4).
+    All mismatches are collected and reported once (IncompatibleError, exit 4). Layers that
+    derive state from their variables (Normalization's mean/variance) are finalized after,
+    as Keras's own loaders do, or they keep computing with the zeros they were built with.
     """
-    import numpy as np
-
-    from wtool.graph import legacy_weights
     from wtool.store.model_paths import weight_paths
 
     pairs = list(weight_paths(model))
+    index = _layer_index(model)
+    keys = set(index)
+    owners = {path: _owner(path, keys) for path, _var in pairs}
     saved = {w.path: w for w in mf.weights}
+    plan = _WeightPlan()
+    _convert_legacy_layers(plan, _owners_not_matching(pairs, owners, saved), index, pairs, owners, mf, translation)
+    _plan_direct(plan, pairs, owners, saved)
+    plan.problems.extend(f"file weight `{w.path}` {_fmt_shape(w.shape)} has no place in the model"
+                         for w in mf.weights if w.path not in plan.used)
+    if plan.problems:
+        raise IncompatibleError(f"{source}: the file's weights do not fit the model: {_listed(plan.problems)}",
+                                "check the architecture (`wtool inspect --check`) or pass the right --arch")
+    assignments = [(var, mf.read(w.path), path) for var, w, path in plan.direct]
+    assignments += [(var, array, owner) for owner, items in plan.converted.items() for var, array in items]
+    _assign_checked(assignments, source)
+    _finalize_states(index.values())
+
+
+def _listed(problems: list[str]) -> str:
+    text = "; ".join(problems[:MAX_LISTED])
+    if len(problems) > MAX_LISTED:
+        text += f"; and {len(problems) - MAX_LISTED} more"
+    return text
+
+
+def _owners_not_matching(pairs: list[tuple[str, Any]], owners: dict[str, str | None],
+                         saved: dict[str, Any]) -> list[str]:
+    """Layers with a variable whose saved array is missing or shaped differently (by name)."""
+    direct_ok: dict[str, bool] = {}
+    for path, var in pairs:
+        owner = owners[path]
+        if owner is None:
+            continue
+        w = saved.get(path)
+        direct_ok[owner] = direct_ok.get(owner, True) and w is not None and tuple(w.shape) == tuple(var.shape)
+    return [owner for owner, ok in direct_ok.items() if not ok]
+
+
+def _convert_legacy_layers(plan: _WeightPlan, owners_to_convert: list[str], index: dict[str, Any],
+                           pairs: list[tuple[str, Any]], owners: dict[str, str | None], mf: ModelFile,
+                           translation: Translation | None) -> None:
+    """Layers whose arrays do not match one-to-one by name go through wtool.graph.legacy_weights."""
+    from wtool.graph import legacy_weights
+
     by_layer_saved: dict[str, list[Any]] = {}
     for saved_weight in mf.weights:
         by_layer_saved.setdefault(saved_weight.layer, []).append(saved_weight)
-    index = _layer_index(model)
-    keys = set(index)
-
-    plan: list[tuple[Any, Any, str]] = []  # (variable, array, saved path)
-    problems: list[str] = []
-    used: set[str] = set()
-    direct_ok: dict[str, bool] = {}
-    owners: dict[str, str | None] = {}
-    for path, var in pairs:
-        owner = _owner(path, keys)
-        owners[path] = owner
-        w = saved.get(path)
-        ok = w is not None and tuple(w.shape) == tuple(var.shape)
-        if owner is not None:
-            direct_ok[owner] = direct_ok.get(owner, True) and ok
-    # layers whose weights do not match one-to-one by name go through legacy conversion
-    converted: dict[str, list[Any]] = {}
-    failed: set[str] = set()
     conversions = translation.weight_conversions if translation is not None else {}
     keras1_file = not mf.keras_version or str(mf.keras_version).startswith("1")
-    for owner, ok in direct_ok.items():
-        if ok:
-            continue
+    for owner in owners_to_convert:
         layer = index[owner]
         saved_here = by_layer_saved.get(owner) or by_layer_saved.get(layer.name) or []
-        expected_vars = [v for p, v in pairs if owners[p] == owner]
         if not saved_here:
-            continue  # reported below, per weight
+            continue  # reported per weight by _plan_direct
+        expected_vars = [v for p, v in pairs if owners[p] == owner]
         info = dict(conversions.get(layer.name, {}))
         if keras1_file:
             info.setdefault("keras1", True)
+        plan.used.update(w.path for w in saved_here)
         try:
             arrays = [mf.read(w.path) for w in saved_here]
-            cfg = layer.get_config()
             new = legacy_weights.convert(layer.__class__.__name__, arrays, [tuple(v.shape) for v in expected_vars],
-                                         info, cfg)
+                                         info, layer.get_config())
         except legacy_weights.WeightConversionError as exc:
-            problems.append(f"layer `{owner}`: {exc} (file: {', '.join(w.path for w in saved_here)})")
-            used.update(w.path for w in saved_here)
-            failed.add(owner)
+            plan.problems.append(f"layer `{owner}`: {exc} (file: {', '.join(w.path for w in saved_here)})")
+            plan.failed.add(owner)
             continue
-        converted[owner] = list(zip(expected_vars, new, strict=True))
-        used.update(w.path for w in saved_here)
+        plan.converted[owner] = list(zip(expected_vars, new, strict=True))
+
+
+def _plan_direct(plan: _WeightPlan, pairs: list[tuple[str, Any]], owners: dict[str, str | None],
+                 saved: dict[str, Any]) -> None:
+    """Every other variable takes the saved array of the same canonical path and shape."""
     for path, var in pairs:
         owner = owners[path]
-        if owner in converted or owner in failed:
+        if owner in plan.converted or owner in plan.failed:
             continue
         w = saved.get(path)
         if w is None:
-            problems.append(f"model weight `{path}` {_fmt_shape(var.shape)} has no array in the file")
+            plan.problems.append(f"model weight `{path}` {_fmt_shape(var.shape)} has no array in the file")
             continue
-        used.add(path)
+        plan.used.add(path)
         if tuple(w.shape) != tuple(var.shape):
-            problems.append(f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
-                            f"the file has {_fmt_shape(w.shape)} {w.dtype}")
+            plan.problems.append(f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
+                                 f"the file has {_fmt_shape(w.shape)} {w.dtype}")
             continue
-        plan.append((var, w, path))
-    for w in mf.weights:
-        if w.path not in used:
-            problems.append(f"file weight `{w.path}` {_fmt_shape(w.shape)} has no place in the model")
-    if problems:
-        text = "; ".join(problems[:MAX_LISTED])
-        if len(problems) > MAX_LISTED:
-            text += f"; and {len(problems) - MAX_LISTED} more"
-        raise IncompatibleError(f"{source}: the file's weights do not fit the model: {text}",
-                                "check the architecture (`wtool inspect --check`) or pass the right --arch")
-    assignments: list[tuple[Any, Any, str]] = []
-    for var, w, path in plan:
-        assignments.append((var, mf.read(w.path), path))
-    for owner, items in converted.items():
-        for var, array in items:
-            assignments.append((var, array, owner))
-    bad = []
-    for var, array, path in assignments:
-        array = np.asarray(array)
-        if not _fits(array, var):
-            bad.append(f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
-                       f"the file has {_fmt_shape(array.shape)} {array.dtype}")
+        plan.direct.append((var, w, path))
+
+
+def _assign_checked(assignments: list[tuple[Any, Any, str]], source: str | os.PathLike[str]) -> None:
+    """Check every array's shape and dtype first, so a mismatch leaves no variable half-assigned."""
+    import numpy as np
+
+    bad = [f"`{path}`: model expects {_fmt_shape(var.shape)} {var.dtype}, "
+           f"the file has {_fmt_shape(np.shape(array))} {np.asarray(array).dtype}"
+           for var, array, path in assignments if not _fits(np.asarray(array), var)]
     if bad:
         raise IncompatibleError(f"{source}: the file's weights do not fit the model: " + "; ".join(bad[:MAX_LISTED]))
     for var, array, _path in assignments:
         var.assign(np.asarray(array).astype(var.dtype, copy=False))
+
+
+def _finalize_states(layers: Any) -> None:
+    """Recompute state derived from variables (Keras's legacy .h5 loader does the same)."""
+    for layer in layers:
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize) and getattr(layer, "weights", None):
+            finalize()
 
 
 # ---------------------------------------------------------------------------------------------

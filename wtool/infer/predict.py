@@ -494,6 +494,12 @@ class InferPlan:
             if y.ndim < 2:
                 y = y.reshape(len(y), 1)
             classes = y.shape[-1]
+            if classes == 1 and post.mode != "threshold":
+                flag = "--argmax" if post.mode == "argmax" else f"--top-k {post.k}"
+                raise IncompatibleError(
+                    f"{flag} needs several classes; {shown(name)} has a single unit (a binary output), "
+                    "whose only index is 0",
+                    "use --threshold 0.5 (class 1 where the value >= 0.5)")
             if post.mode == "threshold":
                 if classes != 1:
                     raise IncompatibleError(
