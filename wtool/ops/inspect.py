@@ -49,6 +49,8 @@ class Summary:
     weight_bytes: int
     selected: bool = False
     warnings: list[str] = field(default_factory=list)
+    inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.ops.shapes)
+    outputs: list[dict[str, Any]] | None = None  # [{"name", "shape"}]; a shape is None when not known
 
     @property
     def selected_params(self) -> int:
@@ -79,7 +81,14 @@ def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
         model_name=mf.model_name, model_class=mf.model_class, layers=layers, weights=weights,
         total_params=mf.total_params, trainable_params=mf.trainable_params,
         non_trainable_params=mf.non_trainable_params, weight_bytes=mf.weight_bytes,
-        selected=bool(layer_globs), warnings=list(mf.warnings))
+        selected=bool(layer_globs), warnings=list(mf.warnings), **_io(mf))
+
+
+def _io(mf: ModelFile) -> dict[str, Any]:
+    from wtool.ops.shapes import io_shapes
+
+    shapes = io_shapes(mf.config)
+    return {"inputs": shapes["inputs"], "outputs": shapes["outputs"]} if shapes else {}
 
 
 # ---- statistics -----------------------------------------------------------------------------

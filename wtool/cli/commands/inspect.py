@@ -163,6 +163,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         "weight_bytes": summary.weight_bytes,
         "layers": [_layer_document(layer, *summary.shown(layer)) for layer in summary.layers],
         "weights": weights,
+        "inputs": summary.inputs,
+        "outputs": summary.outputs,
         "warnings": summary.warnings,
     }
     if summary.selected:
@@ -217,6 +219,9 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
          f"state present ({fmt_plural(summary.optimizer_weights, 'array')})" if summary.has_optimizer else "none"),
         ("training config", "present" if summary.has_training_config else "none"),
     ]
+    if summary.inputs is not None:
+        head.append(("inputs", _io_text(summary.inputs, with_dtype=True)))
+        head.append(("outputs", _io_text(summary.outputs or [], with_dtype=False)))
     for key, value in head:
         writer.line(one_line(value), head=f"{key:<16}")
     writer.line()
@@ -262,6 +267,16 @@ def _class_label(layer: Any) -> str:
     tags = ([layer.quantization] if layer.quantization else []) + (
         [f"lora rank {layer.lora_rank}, merged"] if layer.lora_rank else [])
     return (layer.class_name or "?") + (f" [{', '.join(tags)}]" if tags else "")
+
+
+def _io_text(tensors: list[dict[str, Any]], *, with_dtype: bool) -> str:
+    """`image (None, 28, 28, 1) float32, meta (None, 3) float32`; `?` for a shape the config does not tell."""
+    parts = []
+    for t in tensors:
+        shape = "?" if t["shape"] is None else "(" + ", ".join("None" if d is None else str(d) for d in t["shape"]) + \
+            ("," if len(t["shape"]) == 1 else "") + ")"
+        parts.append(f"{t['name']} {shape}" + (f" {t['dtype']}" if with_dtype else ""))
+    return ", ".join(parts) or "-"
 
 
 def _nested_params(summary: Any) -> dict[str, int]:
