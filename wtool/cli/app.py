@@ -25,6 +25,7 @@ COMMANDS = {
     "diff": "diff",
     "train": "train",
     "infer": "infer",
+    "eval": "eval",
     "set-weights": "set_weights",
     "transfer": "transfer",
     "convert": "convert",

@@ -34,8 +34,7 @@ from wtool.data.rows import (
     fmt_row_shape,
     open_rows,
 )
-from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
-from wtool.fileio import open_input
+from wtool.errors import IncompatibleError, InternalError, UsageError, WtoolError
 from wtool.safety.limits import shown
 
 DEFAULT_BATCH_SIZE = 1024
@@ -108,42 +107,6 @@ def shard_range(n_rows: int, shard: tuple[int, int] | None) -> tuple[int, int]:
         return 0, n_rows
     k, n = shard
     return n_rows * (k - 1) // n, n_rows * k // n
-
-
-def load_labels(path: str) -> tuple[str, ...]:
-    """Class names: one per line of a text file, or a JSON list (or {"0": name, ...}) in a .json file."""
-    with open_input(path) as fh:
-        raw = fh.read(16 << 20)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: labels file is not UTF-8 text") from None
-    if path.lower().endswith(".json"):
-        import json
-
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from None
-        if isinstance(doc, dict):
-            try:
-                pairs = sorted((int(k), str(v)) for k, v in doc.items())
-            except ValueError:
-                raise InputError(f"{path}: a JSON object of labels needs integer keys") from None
-            if [k for k, _ in pairs] != list(range(len(pairs))):
-                raise InputError(f"{path}: label keys must be 0..{len(pairs) - 1}")
-            labels = [v for _, v in pairs]
-        elif isinstance(doc, list):
-            labels = [str(v) for v in doc]
-        else:
-            raise InputError(f"{path}: expected a JSON list of labels")
-    else:
-        labels = [line.strip() for line in text.splitlines()]
-        while labels and not labels[-1]:
-            labels.pop()
-    if not labels:
-        raise InputError(f"{path}: no labels")
-    return tuple(labels)
 
 
 # --------------------------------------------------------------------------- the model

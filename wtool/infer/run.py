@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from wtool.data.labels import load_labels
 from wtool.data.rows import OUTPUT_FORMATS, CollectWriter, Column, RowWriter, format_of, open_writer
 from wtool.errors import UsageError
 from wtool.fileio import atomic_output
@@ -75,7 +76,7 @@ def _no_progress(_total: int) -> AbstractContextManager[None]:
 def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFactory = _no_progress) -> InferOutcome:
     """Check the options, load the model frozen, stream every row and report what happened."""
     t0 = time.perf_counter()
-    labels = infer.load_labels(opts.labels_path) if opts.labels_path else None
+    labels = load_labels(opts.labels_path) if opts.labels_path else None
     post = infer.Postprocess.from_options(opts.argmax, opts.top_k, opts.threshold, labels)
     shard_k_n = infer.parse_shard(opts.shard)
     named = infer.parse_input_pairs(opts.named_inputs)
