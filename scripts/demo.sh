@@ -34,6 +34,8 @@ step "2/3: train; the frozen weights are checked bitwise at the end" \
   "$WTOOL" train "$OUT/ft.keras" --data $S/nested.npz -o "$OUT/ft-trained.keras" --epochs 5 --seed 0 -q
 step_differ "3/3: only the head moved (diff exits 1 because something did)" \
   "$WTOOL" diff "$OUT/ft.keras" "$OUT/ft-trained.keras"
+step "Evaluate the fine-tuned model: loss and accuracy as model.evaluate gives them, a confusion matrix; a CI gate" \
+  "$WTOOL" eval "$OUT/ft-trained.keras" --data $S/nested.npz --fail-under accuracy=0.1 -q
 step "Average the original and the fine-tuned model (a two-model soup; the report gives each one's distance)" \
   "$WTOOL" merge $S/nested.keras "$OUT/ft-trained.keras" -o "$OUT/soup.keras"
 step "Make a fresh model from a compact layer spec (the classic XOR network, no biases)" \

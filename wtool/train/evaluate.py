@@ -212,6 +212,13 @@ def compile_for_eval(model: Any, loss: str | None, metrics: tuple[str, ...]) -> 
                          "pass --loss NAME (e.g. mse, sparse_categorical_crossentropy)")
     if loss is not None or metrics or not config:
         try:
+            import keras
+
+            if loss is not None:  # compile takes any string and fails at the first batch: check names first
+                keras.losses.get(loss)
+            for name in metrics:
+                if name.lower() not in ("accuracy", "acc", "crossentropy", "ce"):  # resolved by compile alone
+                    keras.metrics.get(name)
             model.compile(optimizer="sgd", loss=loss or saved_loss, metrics=list(metrics) or config.get("metrics"),
                           loss_weights=config.get("loss_weights"))
         except (ValueError, TypeError) as exc:
@@ -372,8 +379,12 @@ def _build_metrics(model: Any, data: LabelledData, x_dtype: np.dtype[Any], y_dty
     x = np.asarray(data.x[:1], dtype=x_dtype)
     y = np.asarray(data.y[:1], dtype=y_dtype)
     pred = model(x, training=False)
-    model.compute_loss(x=x, y=y, y_pred=pred, training=False)
-    model.compute_metrics(x, y, pred, sample_weight=None)
+    try:
+        model.compute_loss(x=x, y=y, y_pred=pred, training=False)
+        model.compute_metrics(x, y, pred, sample_weight=None)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--loss/--metric: {str(exc).splitlines()[0][:200]}",
+                         "metrics: accuracy, mae, mse, auc, precision, recall, ...") from None
     model.reset_metrics()
 
 

@@ -1,0 +1,209 @@
+"""`wtool eval`: the numbers equal Keras's own `model.evaluate` on the same file, classifier reports, gates, plots."""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.tf, pytest.mark.xdist_group("eval")]
+
+
+def _keras():
+    from wtool.graph.model import import_keras
+
+    return import_keras()
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A 4-class Functional classifier with Dropout and BatchNormalization (training=False matters), trained a bit."""
+    keras = _keras()
+    keras.utils.set_random_seed(3)
+    tmp = tmp_path_factory.mktemp("eval_cls")
+    inp = keras.Input((6,), name="features")
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Dropout(0.5, name="drop")(h)
+    out = keras.layers.Dense(4, activation="softmax", name="species")(h)
+    model = keras.Model(inp, out, name="cls")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype("float32")
+    y = (np.argmax(x[:, :4], axis=1)).astype("int64")
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    path = tmp / "cls.keras"
+    model.save(path)
+    x_test = rng.normal(size=(203, 6)).astype("float32")  # 203: the last batch is partial
+    y_test = np.argmax(x_test[:, :4], axis=1).astype("int64")
+    np.savez(tmp / "test.npz", x=x_test, y=y_test)
+    np.save(tmp / "x.npy", x_test)
+    np.save(tmp / "y.npy", y_test)
+    reference = keras.saving.load_model(path)
+    expected = reference.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    predicted = np.argmax(reference.predict(x_test, verbose=0), axis=1)
+    (tmp / "labels.txt").write_text("setosa\nversicolor\nvirginica\nother\n")
+    return {"path": path, "dir": tmp, "expected": expected, "predicted": predicted, "y": y_test}
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory):
+    """A regression MLP with an L2 regularizer (model.losses count in the loss), saved as legacy .h5, data in a CSV."""
+    keras = _keras()
+    keras.utils.set_random_seed(5)
+    tmp = tmp_path_factory.mktemp("eval_reg")
+    model = keras.Sequential([keras.Input((3,)),
+                              keras.layers.Dense(8, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.01)),
+                              keras.layers.Dense(1, name="value")], name="reg")
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 3)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1).astype("float32")
+    path = tmp / "reg.h5"
+    model.save(path)
+    rows = ["a,b,c,target"] + [f"{a!r},{b!r},{c!r},{t!r}" for (a, b, c), t in zip(x.tolist(), y.tolist(), strict=True)]
+    (tmp / "test.csv").write_text("\n".join(rows) + "\n")
+    reference = keras.saving.load_model(path, compile=False)  # Keras's .h5 loader fails on its own "mse" config
+    reference.compile(loss="mse", metrics=["mae"])
+    expected = reference.evaluate(x, y, verbose=0, return_dict=True)
+    reference.compile(loss="mae", metrics=["mse", "mape"])
+    expected_override = reference.evaluate(x, y, verbose=0, return_dict=True)
+    return {"path": path, "dir": tmp, "expected": expected, "override": expected_override}
+
+
+def _eval(wtool, *args, code=0):
+    res = wtool("eval", *args, "--json")
+    assert res.exit_code == code, res
+    return res.json()
+
+
+def test_equals_model_evaluate_with_confusion_matrix_and_per_class_scores(wtool, classifier):
+    doc = _eval(wtool, classifier["path"], "--data", classifier["dir"] / "test.npz", "--batch-size", "32")
+    exp = classifier["expected"]
+    assert doc["rows"] == 203
+    assert doc["metrics"]["loss"] == pytest.approx(exp["loss"], rel=1e-5)
+    assert doc["metrics"]["accuracy"] == pytest.approx(exp["accuracy"], abs=1e-6)
+    (c,) = doc["classification"]
+    assert c["output"] == "species"
+    y, pred = classifier["y"], classifier["predicted"]
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (y, pred), 1)
+    assert c["confusion_matrix"] == cm.tolist()
+    assert c["accuracy"] == pytest.approx(float(np.mean(y == pred)))
+    for k, row in enumerate(c["per_class"]):
+        tp = int(np.sum((y == k) & (pred == k)))
+        precision = tp / max(1, int(np.sum(pred == k)))
+        recall = tp / max(1, int(np.sum(y == k)))
+        assert row["support"] == int(np.sum(y == k))
+        assert row["precision"] == pytest.approx(precision)
+        assert row["recall"] == pytest.approx(recall)
+        assert row["f1"] == pytest.approx(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    assert doc["passed"] is True and doc["gates"] == []
+
+
+def test_npy_pair_any_batch_size_same_numbers_and_labels(wtool, classifier):
+    doc = _eval(wtool, classifier["path"], "--x", classifier["dir"] / "x.npy", "--y", classifier["dir"] / "y.npy",
+                "--batch-size", "7", "--labels", classifier["dir"] / "labels.txt")
+    assert doc["metrics"]["loss"] == pytest.approx(classifier["expected"]["loss"], rel=1e-5)
+    assert doc["classification"][0]["classes"] == ["setosa", "versicolor", "virginica", "other"]
+
+
+def test_text_report_shows_the_confusion_matrix_table(wtool, classifier):
+    res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", "--labels",
+                classifier["dir"] / "labels.txt")
+    assert res.exit_code == 0, res
+    assert "confusion matrix (rows: true, columns: predicted)" in res.stdout
+    assert "virginica" in res.stdout and "macro avg" in res.stdout
+    assert f"{classifier['expected']['accuracy']:.4f}" in res.stdout
+
+
+def test_regression_from_csv_with_regularization_loss_and_h5(wtool, regressor):
+    doc = _eval(wtool, regressor["path"], "--data", regressor["dir"] / "test.csv", "--target", "target")
+    exp = regressor["expected"]
+    assert set(doc["metrics"]) == {"loss", "mae"}
+    assert doc["metrics"]["loss"] == pytest.approx(exp["loss"], rel=1e-5)
+    assert doc["metrics"]["mae"] == pytest.approx(exp["mae"], rel=1e-5)
+    assert doc["classification"] == []
+
+
+def test_loss_and_metric_options_replace_the_saved_ones(wtool, regressor):
+    doc = _eval(wtool, regressor["path"], "--data", regressor["dir"] / "test.csv", "--target", "target",
+                "--loss", "mae", "--metric", "mse", "--metric", "mape")
+    exp = regressor["override"]
+    assert set(doc["metrics"]) == {"loss", "mse", "mape"}
+    for key in ("loss", "mse", "mape"):
+        assert doc["metrics"][key] == pytest.approx(exp[key], rel=1e-5)
+
+
+def test_fail_under_exits_1_with_the_report_and_the_failed_gate(wtool, classifier):
+    acc = classifier["expected"]["accuracy"]
+    res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", "--json",
+                "--fail-under", f"accuracy={acc + 0.01}", "--fail-above", "loss=100")
+    assert res.exit_code == 1, res
+    doc = res.json()
+    assert doc["passed"] is False
+    assert [(g["metric"], g["passed"]) for g in doc["gates"]] == [("accuracy", False), ("loss", True)]
+    ok = _eval(wtool, classifier["path"], "--data", classifier["dir"] / "test.npz",
+               "--fail-under", f"accuracy={acc - 0.01}", "--fail-under", "macro_f1=0")
+    assert ok["passed"] is True
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--fail-under", "loss=0.5"], 2, "use --fail-above loss=0.5"),
+    (["--fail-above", "accuracy=0.5"], 2, "use --fail-under accuracy=0.5"),
+    (["--fail-under", "accuracy"], 2, "METRIC=VALUE"),
+    (["--fail-under", "auc=0.5"], 2, "no metric 'auc'"),
+    (["--plot", "cm.gif"], 2, "unsupported picture format"),
+    (["--labels", "two.txt"], 4, "--labels has 2 names; the model has 4 classes"),
+    (["--loss", "nonsense_loss"], 2, "--loss"),
+])
+def test_bad_options_one_line_and_exit_code(wtool, classifier, tmp_path, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", *args)
+    assert res.exit_code == code, res
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr and list(tmp_path.iterdir()) == [tmp_path / "two.txt"]
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_writes_a_valid_png_of_the_documented_size(wtool, classifier, tmp_path):
+    import matplotlib.image
+
+    from wtool.cli.plot import DPI, FIG_INCHES
+
+    target = tmp_path / "confusion.png"
+    doc = _eval(wtool, classifier["path"], "--data", classifier["dir"] / "test.npz", "--plot", target)
+    assert doc["plot"] == str(target)
+    assert _png_size(target) == (int(FIG_INCHES[0] * DPI), int(FIG_INCHES[1] * DPI))
+    pixels = matplotlib.image.imread(target)  # decodes: a whole, valid image
+    assert pixels.shape[:2] == (600, 800) and pixels.std() > 0
+
+
+def test_plot_without_matplotlib_says_how_to_install_before_evaluating(wtool, classifier, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", "--plot", tmp_path / "c.png")
+    assert res.exit_code == 2, res
+    assert "--plot needs matplotlib" in res.stderr and "wtool[plot]" in res.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_model_that_does_not_fit_the_data_is_exit_4(wtool, classifier, regressor):
+    res = wtool("eval", classifier["path"], "--data", regressor["dir"] / "test.csv", "--target", "target")
+    assert res.exit_code == 4, res
+    assert "model expects (None, 6)" in res.stderr
+
+
+def test_unknown_metric_is_a_usage_error(wtool, classifier):
+    res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", "--metric", "accurasy")
+    assert res.exit_code == 2, res
+    assert res.stderr.startswith("error: --loss/--metric:") and "Traceback" not in res.stderr
