@@ -28,6 +28,13 @@ def save_all(model: keras.Model, stem: str, formats: tuple[str, ...] = ("keras",
             model.save(path)
 
 
+def save_sharded(model: keras.Model, stem: str, shard_bytes: int) -> None:
+    """`STEM.weights.json` + `STEM_00000.weights.h5`, ...: Keras's own sharded weights (small shards)."""
+    for old in [OUT / f"{stem}.weights.json", *OUT.glob(f"{stem}_[0-9][0-9][0-9][0-9][0-9].weights.h5")]:
+        old.unlink(missing_ok=True)
+    model.save_weights(OUT / f"{stem}.weights.json", max_shard_size=shard_bytes / 1024**3)
+
+
 def xor() -> None:
     # The classic example: 2 inputs, 3 sigmoid hidden units, 1 sigmoid output, no biases.
     model = keras.Sequential(
@@ -106,6 +113,7 @@ def nested(rng: np.random.Generator) -> None:
     model = keras.Model(inputs, outputs, name="nested")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     save_all(model, "nested")
+    save_sharded(model, "nested", 5000)
     n = 400
     x = rng.normal(size=(n, 16)).astype("float32")
     y = (np.argmax(x[:, :4], axis=1)).astype("int64")

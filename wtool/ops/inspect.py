@@ -51,6 +51,7 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.ops.shapes)
     outputs: list[dict[str, Any]] | None = None  # [{"name", "shape"}]; a shape is None when not known
+    shards: list[str] = field(default_factory=list)  # a sharded weights map: its shard files, in order
 
     @property
     def selected_params(self) -> int:
@@ -81,7 +82,8 @@ def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
         model_name=mf.model_name, model_class=mf.model_class, layers=layers, weights=weights,
         total_params=mf.total_params, trainable_params=mf.trainable_params,
         non_trainable_params=mf.non_trainable_params, weight_bytes=mf.weight_bytes,
-        selected=bool(layer_globs), warnings=list(mf.warnings), **_io(mf))
+        selected=bool(layer_globs), warnings=list(mf.warnings), shards=list(getattr(mf, "shard_names", [])),
+        **_io(mf))
 
 
 def _io(mf: ModelFile) -> dict[str, Any]:

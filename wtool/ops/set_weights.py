@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -227,7 +226,7 @@ def _add_from_model(plan: SetWeightsPlan, src_path: str, layers: Sequence[str], 
                 continue
             a = Assignment(w.path, tuple(info.shape), info.dtype, source, tuple(w.shape), w.dtype,
                            h5_name=info.h5_name,
-                           from_weight=store_write.WeightSource(Path(src_path), src.format, w.h5_name))
+                           from_weight=store_write.WeightSource(*src.weight_source(w.path)))
             if tuple(w.shape) == tuple(info.shape):
                 a.new = Stats.of(model_chunks(src, w.path))
             plan.assignments.append(a)

@@ -544,6 +544,11 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
             src = stack.enter_context(open_checked(plan.source))
             writes = [store_write.WeightWrite(p.target_h5, value=_LazyValue(src, p))  # type: ignore[arg-type]
                       for p in plan.transferred]
+        elif plan.source_format == "weights.json":  # sharded: each weight is copied from its own shard
+            src = stack.enter_context(open_checked(plan.source))
+            where = {w.h5_name: src.weight_source(w.path) for w in src.weights}
+            writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(*where[p.source_h5]))
+                      for p in plan.transferred]
         else:
             writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
                 Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]

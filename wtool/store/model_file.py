@@ -149,6 +149,11 @@ class ModelFile:
         safety.check_h5_dataset(ds, str(self.path))
         return ds
 
+    def weight_source(self, path: str) -> tuple[Path, str, str]:
+        """(file, format, dataset name) holding a weight, for writers that copy it byte for byte."""
+        info = self.weight(path)
+        return self.path, self.format, info.h5_name
+
     def read(self, path: str) -> np.ndarray:
         return self.read_block(path, ())
 
@@ -216,6 +221,47 @@ def _count_datasets(group: Any) -> int:
     return count
 
 
+class ShardedModelFile(ModelFile):
+    """`X.weights.json` and its shards as one weights file (see `wtool.store.sharded`)."""
+
+    def __init__(self, path: Path, arch_config: dict[str, Any] | None = None) -> None:
+        from wtool.store.sharded import build_skeleton, check_total_size, read_map
+
+        self.weight_map = read_map(path)
+        skel = build_skeleton(self.weight_map)
+        self._skeleton = skel
+        closers = [h5.close for h5 in skel.shards.values()]
+        super().__init__(path, Source(kind="hdf5", h5=skel.h5, in_place=False, _closers=closers),
+                         arch_config=arch_config)
+        self.format = "weights.json"
+        self.file_size += sum((path.parent / n).stat().st_size for n in self.weight_map.shards)
+        check_total_size(self.weight_map, skel.data_bytes)
+        if skel.ignored:
+            self.warnings.append(f"{skel.ignored} dataset(s) in the shards lie outside what the map assigns; "
+                                 "ignored, as Keras's load_weights ignores them")
+
+    @property
+    def shard_names(self) -> list[str]:
+        return list(self.weight_map.shards)
+
+    def shard_of_weight(self, path: str) -> str:
+        return self._skeleton.route[self.weight(path).h5_name]
+
+    def dataset(self, path: str) -> Any:
+        info = self.weight(path)
+        name = self._skeleton.route[info.h5_name]
+        try:
+            ds = self._skeleton.shards[name][info.h5_name]
+        except CORRUPT_HDF5 as exc:
+            raise corrupt(self.path.parent / name, exc, f"weight {path}") from None
+        safety.check_h5_dataset(ds, f"{self.path} (shard {name})")
+        return ds
+
+    def weight_source(self, path: str) -> tuple[Path, str, str]:
+        info = self.weight(path)
+        return self.path.parent / self._skeleton.route[info.h5_name], "weights.h5", info.h5_name
+
+
 # What h5py raises on a damaged file (bad B-tree, addresses past the end, broken heaps, ...).
 CORRUPT_HDF5 = (OSError, RuntimeError, KeyError, ValueError, EOFError)
 
@@ -240,9 +286,22 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
         from wtool.store.safetensors_file import open_safetensors
 
         return open_safetensors(p)  # type: ignore[return-value]
+    from wtool.store.sharded import is_map_name, shard_of
+
+    if is_map_name(p):
+        try:
+            return ShardedModelFile(p, arch_config=arch_config)
+        except CORRUPT_HDF5 as exc:
+            raise corrupt(p, exc) from None
     source = open_source(p)
     try:
-        return ModelFile(p, source, arch_config=arch_config)
+        mf = ModelFile(p, source, arch_config=arch_config)
+        whole = shard_of(p)
+        if whole is not None:
+            map_path, index, count = whole
+            mf.warnings.append(f"this is shard {index + 1} of {count} of {map_path.name}: it holds part of the "
+                               f"model; `wtool inspect {map_path}` reads the whole set")
+        return mf
     except CORRUPT_HDF5 as exc:
         source.close()
         raise corrupt(p, exc) from None

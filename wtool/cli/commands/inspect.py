@@ -29,6 +29,7 @@ FORMAT_NAMES = {
     ("h5", "legacy"): "full model .h5 (legacy HDF5)",
     ("weights.h5", "keras3"): "weights only (Keras 3 layout)",
     ("weights.h5", "legacy"): "weights only (legacy layout)",
+    ("weights.json", "keras3"): "sharded weights (Keras 3 layout)",
     ("safetensors", "safetensors"): "safetensors (tensors only)",
 }
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -167,6 +168,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         "outputs": summary.outputs,
         "warnings": summary.warnings,
     }
+    if summary.shards:
+        doc["shards"] = summary.shards
     if summary.selected:
         doc["selected_params"] = summary.selected_params
     if exported:
@@ -206,6 +209,8 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
                    stats: bool, histogram: bool, sample: int | None, check_result: Any) -> None:
     """What `wtool inspect` prints (also `wtool new`, for the model it wrote)."""
     fmt = FORMAT_NAMES.get((summary.format, summary.layout), summary.format)
+    if getattr(summary, "shards", None):
+        fmt += f"; {len(summary.shards)} shards: {', '.join(summary.shards[:3])}{', ...' if len(summary.shards) > 3 else ''}"
     saved_by = f"Keras {summary.keras_version}" if summary.keras_version else "unknown Keras version"
     if summary.backend:
         saved_by += f" ({summary.backend} backend)"
