@@ -363,7 +363,8 @@ class CsvSource(_LineSource):
     """Numeric CSV/TSV rows, with or without a header row; `columns` picks columns by name or index."""
 
     def __init__(self, fh: IO[str], name: str, columns: str | Sequence[str] | None = None,
-                 header: bool | None = None, delimiter: str = ",") -> None:
+                 header: bool | None = None, delimiter: str = ",", drop: Sequence[str] = (),
+                 target: str | None = None) -> None:
         self.fh = fh
         self.name = name
         self.format = "tsv" if delimiter == "\t" else "csv"
@@ -384,6 +385,8 @@ class CsvSource(_LineSource):
         self.n_columns = len(first)
         self.first_data_line = first_lineno + 1 if header else first_lineno
         self.usecols = self._resolve_columns(_parse_columns(columns))
+        if drop or target is not None:
+            self.usecols = self._without(drop, target)
         self.row_shape = (len(self.usecols) if self.usecols is not None else self.n_columns,)
         self.n_rows = self._count_rows()
         if self.n_rows == 0:
@@ -408,6 +411,20 @@ class CsvSource(_LineSource):
                 raise UsageError(f"{self.name}: column range {item!r} is outside 0-{self.n_columns - 1}")
             picked.extend(range(lo, hi + 1))
         return picked
+
+    def _without(self, drop: Sequence[str], target: str | None) -> list[int]:
+        """The columns left after --drop (each must exist) and --target (left out when the file has it,
+        so the training CSV and a file of new rows without labels both work)."""
+        dropped = set(self._resolve_columns(list(drop)) or [])
+        if target is not None:
+            present = (self.header is not None and target in self.header) or \
+                (target.isdigit() and int(target) < self.n_columns and self.header is None)
+            if present:
+                dropped.update(self._resolve_columns([target]) or [])
+        kept = [i for i in (self.usecols if self.usecols is not None else range(self.n_columns)) if i not in dropped]
+        if not kept:
+            raise UsageError(f"{self.name}: --target/--drop leave no columns")
+        return kept
 
     def column_label(self, index: int) -> str:
         if self.header is not None and index < len(self.header):
@@ -580,12 +597,14 @@ def format_of(path: str | os.PathLike[str], table: Mapping[str, str] = INPUT_FOR
 
 
 def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str | Sequence[str] | None = None,
-              *, fmt: str | None = None, header: bool | None = None, stdin: BinaryIO | None = None) -> RowSource:
+              *, fmt: str | None = None, header: bool | None = None, stdin: BinaryIO | None = None,
+              drop: Sequence[str] = (), target: str | None = None) -> RowSource:
     """Open `path` (or `-` for stdin) as a RowSource. `key` picks an .npz array or a JSON field.
 
     `fmt` overrides the format guessed from the extension (or sniffed from stdin's first bytes);
     `columns` picks CSV columns by header name or 0-based index ("0-9" is a range);
-    `header` forces a CSV header row on or off (default: detected from the first row).
+    `header` forces a CSV header row on or off (default: detected from the first row);
+    `drop` leaves CSV columns out, and `target` the label column when the file has one.
     """
     text = os.fspath(path)
     if fmt is not None and fmt not in FORMAT_NAMES:
@@ -610,9 +629,10 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
         name = text
         fh = open_input(text)
         size = os.fstat(fh.fileno()).st_size
-    if columns is not None and fmt not in ("csv", "tsv"):
+    if (columns is not None or drop or target is not None) and fmt not in ("csv", "tsv"):
         fh.close()
-        raise UsageError(f"--columns applies to CSV input, not {fmt}")
+        used = "--columns" if columns is not None else "--drop" if drop else "--target"
+        raise UsageError(f"{used} applies to CSV input, not {fmt}")
     try:
         source: RowSource
         if fmt == "npy":
@@ -620,7 +640,7 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
         elif fmt == "npz":
             source = _open_npz(name, fh, key)
         elif fmt in ("csv", "tsv"):
-            source = CsvSource(_text(fh), name, columns, header, "\t" if fmt == "tsv" else ",")
+            source = CsvSource(_text(fh), name, columns, header, "\t" if fmt == "tsv" else ",", drop, target)
         elif fmt == "jsonl":
             source = JsonlSource(_text(fh), name, key)
         else:

@@ -307,6 +307,9 @@ def fit_rows(spec: InputSpec, row_shape: tuple[int, ...], source: str, n_inputs:
         return tuple(int(w) for w in want if w is not None)  # flat rows, e.g. 784 CSV columns for (28, 28, 1)
     who = f"input {shown(spec.name)}: " if n_inputs > 1 else ""
     hint = "give rows of the model's input shape (see `wtool inspect MODEL`)"
+    if source.lower().endswith((".csv", ".tsv")) and len(row_shape) == 1:
+        hint = ("pick the feature columns with --columns (e.g. --columns 0-783), or leave the label out "
+                "with --target COLUMN / --drop COLUMNS")
     if source == "stdin" and len(row_shape) == len(want) + 1 and _fits(want, row_shape[1:]):
         # One line of JSON on stdin reads as one JSON-lines row; it was probably a list of rows.
         hint = "for one JSON document holding a list of rows, pass --input-format json"
@@ -565,7 +568,8 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, str], *,
                 key: str | None = None, columns: str | None = None, fmt: str | None = None,
-                header: bool | None = None, stdin: Any = None) -> list[RowSource]:
+                header: bool | None = None, stdin: Any = None, drop: Sequence[str] = (),
+                target: str | None = None) -> list[RowSource]:
     """One RowSource per model input, in the model's input order."""
     specs = frozen.inputs
     names = [s.name for s in specs]
@@ -582,7 +586,7 @@ def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, st
         path = positional if positional is not None else named.get(names[0])
         if path is None:
             raise UsageError(f"no input for {shown(names[0])}")
-        return [open_rows(path, key, columns, fmt=fmt, header=header, stdin=stdin)]
+        return [open_rows(path, key, columns, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target)]
     # Several model inputs: --input NAME=FILE each, or one .npz holding an array per input name.
     paths: dict[str, str] = dict(named)
     if positional is not None:
@@ -602,7 +606,8 @@ def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, st
             path = paths[name]
             is_npz = fmt == "npz" or Path(path).suffix.lower() == ".npz"
             member = name if is_npz and _npz_has(path, name) else key
-            sources.append(open_rows(path, member, columns, fmt=fmt, header=header, stdin=stdin))
+            sources.append(open_rows(path, member, columns, fmt=fmt, header=header, stdin=stdin, drop=drop,
+                                     target=target))
     except BaseException:
         for s in sources:
             s.close()

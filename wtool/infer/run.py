@@ -45,6 +45,8 @@ class InferOptions:
     labels_path: str | None = None
     arch: str | None = None
     unsafe: bool = False
+    drop: tuple[str, ...] = ()  # CSV columns left out (as train's --drop)
+    target: str | None = None  # train's label column, left out when the CSV has it
 
 
 @dataclass
@@ -87,7 +89,7 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
     frozen = infer.load_frozen(opts.model, unsafe=opts.unsafe, arch=opts.arch)
     before = frozen.fingerprint()
     sources = infer.open_inputs(frozen, opts.input_path, named, key=opts.input_key, columns=opts.columns,
-                                fmt=opts.input_format, header=opts.header)
+                                fmt=opts.input_format, header=opts.header, drop=opts.drop, target=opts.target)
     made: list[RowWriter] = []
 
     def stdout_sink(cols: list[Column], n: int) -> RowWriter:

@@ -94,6 +94,9 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @click.option("--input-format", type=click.Choice(INPUT_FORMATS),
               help="Format of INPUT when its extension does not say (stdin is sniffed).")
 @click.option("--columns", metavar="LIST", help="CSV columns to use: header names or 0-based numbers, 0-783 ranges.")
+@click.option("--target", metavar="COLUMN", help="The label column of a training CSV: left out when the file has it.")
+@click.option("--drop", multiple=True, metavar="COLUMNS",
+              help="CSV columns to leave out (names or 0-based numbers, comma-separated; repeatable), as in train.")
 @click.option("--header/--no-header", default=None, help="Whether the CSV has a header row (default: detected).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Rows per batch (default 1024, fewer for large rows).")
@@ -107,7 +110,8 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @unsafe_option
 @common_options
 def command(model: str, input_path: str | None, out_path: str | None, named_inputs: tuple[str, ...],
-            input_key: str | None, input_format: str | None, columns: str | None, header: bool | None,
+            input_key: str | None, input_format: str | None, columns: str | None, target: str | None,
+            drop: tuple[str, ...], header: bool | None,
             batch_size: int | None, shard: str | None, argmax: bool, top_k: int | None,
             threshold: float | None, labels_path: str | None, arch: str | None, unsafe: bool,
             out: Output) -> None:
@@ -127,6 +131,8 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
 
       wtool infer model.keras pixels.csv --columns 0-783 --argmax --labels classes.txt
 
+      wtool infer model.keras train.csv --target label --drop id -o preds.csv
+
       cat rows.jsonl | wtool infer model.keras - --top-k 3
 
       wtool infer model.keras big.npy --shard 2/4 -o part2.npy
@@ -142,7 +148,8 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
         return JsonlWriter(sys.stdout, cols, owns=False)
 
     opts = InferOptions(model, input_path, out_path, named_inputs, input_key, input_format, columns, header,
-                        batch_size, shard, argmax, top_k, threshold, labels_path, arch, unsafe)
+                        batch_size, shard, argmax, top_k, threshold, labels_path, arch, unsafe,
+                        drop=tuple(c for item in drop for c in item.split(",") if c.strip()), target=target)
     outcome = run_infer(opts, to_stdout, lambda total: _progress_shown(out, total))
     report = outcome.report
     if outcome.table is not None:
