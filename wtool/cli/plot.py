@@ -47,6 +47,8 @@ def _save(figure: Any, canvas_class: Any, path: str) -> None:
 def plot_curves(path: str, history: list[dict[str, Any]]) -> None:
     """Loss and each metric per epoch, one panel each, training and validation in one panel."""
     _, figure_class, canvas = _matplotlib()
+    from matplotlib import ticker
+
     keys = [k for k in (history[0] if history else {}) if k not in ("epoch", "seconds", "lr")
             and not k.startswith("val_")]
     keys = keys or ["loss"]
@@ -61,6 +63,7 @@ def plot_curves(path: str, history: list[dict[str, Any]]) -> None:
         axes.set_ylabel(key)
         axes.grid(True, alpha=0.3)
         axes.legend(loc="best", fontsize="small")
+        axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i == len(keys) - 1:
             axes.set_xlabel("epoch")
     figure.suptitle("training curves")

@@ -179,6 +179,8 @@ def _render(summary: dict[str, Any]) -> Any:
         rows.append(("seed", str(summary["seed"])))
         if summary.get("history_file"):
             rows.append(("history", str(summary["history_file"])))
+        if summary.get("plot"):
+            rows.append(("plot", str(summary["plot"])))
         dist = summary.get("strategy") or {}
         if dist.get("kind", "one-device") != "one-device":
             rows.append(("strategy", str(dist.get("description"))))
@@ -239,6 +241,9 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--keep-checkpoints", type=int, default=3, show_default=True, help="How many checkpoints to keep.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --checkpoint-dir.")
 @click.option("--history", "history_file", type=OutputPath, help="Write per-epoch metrics to FILE.csv or FILE.json.")
+@click.option("--plot", "plot_path", type=OutputPath, metavar="FILE.png",
+              help="Draw loss and metrics per epoch (train and validation) to FILE (.png, .svg, .pdf; needs "
+              "matplotlib: wtool[plot]).")
 @click.option("--tensorboard", type=DirPath,
               help="Write TensorBoard scalars and weight histograms to DIR.")
 @click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
@@ -265,7 +270,7 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
             lr_values: str | None, loss: str | None, metrics: tuple[str, ...], freeze: tuple[str, ...],
             unfreeze: tuple[str, ...], reset_optimizer: bool, early_stopping: int | None, monitor: str | None,
             min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
-            resume: bool, history_file: str | None, tensorboard: str | None, steps_per_execution: int | None,
+            resume: bool, history_file: str | None, plot_path: str | None, tensorboard: str | None, steps_per_execution: int | None,
             jit: str, strategy: str, workers: str | None, task_index: int | None, replicas: int | None,
             collective_timeout: float) -> None:
     """Train MODEL on labelled data with a tf.GradientTape loop and write the result to -o OUT.
@@ -287,6 +292,10 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
     from wtool.train.loop import ScheduleOptions, TrainOptions, train
 
     worker_list = tuple(parse_workers(workers)) if workers is not None else ()
+    if plot_path is not None:  # before training: a missing matplotlib must not cost a run
+        from wtool.cli.plot import check_plot_target
+
+        check_plot_target(plot_path)
     check_options(strategy, worker_list, task_index, replicas=replicas, timeout=collective_timeout)
 
     schedule = None
@@ -314,6 +323,12 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         reporter = LineReporter(out)
     result = train(opts, reporter)
     document = dict(result.summary)
+    document["plot"] = None
+    if plot_path is not None and result.summary.get("output") is not None:  # the chief's alone, as OUT
+        from wtool.cli.plot import plot_curves
+
+        plot_curves(plot_path, result.history)
+        document["plot"] = plot_path
     document["history"] = result.history
-    out.result_text(document, _render(result.summary))
+    out.result_text(document, _render(document))
     sys.stdout.flush()
