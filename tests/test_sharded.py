@@ -209,3 +209,85 @@ def test_bad_sharded_sets_exit_3_with_one_line(made, tmp_path, case):
         assert len(errors) == 1 and message in errors[0], (case, res.stderr)
         assert "Traceback" not in res.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+# --------------------------------------------------------------------------- writing sharded sets
+
+
+def _keras_values(made, weights_path):
+    import keras
+
+    from wtool.store.model_paths import variables_by_path
+
+    model = keras.models.load_model(made["dir"] / "m.keras")
+    model.load_weights(weights_path)
+    return {p: np.asarray(v.numpy()) for p, v in variables_by_path(model).items()}
+
+
+def test_convert_to_sharded_splits_as_keras_does(made, tmp_path):
+    out = tmp_path / "c.weights.json"
+    res = run_cli("convert", made["dir"] / "m.keras", out, "--max-shard-size", str(SHARD_BYTES), "--json")
+    assert res.exit_code == 0, res
+    ours = json.loads(out.read_text())
+    keras_map = json.loads((made["dir"] / "s.weights.json").read_text())
+    rename = {k: [n.replace("s_", "c_") for n in v] for k, v in keras_map["weight_map"].items()}
+    assert ours["weight_map"] == rename
+    assert ours["metadata"]["total_size"] == keras_map["metadata"]["total_size"]
+    got = _keras_values(made, out)  # Keras itself loads what wtool wrote
+    for path, value in made["keras"].items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+    back = tmp_path / "back.weights.h5"
+    assert run_cli("convert", out, back).exit_code == 0
+    assert run_cli("diff", back, made["dir"] / "m.weights.h5").exit_code == 0
+
+
+def test_set_weights_on_a_sharded_model_keeps_its_split(made, tmp_path):
+    src = _copy_set(made, tmp_path)
+    out = tmp_path / "e.weights.json"
+    res = run_cli("set-weights", src, "--init", "d2/kernel=zeros", "-o", out)
+    assert res.exit_code == 0, res
+    want = json.loads(src.read_text())["weight_map"]
+    assert json.loads(out.read_text())["weight_map"] == {k: [n.replace("s_", "e_") for n in v]
+                                                         for k, v in want.items()}
+    got = _keras_values(made, out)
+    for path, value in made["keras"].items():
+        expect = np.zeros_like(value) if path == "d2/kernel" else value
+        np.testing.assert_array_equal(got[path], expect, err_msg=path)
+    res = run_cli("set-weights", out, "--init", "d2/kernel=ones", "--in-place", "--max-shard-size", "10k")
+    assert res.exit_code == 0, res
+    assert sorted(p.name for p in tmp_path.glob("e*")) == ["e.weights.json", "e_00000.weights.h5"]
+    assert np.all(_keras_values(made, out)["d2/kernel"] == 1)
+
+
+def test_an_interrupted_write_is_never_read_as_a_mixed_set(made, tmp_path, monkeypatch):
+    import wtool.store.sharded_write as sharded_write
+
+    target = _copy_set(made, tmp_path)
+    real = os.replace
+    calls = []
+
+    def dying(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(sharded_write.os, "replace", dying)
+    res = run_cli("set-weights", target, "--init", "d1/kernel=zeros", "--in-place")
+    assert res.exit_code != 0 and "Traceback" not in res.stderr
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder removed"
+    res = run_cli("inspect", target)
+    assert res.exit_code == 3 and "is from another write than the map" in res.stderr, res
+
+
+def test_max_shard_size_bad_values(made, tmp_path):
+    m = made["dir"] / "m.keras"
+    for args, code, message in (
+            ((m, tmp_path / "a.weights.json", "--max-shard-size", "lots"), 2, "--max-shard-size: expected"),
+            ((m, tmp_path / "b.weights.json", "--max-shard-size", "100"), 2, "more than a shard of 100 bytes"),
+            ((m, tmp_path / "c.weights.h5", "--max-shard-size", "1M"), 2, "name the output X.weights.json"),
+            ((made["dir"] / "s.weights.json", tmp_path / "d.keras"), 4, "no architecture")):
+        res = run_cli("convert", *args)
+        assert res.exit_code == code and message in res.stderr, (args, res)
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from wtool.errors import IncompatibleError, UsageError
@@ -35,9 +34,6 @@ def target_format(path: str | os.PathLike[str]) -> str:
         return "safetensors"
     if name.endswith(".npz"):
         return "npz"
-    if name.endswith(".weights.json"):
-        raise UsageError(f"{os.fspath(path)}: convert does not write sharded .weights.json files",
-                         "name the output .keras, .h5, .weights.h5, .safetensors or .npz")
     from wtool.store.write import format_of_name
 
     try:
@@ -73,7 +69,7 @@ def _held(mf: Any) -> dict[str, bool]:
             "trainable flags": mf.non_trainable_params > 0 and mf.config is not None}
 
 
-def convert(inp: str, out: str, *, unsafe: bool = False) -> ConvertReport:
+def convert(inp: str, out: str, *, unsafe: bool = False, max_shard_bytes: int | None = None) -> ConvertReport:
     """Write IN as OUT's format; returns what was kept and dropped. Raises before writing on any problem."""
     fmt = target_format(out)
     src = check_input_file(inp)
@@ -107,16 +103,17 @@ def convert(inp: str, out: str, *, unsafe: bool = False) -> ConvertReport:
                                     f".{fmt} from",
                                     f"wtool transfer {inp} ARCH.keras -o {out} puts them into a model "
                                     "(--layout torch for PyTorch checkpoints)")
-    return _convert_h5(inp, out, fmt, report, held, unsafe)
+    return _convert_h5(inp, out, fmt, report, held, unsafe, max_shard_bytes)
 
 
 def _convert_h5(inp: str, out: str, fmt: str, report: ConvertReport, held: dict[str, bool],
-                unsafe: bool) -> ConvertReport:
+                unsafe: bool, max_shard_bytes: int | None = None) -> ConvertReport:
     from wtool.ops.rebuild import rebuild_with_keras
     from wtool.store import write as store_write
 
     src_fmt = report.source_format
-    result = store_write.write_weights(inp, src_fmt, out, [], out_format=fmt, rebuild=rebuild_with_keras(unsafe))
+    result = store_write.write_weights(inp, src_fmt, out, [], out_format=fmt, rebuild=rebuild_with_keras(unsafe),
+                                       max_shard_bytes=max_shard_bytes)
     report.method = {"splice": "copy", "rewrite": "copy", "keras": "keras"}.get(result.method, result.method)
     if src_fmt == "keras" and fmt == "weights.h5":
         report.method = "extract"
@@ -126,11 +123,11 @@ def _convert_h5(inp: str, out: str, fmt: str, report: ConvertReport, held: dict[
                 "optimizer state": optimizer_kept, "trainable flags": store_write.has_config(fmt)}
     report.kept = ["weights"] + [k for k, v in held.items() if v and can_hold[k]]
     report.dropped = [k for k, v in held.items() if v and not can_hold[k]]
-    report.bytes = Path(out).stat().st_size
     from wtool.store import open_model
 
     with open_model(inp) as a, open_model(out, arch_config=a.config) as b:
         report.verified = _same_values(a, b)
+        report.bytes = b.file_size  # a sharded OUT: the map and its shards
     if not report.verified:
         from wtool.errors import InternalError
 

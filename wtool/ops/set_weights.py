@@ -57,6 +57,7 @@ class SetWeightsPlan:
     has_optimizer: bool = False
     reset_optimizer: bool = False
     dry_run: bool = False
+    max_shard_bytes: int | None = None  # --max-shard-size: write OUT.weights.json shards of at most this
     result: store_write.WriteResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -172,6 +173,7 @@ def plan_set_weights(
     reset_optimizer: bool = False,
     in_place: bool = False,
     dry_run: bool = False,
+    max_shard_bytes: int | None = None,
 ) -> SetWeightsPlan:
     """Gather every assignment, check them all, and return the plan (nothing written)."""
     if not (npz or weights or from_model or inits):
@@ -185,7 +187,7 @@ def plan_set_weights(
     with open_checked(model_path) as model:
         plan = SetWeightsPlan(model=str(model_path), format=model.format, output=out,
                               total_weights=len(model.weights), has_optimizer=bool(model.has_optimizer),
-                              reset_optimizer=reset_optimizer, dry_run=dry_run)
+                              reset_optimizer=reset_optimizer, dry_run=dry_run, max_shard_bytes=max_shard_bytes)
         gather = _Gatherer(plan, model, str(model_path), seed)
         for npz_path in npz:
             for key, value in _load_npz(npz_path).items():
@@ -262,5 +264,6 @@ def apply_set_weights(plan: SetWeightsPlan) -> SetWeightsPlan:
     assert plan.output is not None
     writes = [store_write.WeightWrite(a.h5_name, value=a.value, source=a.from_weight) for a in plan.assignments]
     plan.result = store_write.write_weights(plan.model, plan.format, plan.output, writes,
-                                            reset_optimizer=plan.reset_optimizer, rebuild=rebuild_with_keras())
+                                            reset_optimizer=plan.reset_optimizer, rebuild=rebuild_with_keras(),
+                                            max_shard_bytes=plan.max_shard_bytes)
     return plan

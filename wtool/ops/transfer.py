@@ -84,6 +84,7 @@ class TransferPlan:
     has_optimizer: bool = False
     reset_optimizer: bool = False
     unsafe: bool = False
+    max_shard_bytes: int | None = None  # --max-shard-size: write OUT.weights.json shards of at most this
     result: store_write.WriteResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -235,6 +236,7 @@ def plan_transfer(
     layout: str = "keras",
     prefix: str | None = None,
     map_file: str | None = None,
+    max_shard_bytes: int | None = None,
 ) -> TransferPlan:
     """Match SOURCE's weights to TARGET's, check every pair, and return the plan (nothing written).
 
@@ -250,7 +252,7 @@ def plan_transfer(
         plan = TransferPlan(str(source_path), str(target_path), out, by, src.format, dst.format,
                             skip_mismatch=skip_mismatch, allow_empty=allow_empty, dry_run=dry_run,
                             has_optimizer=bool(dst.has_optimizer), reset_optimizer=reset_optimizer,
-                            unsafe=unsafe, layout=layout)
+                            unsafe=unsafe, layout=layout, max_shard_bytes=max_shard_bytes)
         src_weights = _source_weights(src, layout, prefix, plan)
         if freeze and not store_write.has_config(dst.format):
             raise UsageError(f"{target_path}: a weights-only file has no config to record frozen layers in",
@@ -554,7 +556,8 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
                 Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
         plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
                                                 reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
-                                                rebuild=rebuild_with_keras(plan.unsafe))
+                                                rebuild=rebuild_with_keras(plan.unsafe),
+                                                max_shard_bytes=plan.max_shard_bytes)
     return plan
 
 

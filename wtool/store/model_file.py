@@ -149,6 +149,15 @@ class ModelFile:
         safety.check_h5_dataset(ds, str(self.path))
         return ds
 
+    def raw_dataset(self, h5_name: str) -> Any:
+        """Any dataset of the weights file by its HDF5 name (optimizer state included), checked."""
+        try:
+            ds = self.h5[h5_name]
+        except CORRUPT_HDF5 as exc:
+            raise corrupt(self.path, exc, f"dataset {h5_name}") from None
+        safety.check_h5_dataset(ds, str(self.path))
+        return ds
+
     def weight_source(self, path: str) -> tuple[Path, str, str]:
         """(file, format, dataset name) holding a weight, for writers that copy it byte for byte."""
         info = self.weight(path)
@@ -248,14 +257,22 @@ class ShardedModelFile(ModelFile):
         return self._skeleton.route[self.weight(path).h5_name]
 
     def dataset(self, path: str) -> Any:
-        info = self.weight(path)
-        name = self._skeleton.route[info.h5_name]
+        return self.raw_dataset(self.weight(path).h5_name)
+
+    def raw_dataset(self, h5_name: str) -> Any:
+        name = self._skeleton.route.get(h5_name)
+        if name is None:  # a group without variables, or a dataset the map does not assign
+            raise IncompatibleError(f"{self.path}: no dataset {h5_name} in any shard")
         try:
-            ds = self._skeleton.shards[name][info.h5_name]
+            ds = self._skeleton.shards[name][h5_name]
         except CORRUPT_HDF5 as exc:
-            raise corrupt(self.path.parent / name, exc, f"weight {path}") from None
+            raise corrupt(self.path.parent / name, exc, f"dataset {h5_name}") from None
         safety.check_h5_dataset(ds, f"{self.path} (shard {name})")
         return ds
+
+    def shard_index_of(self, h5_name: str) -> int:
+        """Which of the map's shards (0, 1, ...) holds a dataset: a rewrite keeps the split."""
+        return self.weight_map.shards.index(self._skeleton.route[h5_name])
 
     def weight_source(self, path: str) -> tuple[Path, str, str]:
         info = self.weight(path)

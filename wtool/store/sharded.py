@@ -34,6 +34,9 @@ MAX_SHARDS = 10_000
 # A declared total_size may differ from the datasets' bytes by rounding; more than this is refused.
 TOTAL_SIZE_SLACK = 0.01
 TOTAL_SIZE_SLACK_BYTES = 4096
+# Written by wtool into the map's metadata and each shard's root attributes (Keras ignores both):
+# a shard whose id differs from the map's is left over from another write (an interrupted one).
+WRITE_ID = "wtool_write_id"
 
 
 def is_map_name(path: str | os.PathLike[str]) -> bool:
@@ -57,6 +60,7 @@ class WeightMap:
     groups: dict[str, list[str]]
     total_size: float | None
     shards: list[str] = field(default_factory=list)  # every shard named, first-mention order
+    write_id: str | None = None
 
 
 def read_map(path: Path) -> WeightMap:
@@ -102,7 +106,9 @@ def read_map(path: Path) -> WeightMap:
     for name in shards:
         _check_shard_file(path, name)
     _check_unnamed_shards(path, shards)
-    return WeightMap(path, groups, float(total) if total is not None else None, shards)
+    write_id = meta.get(WRITE_ID)
+    return WeightMap(path, groups, float(total) if total is not None else None, shards,
+                     write_id if isinstance(write_id, str) else None)
 
 
 def _group_name(key: Any, where: str) -> str:
@@ -215,6 +221,7 @@ def build_skeleton(wmap: WeightMap) -> Skeleton:
         for name in wmap.shards:
             shards[name] = open_hdf5(wmap.path.parent / name, where=f"{wmap.path} (shard {name})")
             check_every_object(shards[name], f"{wmap.path} (shard {name})")
+            _check_write_id(wmap, name, shards[name])
         skel = h5py.File(f"wtool-sharded-{id(wmap)}", "w", driver="core", backing_store=False)
         for name in wmap.shards:
             _merge_groups(skel, shards[name])
@@ -227,6 +234,16 @@ def build_skeleton(wmap: WeightMap) -> Skeleton:
         for h5 in shards.values():
             h5.close()
         raise
+
+
+def _check_write_id(wmap: WeightMap, name: str, shard: Any) -> None:
+    """Map and shard carry the same id, or neither has one (Keras's own sets)."""
+    value = shard.attrs.get(WRITE_ID)
+    value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if value != wmap.write_id:
+        raise InputError(f"{wmap.path}: shard {name} is from another write than the map "
+                         "(an interrupted save or a shard copied in from another set)",
+                         "write the set again, or restore the shards that belong to this map")
 
 
 def _merge_groups(skel: Any, shard: Any) -> None:

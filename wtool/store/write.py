@@ -24,6 +24,7 @@ After writing, every assigned dataset is read back and compared with what was me
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -69,11 +70,13 @@ def format_of_name(path: str | os.PathLike[str]) -> str:
         return "keras"
     if name.endswith(".weights.h5"):
         return "weights.h5"
+    if name.endswith(".weights.json"):
+        return "weights.json"
     if name.endswith((".h5", ".hdf5")):
         return "h5"
     raise UsageError(
         f"{os.fspath(path)}: cannot tell the output format from the name",
-        "name the output .keras, .h5 or .weights.h5",
+        "name the output .keras, .h5, .weights.h5 or .weights.json (sharded)",
     )
 
 
@@ -490,6 +493,7 @@ def write_weights(
     freeze: Sequence[str] = (),
     out_format: str | None = None,
     rebuild: Rebuild | None = None,
+    max_shard_bytes: int | None = None,
 ) -> WriteResult:
     """Write a copy of `source` to `out` (atomically) with the given datasets assigned.
 
@@ -500,6 +504,9 @@ def write_weights(
     """
     source, out = Path(source), Path(out)
     out_format = out_format or format_of_name(out)
+    if "weights.json" in (source_format, out_format) or max_shard_bytes is not None:
+        return _write_weight_set(source, source_format, out, out_format, writes, reset_optimizer=reset_optimizer,
+                                 freeze=freeze, max_shard_bytes=max_shard_bytes)
     if freeze and not (has_config(out_format) and has_config(source_format)):
         raise UsageError(f"{out}: a .weights.h5 file has no config to record frozen layers in",
                          "write a .keras or .h5 file, or drop --freeze")
@@ -517,6 +524,52 @@ def write_weights(
         raise InternalError(f"writing .{source_format} as .{out_format} needs the graph, and no rebuild was given")
     return _write_via_keras(source, source_format, out, out_format, writes,
                             reset_optimizer=reset_optimizer, freeze=freeze, rebuild=rebuild)
+
+
+def _write_weight_set(source: Path, source_format: str, out: Path, out_format: str, writes: Sequence[WeightWrite],
+                      *, reset_optimizer: bool, freeze: Sequence[str], max_shard_bytes: int | None) -> WriteResult:
+    """Sharded in or out (`wtool.store.sharded_write`): every dataset rewritten, the set committed as a whole."""
+    from wtool.store.model_file import open_model
+    from wtool.store.sharded_write import write_weight_set
+
+    if max_shard_bytes is not None and out_format != "weights.json":
+        raise UsageError(f"{out}: --max-shard-size writes sharded weights: name the output X.weights.json")
+    if out_format not in ("weights.json", "weights.h5"):
+        raise IncompatibleError(f"{source}: sharded weights have no architecture to save as .{out_format} ({out})",
+                                "name the output .weights.json or .weights.h5, or transfer into a .keras model")
+    if freeze:
+        raise UsageError(f"{out}: a weights-only file has no config to record frozen layers in",
+                         "write a .keras or .h5 file, or drop --freeze")
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(open_model(source))
+        opened: dict[Path, Any] = {}
+        values: dict[str, Callable[[], Any]] = {}
+        for w in writes:
+            if w.value is not None:
+                values[w.h5_name] = functools.partial(_given, w.value)
+                continue
+            assert w.source is not None
+            if w.source.path not in opened:
+                opened[w.source.path] = stack.enter_context(open_model(w.source.path))
+            values[w.h5_name] = functools.partial(_dataset_value, opened[w.source.path], w.source.h5_name)
+        done = write_weight_set(reader, out, values, max_shard_bytes=max_shard_bytes,
+                                drop_optimizer=reset_optimizer)
+        has_opt = reader.has_optimizer
+    result = WriteResult(output=str(out), format=out_format, method="rewrite", written=done.written,
+                         bytes_written=done.total_bytes, verified=done.verified,
+                         optimizer=("dropped" if reset_optimizer else "kept") if has_opt else "none")
+    if done.shards:
+        result.notes.append(f"wrote {len(done.shards)} shard(s) beside {out.name}: {', '.join(done.shards[:4])}"
+                            + (", ..." if len(done.shards) > 4 else ""))
+    return result
+
+
+def _given(value: Any) -> Any:
+    return value
+
+
+def _dataset_value(reader: Any, h5_name: str) -> np.ndarray:
+    return np.asarray(reader.raw_dataset(h5_name)[()])
 
 
 def _keras3_layout(path: Path) -> bool:

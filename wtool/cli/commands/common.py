@@ -86,3 +86,18 @@ class _PathText(click.Path):
 InputPath = _PathText(dir_okay=True, file_okay=True, path_type=str)
 OutputPath = _PathText(dir_okay=False, path_type=str)
 DirPath = _PathText(file_okay=False, path_type=str)
+
+
+def max_shard_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--max-shard-size SIZE: write OUT.weights.json as Keras-style shards of at most SIZE bytes."""
+
+    @click.option("--max-shard-size", "max_shard_size", metavar="SIZE",
+                  help="Write OUT.weights.json as shards of at most SIZE (e.g. 500M, 2G; split as Keras's "
+                       "save_weights(max_shard_size=) splits). Default: a sharded input keeps its split, "
+                       "anything else 5G shards.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, max_shard_size: str | None, **kwargs: Any) -> Any:
+        size = limits.parse_size(max_shard_size, "--max-shard-size") if max_shard_size is not None else None
+        return func(*args, max_shard_bytes=size, **kwargs)
+
+    return wrapper

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.commands.common import (
+    InputPath,
+    OutputPath,
+    common_options,
+    max_shard_size_option,
+    unsafe_option,
+)
 from wtool.cli.render import Output, fmt_bytes, fmt_plural, printable
 
 
 @click.command(name="convert")
 @click.argument("source", metavar="IN", type=InputPath)
 @click.argument("output", metavar="OUT", type=OutputPath)
+@max_shard_size_option
 @unsafe_option
 @common_options
-def command(out: Output, source: str, output: str, unsafe: bool) -> None:
+def command(out: Output, source: str, output: str, unsafe: bool, max_shard_bytes: int | None) -> None:
     """Convert IN to the format OUT's name asks for, listing what the target drops.
 
-    OUT may be .keras, .h5, .weights.h5, .safetensors or .npz. The same format,
+    OUT may be .keras, .h5, .weights.h5, .weights.json (sharded, --max-shard-size),
+    .safetensors or .npz. The same format,
     .keras -> .weights.h5, and anything -> .safetensors / .npz run at the HDF5
     level without TensorFlow; .keras <-> .h5 goes through Keras (the graph is
     rebuilt, the optimizer state is not carried over). A weights-only IN has no
@@ -29,10 +37,11 @@ def command(out: Output, source: str, output: str, unsafe: bool) -> None:
       wtool convert model.keras model.h5
       wtool convert model.keras model.weights.h5
       wtool convert model.keras model.safetensors --json
+      wtool convert model.keras model.weights.json --max-shard-size 2G
     """
     from wtool.ops.convert import convert
 
-    report = convert(source, output, unsafe=unsafe)
+    report = convert(source, output, unsafe=unsafe, max_shard_bytes=max_shard_bytes)
     doc = report.to_json()
     for note in report.notes:
         out.info(f"note: {note}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options
+from wtool.cli.commands.common import InputPath, OutputPath, common_options, max_shard_size_option
 from wtool.cli.render import Output, can_encode, cell, fmt_shape, printable
 
 if TYPE_CHECKING:
@@ -94,11 +94,12 @@ def render_plan(console: Console, plan: Any) -> None:
 @click.option("--reset-optimizer", is_flag=True,
               help="Drop the saved optimizer state (its moments belong to the old values).")
 @click.option("--dry-run", is_flag=True, help="Check and show the plan; write nothing.")
+@max_shard_size_option
 @common_options
 def command(out: Output, model: str, output: str | None, in_place: bool, npz: tuple[str, ...],
             weights: tuple[str, ...], from_model: str | None, from_layers: tuple[str, ...],
             inits: tuple[str, ...], seed: int | None, allow_nonfinite: bool, reset_optimizer: bool,
-            dry_run: bool) -> None:
+            dry_run: bool, max_shard_bytes: int | None) -> None:
     """Assign weights of MODEL directly and write the result to OUT.
 
     Sources can be combined; each weight may be assigned once. Every path, shape,
@@ -121,7 +122,7 @@ def command(out: Output, model: str, output: str | None, in_place: bool, npz: tu
     plan = surgery.plan_set_weights(
         model, output=output, npz=npz, weights=weights, from_model=from_model, from_layers=from_layers,
         inits=inits, seed=seed, allow_nonfinite=allow_nonfinite, reset_optimizer=reset_optimizer,
-        in_place=in_place, dry_run=dry_run)
+        in_place=in_place, dry_run=dry_run, max_shard_bytes=max_shard_bytes)
     if plan.problems:
         out.result(plan.to_json())  # --json: the whole plan with its problems, then the error
         surgery.apply_set_weights(plan)  # raises with every problem

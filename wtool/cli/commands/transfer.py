@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.commands.common import (
+    InputPath,
+    OutputPath,
+    common_options,
+    max_shard_size_option,
+    unsafe_option,
+)
 from wtool.cli.commands.set_weights import print_wide
 from wtool.cli.render import Output, cell, fmt_plural, fmt_shape, printable
 from wtool.errors import UsageError
@@ -109,13 +115,14 @@ def render_head(console: Console, report: Any) -> None:
 @click.option("--head-layer", metavar="NAME", help="The layer to replace (default: the last with weights).")
 @click.option("--seed", type=int, default=None, help="Seed for the new head's initial values.")
 @click.option("--dry-run", is_flag=True, help="Match, check and show the report; write nothing.")
+@max_shard_size_option
 @unsafe_option
 @common_options
 def command(out: Output, source: str, target: str | None, output: str | None, by: str, maps: tuple[str, ...],
             layers: tuple[str, ...], exclude: tuple[str, ...], skip_mismatch: bool, allow_empty: bool,
             freeze: bool, reset_optimizer: bool, replace_head: int | None, head_activation: str | None,
             head_layer: str | None, seed: int | None, dry_run: bool, unsafe: bool, map_file: str | None,
-            layout: str, prefix: str | None) -> None:
+            layout: str, prefix: str | None, max_shard_bytes: int | None) -> None:
     """Copy SOURCE's weights into TARGET's architecture and write OUT.
 
     TARGET's graph, its other weights and its optimizer state are kept; OUT's format
@@ -165,7 +172,8 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
     plan = surgery.plan_transfer(source, target, output=output, by=by, maps=maps, layers=layers,
                                  exclude=exclude, skip_mismatch=skip_mismatch, allow_empty=allow_empty,
                                  freeze=freeze, reset_optimizer=reset_optimizer, dry_run=dry_run,
-                                 unsafe=unsafe, layout=layout, prefix=prefix, map_file=map_file)
+                                 unsafe=unsafe, layout=layout, prefix=prefix, map_file=map_file,
+                                 max_shard_bytes=max_shard_bytes)
     if plan.problems:
         out.result(plan.to_json(), lambda console: render_plan(console, plan))
         surgery.apply_transfer(plan)  # raises with every problem
