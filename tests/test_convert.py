@@ -61,7 +61,7 @@ def test_convert_keras_to_h5_through_keras(tmp_path):
 @pytest.mark.parametrize(("make", "target", "code", "message"), [
     ("nested.safetensors", "o.keras", 4, "no architecture"),
     ("nested.npz", "o.h5", 4, "no architecture"),
-    (None, "o.weights.json", 2, "sharded .weights.json"),
+    ("nested.safetensors", "o.weights.json", 4, "no architecture"),
     (None, "o.txt", 2, "cannot tell the output format"),
     (None, "nested.keras", 2, "is the input file"),
 ])
