@@ -94,3 +94,77 @@ def test_infer_equals_keras_on_the_quantized_model(wtool, quantized, tmp_path, n
     assert res.exit_code == 0, res
     expected = keras.saving.load_model(quantized[name]).predict(np.load(x), verbose=0)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5, rtol=0)
+
+
+# ---- wtool quantize ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """A float model with a layer Keras cannot quantize (BatchNormalization) between Dense layers."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(32, activation="relu", name="d1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dense(16, name="d2")(x)
+    outputs = keras.layers.Dense(3, name="out")(x)
+    path = tmp_path_factory.mktemp("plain") / "plain.keras"
+    keras.Model(inputs, outputs, name="plain").save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quantize_reports_each_layer_and_infer_equals_keras_own_quantize(wtool, quantized, plain, tmp_path, mode):
+    import keras
+
+    before = plain.read_bytes()
+    out = tmp_path / f"q-{mode}.keras"
+    res = wtool("quantize", plain, "--mode", mode, "-o", out, "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    outcome = {layer["path"]: layer for layer in doc["layers"]}
+    assert [p for p, o in outcome.items() if o["quantized"]] == ["d1", "d2", "out"]
+    assert outcome["bn"]["detail"] == f"Keras has no {mode} form of BatchNormalization"
+    assert doc["size_before"] == len(before) and doc["size_after"] == out.stat().st_size
+    assert plain.read_bytes() == before
+    reference = keras.saving.load_model(plain)
+    reference.quantize(mode)
+    x = np.load(quantized["x"])
+    res = wtool("infer", out, quantized["x"], "-o", tmp_path / "y.npy")
+    assert res.exit_code == 0, res
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference.predict(x, verbose=0), atol=1e-5, rtol=0)
+    layers = {layer["name"]: layer for layer in wtool("inspect", out, "--json").json()["layers"]}
+    assert layers["d1"]["quantization"].startswith(mode) and "quantization" not in layers["bn"]
+
+
+def test_quantize_layers_glob_and_refusals(wtool, plain, tmp_path):
+    out = tmp_path / "sel.keras"
+    res = wtool("quantize", plain, "--mode", "int8", "--layers", "d*", "-o", out)
+    assert res.exit_code == 0, res
+    assert "out    Dense               skipped: not selected by --layers" in res.stdout
+    res = wtool("quantize", out, "--mode", "int8", "--layers", "d*", "-o", tmp_path / "again.keras")
+    assert res.exit_code == 4 and "no layer was quantized" in res.stderr and "already quantized" in res.stderr
+    assert not (tmp_path / "again.keras").exists()
+    res = wtool("quantize", plain, "--mode", "int8", "-o", tmp_path / "q.h5")
+    assert res.exit_code == 2 and not (tmp_path / "q.h5").exists()
+    res = wtool("quantize", plain, "--mode", "int8", "--layers", "nope*", "-o", tmp_path / "n.keras")
+    assert res.exit_code == 2 and "matches no layer" in res.stderr
+
+
+def test_train_on_a_quantized_model_trains_what_keras_trains(wtool, quantized, tmp_path):
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(2)
+    np.savez(data, x=rng.normal(size=(32, 8)).astype("float32"), y=rng.normal(size=(32, 4)).astype("float32"))
+    out = tmp_path / "t.keras"
+    res = wtool("train", quantized["dense-int8"], "--data", data, "--loss", "mse", "--epochs", "2", "--seed", "0",
+                "-o", out, "--lr", "0.1")
+    assert res.exit_code == 0, res
+    a = wtool("inspect", quantized["dense-int8"], "--export", tmp_path / "a.npz")
+    b = wtool("inspect", out, "--export", tmp_path / "b.npz")
+    assert a.exit_code == b.exit_code == 0
+    before, after = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(before["d1/kernel"], after["d1/kernel"])  # int8 kernels are frozen in Keras
+    np.testing.assert_array_equal(before["d1/kernel_scale"], after["d1/kernel_scale"])
+    assert not np.array_equal(before["d1/bias"], after["d1/bias"])

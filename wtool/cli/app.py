@@ -31,6 +31,7 @@ COMMANDS = {
     "convert": "convert",
     "merge": "merge",
     "export": "export",
+    "quantize": "quantize",
 }
 
 

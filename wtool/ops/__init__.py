@@ -3,9 +3,10 @@
 Owns: the inspect summary, statistics and hashes (`inspect`), weight-by-weight comparison
 (`diff`), set-weights and transfer as plan -> apply (`surgery`, gathering `planning`,
 `initializers`, `set_weights`, `transfer`, `torch_layout`, `rebuild`, `head`), format
-conversion (`convert`), checkpoint averaging (`merge`) and serving export (`export`).
+conversion (`convert`), checkpoint averaging (`merge`), serving export (`export`) and Keras's
+quantization, reported per layer (`quantize`).
 May import: `wtool.graph` (model-level surgery, lazily), `wtool.data`, `wtool.store`,
 `wtool.safety` and the foundation modules; not `wtool.train`, `wtool.infer` or `wtool.cli`.
 `inspect`, `diff`, `convert` (but .keras <-> .h5) and `merge` never import TensorFlow;
-`export` does (inside its functions).
+`export` and `quantize` do (inside their functions).
 """
