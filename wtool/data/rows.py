@@ -35,7 +35,7 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
+from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import open_input
 from wtool.safety import limits
 from wtool.safety.limits import shown
@@ -176,11 +176,11 @@ class ArraySource(RowSource):
             yield np.ascontiguousarray(self.array[s:min(s + batch_size, stop)])
 
 
-def _read_npy_header(fh: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """The shared .npy header checks (numbers and bools only, bounded dims), plus: rows, not a scalar."""
+def _read_npy_header(fh: IO[bytes], name: str, text: bool = False) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The shared .npy header checks (numbers and bools, strings if `text`; bounded dims), plus: rows."""
     from wtool.store.arrays import read_npy_header
 
-    shape, fortran, dtype = read_npy_header(fh, name)
+    shape, fortran, dtype = read_npy_header(fh, name, text=text)
     if len(shape) == 0:
         raise InputError(f"{name}: a single value (0-d array), not rows")
     return tuple(int(d) for d in shape), bool(fortran), dtype
@@ -190,12 +190,12 @@ class NpySource(RowSource):
     """An .npy array (a file, or a member of an .npz zip) read batch by batch with plain reads."""
 
     def __init__(self, fh: BinaryIO, name: str, size: int | None, fmt: str = "npy",
-                 owner: Any = None) -> None:
+                 owner: Any = None, text: bool = False) -> None:
         self.fh = fh
         self.name = name
         self.format = fmt
         self._owner = owner
-        shape, fortran, dtype = _read_npy_header(fh, name)
+        shape, fortran, dtype = _read_npy_header(fh, name, text)
         self.data_offset = fh.tell()
         self.n_rows = shape[0]
         self.row_shape = shape[1:]
@@ -273,7 +273,32 @@ def npz_keys(path: str | os.PathLike[str]) -> list[str]:
         raise InputError(f"{path}: not a valid .npz archive ({exc})") from None
 
 
-def _open_npz(path: str, fh: BinaryIO | None, key: str | None) -> NpySource:
+def has_field(path: str, name: str, fmt: str | None = None) -> bool:
+    """Whether the CSV header or the first JSON-lines object of `path` names a column or field `name`.
+
+    How a file with one column (or field) per model input feeds each input by name.
+    """
+    fmt = fmt or format_of(path)
+    if path == "-" or fmt not in ("csv", "tsv", "jsonl"):
+        return False
+    try:
+        with open_input(path) as fh:
+            first = b""
+            while not first.strip():
+                first = fh.readline(64 << 20)
+                if not first:
+                    return False
+        line = first.decode("utf-8-sig")
+        if fmt == "jsonl":
+            value = json.loads(line)
+            return isinstance(value, dict) and name in value
+        cells = next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ","))
+        return name in [c.strip() for c in cells]
+    except (WtoolError, OSError, UnicodeDecodeError, ValueError, StopIteration):
+        return False  # the real open reports what is wrong with the file
+
+
+def _open_npz(path: str, fh: BinaryIO | None, key: str | None, text: bool = False) -> NpySource:
     try:
         zf = zipfile.ZipFile(fh if fh is not None else path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -298,7 +323,8 @@ def _open_npz(path: str, fh: BinaryIO | None, key: str | None) -> NpySource:
             member = zf.open(info)
         except (RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
             raise InputError(f"{path}: cannot read array {chosen!r} ({exc})") from None
-        return NpySource(member, f"{path}[{chosen}]", info.file_size, fmt="npz", owner=zf)  # type: ignore[arg-type]
+        return NpySource(member, f"{path}[{chosen}]", info.file_size, fmt="npz", owner=zf,  # type: ignore[arg-type]
+                         text=text)
     except BaseException:
         zf.close()
         raise
@@ -360,16 +386,21 @@ def _parse_columns(spec: str | Sequence[str] | None) -> list[str] | None:
 
 
 class CsvSource(_LineSource):
-    """Numeric CSV/TSV rows, with or without a header row; `columns` picks columns by name or index."""
+    """Numeric CSV/TSV rows, with or without a header row; `columns` picks columns by name or index.
+
+    With `text` the cells are kept as strings (for string-input models) and, as in pandas,
+    the first row is a header unless `header` is False: strings cannot tell it from data.
+    """
 
     def __init__(self, fh: IO[str], name: str, columns: str | Sequence[str] | None = None,
                  header: bool | None = None, delimiter: str = ",", drop: Sequence[str] = (),
-                 target: str | None = None) -> None:
+                 target: str | None = None, text: bool = False) -> None:
         self.fh = fh
         self.name = name
         self.format = "tsv" if delimiter == "\t" else "csv"
         self.delimiter = delimiter
-        self.dtype = np.dtype("float64")
+        self.text = text
+        self.dtype = np.dtype("U") if text else np.dtype("float64")
         first: list[str] | None = None
         first_lineno = 0
         for lineno, line in enumerate(fh, 1):
@@ -380,7 +411,7 @@ class CsvSource(_LineSource):
         if first is None:
             raise InputError(f"{name}: empty input (no rows)")
         if header is None:
-            header = not all(is_number(c) for c in first)
+            header = text or not all(is_number(c) for c in first)
         self.header: list[str] | None = [c.strip() for c in first] if header else None
         self.n_columns = len(first)
         self.first_data_line = first_lineno + 1 if header else first_lineno
@@ -432,6 +463,9 @@ class CsvSource(_LineSource):
         return f"column {index + 1}"
 
     def _batches(self, batch_size: int, start: int, stop: int) -> Iterator[np.ndarray]:
+        if self.text:
+            yield from self._text_batches(batch_size, start, stop)
+            return
         for chunk in self._line_batches(batch_size, start, stop):
             lines = [line for _, line in chunk]
             try:
@@ -443,6 +477,18 @@ class CsvSource(_LineSource):
             if arr.shape[1] != self.row_shape[0]:
                 self._locate_error(chunk)
             yield arr
+
+    def _text_batches(self, batch_size: int, start: int, stop: int) -> Iterator[np.ndarray]:
+        wanted = self.usecols if self.usecols is not None else list(range(self.n_columns))
+        for chunk in self._line_batches(batch_size, start, stop):
+            rows = []
+            for lineno, line in chunk:
+                cells = next(csv.reader([line], delimiter=self.delimiter))
+                if max(wanted) >= len(cells) or (self.usecols is None and len(cells) != self.n_columns):
+                    raise InputError(f"{self.name}: line {lineno} has {len(cells)} columns; "
+                                     f"the first row has {self.n_columns}")
+                rows.append([cells[i] for i in wanted])
+            yield np.array(rows, dtype=str).reshape(len(rows), len(wanted))
 
     def _locate_error(self, chunk: list[tuple[int, str]]) -> None:
         """Find the first bad cell of a batch that numpy refused and name its line and column."""
@@ -475,14 +521,29 @@ def _json_number_array(value: Any, where: str) -> np.ndarray:
     return arr
 
 
-class JsonlSource(_LineSource):
-    """One JSON row per line: a number, a (nested) list of numbers, or an object whose `key` holds one."""
+def _json_text_array(value: Any, where: str) -> np.ndarray:
+    """A string, or (nested) lists of strings, as a numpy U array; numbers are refused, not stringified."""
+    try:
+        arr = np.asarray(value, dtype=object)
+    except ValueError:
+        raise InputError(f"{where}: rows of different lengths (a ragged array)") from None
+    if not all(isinstance(v, str) for v in arr.reshape(-1)):
+        raise InputError(f"{where}: not a string", "this model input takes text: give strings")
+    return arr.astype(str)
 
-    def __init__(self, fh: IO[str], name: str, key: str | None = None) -> None:
+
+class JsonlSource(_LineSource):
+    """One JSON row per line: a number, a (nested) list of numbers, or an object whose `key` holds one.
+
+    With `text`, rows hold strings instead (for string-input models).
+    """
+
+    def __init__(self, fh: IO[str], name: str, key: str | None = None, text: bool = False) -> None:
         self.fh = fh
         self.name = name
         self.format = "jsonl"
-        self.dtype = np.dtype("float64")
+        self.text = text
+        self.dtype = np.dtype("U") if text else np.dtype("float64")
         self.key: str | None = None
         self._wanted_key = key
         self.first_data_line = 1
@@ -510,21 +571,24 @@ class JsonlSource(_LineSource):
             value = value[self.key]
         elif self.key is not None:
             raise InputError(f"{self.name}: line {lineno}: expected an object with field {self.key!r}")
+        if self.text:
+            return _json_text_array(value, f"{self.name}: line {lineno}")
         return _json_number_array(value, f"{self.name}: line {lineno}")
 
     def _batches(self, batch_size: int, start: int, stop: int) -> Iterator[np.ndarray]:
         for chunk in self._line_batches(batch_size, start, stop):
-            out = np.empty((len(chunk), *self.row_shape), dtype=self.dtype)
-            for i, (lineno, line) in enumerate(chunk):
+            rows = []
+            for lineno, line in chunk:
                 row = self._parse(lineno, line)
                 if row.shape != self.row_shape:
                     raise InputError(f"{self.name}: line {lineno}: row has shape {fmt_row_shape(row.shape)}; "
                                      f"the first row has {fmt_row_shape(self.row_shape)}")
-                out[i] = row
-            yield out
+                rows.append(row)
+            # Strings: the batch is as wide as its longest string (a fixed width would cut them).
+            yield np.stack(rows) if self.text else np.asarray(rows, dtype=self.dtype).reshape(len(rows), *self.row_shape)
 
 
-def _open_json(fh: IO[str], name: str, key: str | None) -> ArraySource:
+def _open_json(fh: IO[str], name: str, key: str | None, text: bool = False) -> ArraySource:
     try:
         doc = json.load(fh)
     except json.JSONDecodeError as exc:
@@ -537,7 +601,7 @@ def _open_json(fh: IO[str], name: str, key: str | None) -> ArraySource:
         raise InputError(f"{name}: expected a list of rows, got a single {type(doc).__name__}")
     if not doc:
         raise InputError(f"{name}: empty input (no rows)")
-    return ArraySource(_json_number_array(doc, name), name, fmt="json")
+    return ArraySource(_json_text_array(doc, name) if text else _json_number_array(doc, name), name, fmt="json")
 
 
 def _text(fh: BinaryIO) -> IO[str]:
@@ -598,13 +662,14 @@ def format_of(path: str | os.PathLike[str], table: Mapping[str, str] = INPUT_FOR
 
 def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str | Sequence[str] | None = None,
               *, fmt: str | None = None, header: bool | None = None, stdin: BinaryIO | None = None,
-              drop: Sequence[str] = (), target: str | None = None) -> RowSource:
+              drop: Sequence[str] = (), target: str | None = None, strings: bool = False) -> RowSource:
     """Open `path` (or `-` for stdin) as a RowSource. `key` picks an .npz array or a JSON field.
 
     `fmt` overrides the format guessed from the extension (or sniffed from stdin's first bytes);
     `columns` picks CSV columns by header name or 0-based index ("0-9" is a range);
     `header` forces a CSV header row on or off (default: detected from the first row);
     `drop` leaves CSV columns out, and `target` the label column when the file has one.
+    `strings` reads strings, not numbers (the rows of a string-input model).
     """
     text = os.fspath(path)
     if fmt is not None and fmt not in FORMAT_NAMES:
@@ -636,15 +701,16 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
     try:
         source: RowSource
         if fmt == "npy":
-            source = NpySource(fh, name, size)
+            source = NpySource(fh, name, size, text=strings)
         elif fmt == "npz":
-            source = _open_npz(name, fh, key)
+            source = _open_npz(name, fh, key, strings)
         elif fmt in ("csv", "tsv"):
-            source = CsvSource(_text(fh), name, columns, header, "\t" if fmt == "tsv" else ",", drop, target)
+            source = CsvSource(_text(fh), name, columns, header, "\t" if fmt == "tsv" else ",", drop, target,
+                               strings)
         elif fmt == "jsonl":
-            source = JsonlSource(_text(fh), name, key)
+            source = JsonlSource(_text(fh), name, key, strings)
         else:
-            source = _open_json(_text(fh), name, key)
+            source = _open_json(_text(fh), name, key, strings)
     except UnicodeDecodeError:
         fh.close()
         raise InputError(f"{name}: not UTF-8 text; is it really {fmt}?") from None

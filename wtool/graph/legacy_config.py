@@ -36,7 +36,7 @@ SAFE_LAYERS = frozenset(
     InputLayer IntegerLookup LSTM LayerNormalization LeakyReLU Masking MaxPooling1D MaxPooling2D
     MaxPooling3D Maximum Minimum MultiHeadAttention Multiply Normalization PReLU Permute ReLU
     RepeatVector Rescaling Reshape Resizing SeparableConv1D SeparableConv2D SimpleRNN Softmax
-    SpatialDropout1D SpatialDropout2D SpatialDropout3D StringLookup Subtract TimeDistributed
+    SpatialDropout1D SpatialDropout2D SpatialDropout3D StringLookup Subtract TextVectorization TimeDistributed
     UnitNormalization UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D
     """.split()
 )

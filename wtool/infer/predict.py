@@ -32,6 +32,8 @@ from wtool.data.rows import (
     RowWriter,
     aligned_empty,
     fmt_row_shape,
+    format_of,
+    has_field,
     open_rows,
 )
 from wtool.errors import IncompatibleError, InternalError, UsageError, WtoolError
@@ -165,12 +167,14 @@ class FrozenModel:
         if not inputs:
             raise IncompatibleError(f"{path}: the model has no defined inputs (it was never built)",
                                     "save the model after building it, e.g. with keras.Input(...)")
-        self.inputs = [InputSpec(str(t.name), tuple(t.shape), str(t.dtype)) for t in inputs]
+        # A dict-input model is called with {key: tensor}; its flat `inputs` are in another
+        # order (sorted keys), so each flat input is matched to its key by identity.
+        self._dict_keys = _struct_keys(getattr(model, "_inputs_struct", None), inputs)
+        names = self._dict_keys or [str(t.name) for t in inputs]
+        self.inputs = [InputSpec(name, tuple(t.shape), str(t.dtype)) for name, t in zip(names, inputs, strict=True)]
         outputs = getattr(model, "outputs", None) or []
-        self.output_names = _output_names(model, len(outputs))
-        struct = getattr(model, "_inputs_struct", None)
-        self._dict_inputs = isinstance(struct, dict)
-        self._dict_keys = list(struct.keys()) if isinstance(struct, dict) else []
+        self._output_keys = _struct_keys(getattr(model, "_outputs_struct", None), outputs)
+        self.output_names = list(self._output_keys) or _output_names(model, len(outputs))
         self._step: Any = None
         self._step_key: tuple[Any, ...] | None = None
         self.traces = 0
@@ -196,6 +200,7 @@ class FrozenModel:
         model = self.model
         single = len(specs) == 1
         dict_keys = self._dict_keys
+        output_keys = self._output_keys
 
         def step(*xs: Any) -> list[Any]:
             self.traces += 1  # Python runs only while tracing: counts traces, not calls
@@ -205,7 +210,10 @@ class FrozenModel:
                 args = dict(zip(dict_keys, xs, strict=True))
             else:
                 args = list(xs)
-            return _flatten_outputs(model(args, training=False))
+            y = model(args, training=False)
+            if output_keys and isinstance(y, dict):
+                return [y[k] for k in output_keys]
+            return _flatten_outputs(y)
 
         self._step = tf.function(step, input_signature=specs, autograph=False).get_concrete_function()
         self._step_key = key
@@ -252,12 +260,25 @@ class FrozenModel:
         return self.predict_prepared(*self.prepare(arrays))
 
 
+def _struct_keys(struct: Any, flat: Sequence[Any]) -> list[str]:
+    """The dict key of each flat tensor, in the flat order; [] unless `struct` is a flat dict of them."""
+    if not isinstance(struct, dict):
+        return []
+    by_id = {id(t): str(k) for k, t in struct.items()}
+    keys = [by_id.get(id(t)) for t in flat]
+    if len(struct) != len(flat) or any(k is None for k in keys):
+        return []
+    return [k for k in keys if k is not None]
+
+
 def _tensor_name(name: str, i: int) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
     return clean if clean and clean[0].isalnum() else f"input_{i}"
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if a.dtype.kind in "US":  # strings: never handed to a kernel without a copy, alignment does not matter
+        return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
     out = aligned_empty((size, *a.shape[1:]), a.dtype)
     out[: len(a)] = a
     out[len(a):] = 0
@@ -286,8 +307,10 @@ def _all_layers(model: Any) -> Iterator[Any]:
 def load_frozen(path: str, *, unsafe: bool = False, arch: str | None = None) -> FrozenModel:
     """Load `path` in safe mode (exit 5 for files that need code, unless unsafe) and freeze it."""
     from wtool.graph.model import load_model
+    from wtool.graph.preprocessing import require_vocabularies
 
     model = load_model(path, unsafe=unsafe, arch=arch)
+    require_vocabularies(model, path)
     return FrozenModel(model, path)
 
 
@@ -322,8 +345,17 @@ def _fits(want: tuple[int | None, ...], row_shape: tuple[int, ...]) -> bool:
     return len(want) == len(row_shape) and all(w is None or w == r for w, r in zip(want, row_shape, strict=True))
 
 
-def numpy_dtype(spec: InputSpec) -> np.dtype[Any]:
-    """The numpy dtype rows are cast to for a model input (bfloat16 through TensorFlow's own type)."""
+def takes_strings(spec: InputSpec) -> bool:
+    return spec.dtype == "string"
+
+
+def numpy_dtype(spec: InputSpec) -> np.dtype[Any] | None:
+    """The numpy dtype rows are cast to for a model input (bfloat16 through TensorFlow's own type).
+
+    None for a string input: its rows are fed as read (numpy U or S), never cast.
+    """
+    if takes_strings(spec):
+        return None
     try:
         dtype = np.dtype(spec.dtype)
     except TypeError:
@@ -332,9 +364,15 @@ def numpy_dtype(spec: InputSpec) -> np.dtype[Any]:
         except (TypeError, ValueError):
             dtype = np.dtype(object)
     if dtype.kind not in "biuf":
-        raise IncompatibleError(f"input {shown(spec.name)} has dtype {spec.dtype}; wtool infer feeds numbers only",
-                                "models that take strings (text preprocessing layers) are not supported")
+        raise IncompatibleError(f"input {shown(spec.name)} has dtype {spec.dtype}; wtool infer feeds numbers "
+                                "and strings only")
     return dtype
+
+
+def _check_strings(spec: InputSpec, src: RowSource) -> None:
+    if takes_strings(spec) and src.dtype.kind not in "US":
+        raise IncompatibleError(f"input {shown(spec.name)} takes strings; {src.name} holds {src.dtype} values",
+                                "give text: CSV or JSON lines of strings, or an .npy of strings (numpy U/S)")
 
 
 def auto_batch_size(row_bytes: int) -> int:
@@ -371,10 +409,14 @@ class InferPlan:
         self.n_rows = len(self.sources[0])
         self.row_shapes = [fit_rows(spec, src.row_shape, src.name, len(specs))
                            for spec, src in zip(specs, self.sources, strict=True)]
+        for spec, src in zip(specs, self.sources, strict=True):
+            _check_strings(spec, src)
         self.dtypes = [numpy_dtype(spec) for spec in specs]
         self.start, self.stop = shard_range(self.n_rows, self.shard)
         if self.batch_size is None:
-            row_bytes = sum(int(math.prod(s)) * d.itemsize for s, d in zip(self.row_shapes, self.dtypes, strict=True))
+            sizes = [d.itemsize if d is not None else max(src.dtype.itemsize, 64)
+                     for d, src in zip(self.dtypes, self.sources, strict=True)]
+            row_bytes = sum(int(math.prod(s)) * size for s, size in zip(self.row_shapes, sizes, strict=True))
             self.batch_size = auto_batch_size(row_bytes)
         elif self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (not {self.batch_size})")
@@ -445,7 +487,8 @@ class InferPlan:
     def empty_columns(self) -> list[Column]:
         """Columns for a run with no rows: shapes from one dummy batch."""
         self.frozen.compile(1, self.row_shapes)
-        dummy = [np.zeros((1, *s), dtype=d) for s, d in zip(self.row_shapes, self.dtypes, strict=True)]
+        dummy = [np.zeros((1, *s), dtype=d if d is not None else "U1")
+                 for s, d in zip(self.row_shapes, self.dtypes, strict=True)]
         return self.columns_of(self.postprocess(self.frozen.predict_batch(dummy)))
 
     def postprocess(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -586,7 +629,8 @@ def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, st
         path = positional if positional is not None else named.get(names[0])
         if path is None:
             raise UsageError(f"no input for {shown(names[0])}")
-        return [open_rows(path, key, columns, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target)]
+        return [open_rows(path, key, columns, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target,
+                          strings=takes_strings(specs[0]))]
     # Several model inputs: --input NAME=FILE each, or one .npz holding an array per input name.
     paths: dict[str, str] = dict(named)
     if positional is not None:
@@ -602,12 +646,16 @@ def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, st
         raise UsageError("stdin (-) can feed only one input")
     sources: list[RowSource] = []
     try:
-        for name in names:
-            path = paths[name]
+        for spec in specs:
+            path, member, cols = paths[spec.name], key, columns
             is_npz = fmt == "npz" or Path(path).suffix.lower() == ".npz"
-            member = name if is_npz and _npz_has(path, name) else key
-            sources.append(open_rows(path, member, columns, fmt=fmt, header=header, stdin=stdin, drop=drop,
-                                     target=target))
+            if is_npz and _npz_has(path, spec.name):
+                member = spec.name
+            elif key is None and columns is None and not drop and target is None and has_field(path, spec.name, fmt):
+                # a CSV column or JSON field named after the input feeds it
+                member, cols = (spec.name, None) if (fmt or format_of(path)) == "jsonl" else (None, spec.name)
+            sources.append(open_rows(path, member, cols, fmt=fmt, header=header, stdin=stdin, drop=drop,
+                                     target=target, strings=takes_strings(spec)))
     except BaseException:
         for s in sources:
             s.close()

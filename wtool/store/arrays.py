@@ -33,9 +33,13 @@ NPY_MAGIC = b"\x93NUMPY"
 NUMERIC_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex
 
 
-def read_npy_header(fh: IO[bytes], where: str, limits: Limits | None = None
+def read_npy_header(fh: IO[bytes], where: str, limits: Limits | None = None, text: bool = False
                     ) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """Parse and check a .npy header; returns (shape, fortran_order, dtype). The stream is left at the data."""
+    """Parse and check a .npy header; returns (shape, fortran_order, dtype). The stream is left at the data.
+
+    `text` also accepts fixed-width strings (numpy U/S, rows for a string-input model);
+    object arrays are refused always, since reading them would unpickle.
+    """
     limits = limits or _limits.current()
     try:
         version = np.lib.format.read_magic(fh)
@@ -49,8 +53,10 @@ def read_npy_header(fh: IO[bytes], where: str, limits: Limits | None = None
         raise
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError):
         raise InputError(f"{where}: not a valid .npy array (bad header)") from None
-    if dtype.hasobject or dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise InputError(f"{where}: dtype {shown(dtype.str)} is not numeric; only numbers and bools are read "
+    kinds = NUMERIC_KINDS | {"U", "S"} if text else NUMERIC_KINDS
+    if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+        what = "numbers, bools and strings" if text else "numbers and bools"
+        raise InputError(f"{where}: dtype {shown(dtype.str)} is not numeric; only {what} are read "
                          "(Python objects are never unpickled)")
     if len(shape) > limits.max_array_dims or any((not isinstance(d, int)) or d < 0 for d in shape):
         raise InputError(f"{where}: invalid array shape in the header")

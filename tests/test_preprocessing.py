@@ -1,0 +1,226 @@
+"""Models with Keras's stateful preprocessing layers: `infer` against `model.predict`, by format.
+
+One combined model per form, built once per module and saved in every format:
+- `dict`: the model of issue 17: dict inputs `num` (Normalization) and `cat` (int64 ids
+  beyond float32's range, IntegerLookup), dict outputs `cls` and `reg`;
+- `numeric`: one float input through Normalization, Discretization, Hashing, CategoryEncoding;
+- `text`: one string input () through TextVectorization and StringLookup;
+- `multi`: inputs `num`, `cat` and a string `word` (1,) through every stateful layer (Hashing of strings).
+Keras's own answers are the reference (`model.predict` on the same arrays).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+BIG = 2**40  # int64 ids that float32 cannot tell apart: a cast would send every id to one bucket
+WORDS = ["red", "green", "blue", "red", "pink", "blue", "green", "red"]
+TEXTS = ["the cat sat", "a dog ran far", "the dog sat", "cats and dogs", "a cat", "red dog", "the end", "far"]
+
+
+def ok(*args):
+    res = run_cli("infer", *args)
+    assert res.exit_code == 0, res
+    return res
+
+
+def _dict_model(keras, num, cat):
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(num)
+    look = keras.layers.IntegerLookup(name="look", output_mode="one_hot")
+    look.adapt(cat)
+    i_num, i_cat = keras.Input((4,), name="num"), keras.Input((1,), name="cat", dtype="int64")
+    h = keras.layers.Dense(8, activation="relu", name="d")(keras.layers.Concatenate()([norm(i_num), look(i_cat)]))
+    outs = {"cls": keras.layers.Dense(3, activation="softmax", name="cls")(h),
+            "reg": keras.layers.Dense(1, name="reg")(h)}
+    return keras.Model({"num": i_num, "cat": i_cat}, outs, name="dict")
+
+
+def _numeric_model(keras, num):
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(num)
+    disc = keras.layers.Discretization(num_bins=4, name="disc")
+    disc.adapt(num)
+    x = keras.Input((4,), name="x")
+    bins = disc(x)
+    parts = [norm(x), keras.layers.CategoryEncoding(num_tokens=4, output_mode="count", name="enc")(bins),
+             keras.layers.Hashing(num_bins=3, output_mode="multi_hot", name="hash")(bins)]
+    y = keras.layers.Dense(2, name="out")(keras.layers.Concatenate()(parts))
+    return keras.Model(x, y, name="numeric")
+
+
+def _text_model(keras):
+    vec = keras.layers.TextVectorization(max_tokens=20, output_mode="multi_hot", name="vec")
+    vec.adapt(np.array(TEXTS))
+    look = keras.layers.StringLookup(output_mode="one_hot", name="slook")
+    look.adapt(np.array(TEXTS))
+    t = keras.Input((), dtype="string", name="text")
+    parts = [vec(t), look(t)]
+    return keras.Model(t, keras.layers.Dense(2, name="out")(keras.layers.Concatenate()(parts)), name="text")
+
+
+def _multi_model(keras, num, cat):
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(num)
+    disc = keras.layers.Discretization(num_bins=3, name="disc")
+    disc.adapt(num)
+    ilook = keras.layers.IntegerLookup(output_mode="multi_hot", name="ilook")
+    ilook.adapt(cat)
+    slook = keras.layers.StringLookup(output_mode="one_hot", name="slook")
+    slook.adapt(np.array(WORDS)[:, None])
+    vec = keras.layers.TextVectorization(output_mode="count", name="vec")
+    vec.adapt(np.array(WORDS)[:, None])
+    i_num, i_cat = keras.Input((4,), name="num"), keras.Input((1,), name="cat", dtype="int64")
+    i_word = keras.Input((1,), name="word", dtype="string")
+    parts = [norm(i_num), keras.layers.CategoryEncoding(num_tokens=3, output_mode="multi_hot", name="enc")(disc(i_num)),
+             ilook(i_cat), keras.layers.Hashing(num_bins=4, output_mode="one_hot", name="hash")(i_word),
+             slook(i_word), keras.layers.Flatten(name="flat")(vec(i_word))]
+    h = keras.layers.Dense(6, activation="relu", name="d")(keras.layers.Concatenate()(parts))
+    outs = {"cls": keras.layers.Dense(3, activation="softmax", name="cls")(h),
+            "reg": keras.layers.Dense(1, name="reg")(h)}
+    return keras.Model({"num": i_num, "cat": i_cat, "word": i_word}, outs, name="multi")
+
+
+def _predict(model, x):
+    import tensorflow as tf
+
+    def tensor(a):
+        return tf.constant(a) if a.dtype.kind in "US" else a
+
+    feed = {k: tensor(v) for k, v in x.items()} if isinstance(x, dict) else tensor(x)
+    return model.predict(feed, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from wtool.graph.model import import_keras
+
+    keras = import_keras()
+    d = tmp_path_factory.mktemp("prep")
+    rng = np.random.default_rng(7)
+    num = (rng.normal(size=(len(WORDS), 4)) * 3 + 1).astype("float32")
+    cat = (BIG + rng.integers(0, 5, size=(len(WORDS), 1))).astype("int64")
+    words = np.array(WORDS)[:, None]
+    inputs = {"dict": {"num": num, "cat": cat}, "numeric": num, "text": np.array(TEXTS),
+              "multi": {"num": num, "cat": cat, "word": words}}
+    models = {"dict": _dict_model(keras, num, cat), "numeric": _numeric_model(keras, num),
+              "text": _text_model(keras), "multi": _multi_model(keras, num, cat)}
+    refs = {}
+    for name, model in models.items():
+        model.save(d / f"{name}.keras")
+        model.save(d / f"{name}.h5")
+        model.save_weights(d / f"{name}.weights.h5")
+        refs[name] = _predict(model, inputs[name])
+    np.save(d / "num.npy", num)
+    np.save(d / "cat.npy", cat)
+    np.save(d / "words.npy", words)
+    np.save(d / "texts.npy", np.array(TEXTS))
+    np.save(d / "texts_bytes.npy", np.array(TEXTS).astype("S"))
+    (d / "rows.csv").write_text("id,text,word\n" + "".join(f'{i},"{t}",{w}\n' for i, (t, w) in
+                                                           enumerate(zip(TEXTS, WORDS, strict=True))))
+    (d / "rows.jsonl").write_text("".join(json.dumps({"text": t, "word": w}) + "\n" for t, w in zip(TEXTS, WORDS,
+                                                                                                  strict=True)))
+    (d / "bare.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TEXTS))
+    return d, models, refs
+
+
+def _formats(d, name):
+    """(file, extra args) for the .keras, .h5 and .weights.h5 (+ --arch .keras) forms of a model."""
+    return {"keras": (d / f"{name}.keras", []), "h5": (d / f"{name}.h5", []),
+            "weights": (d / f"{name}.weights.h5", ["--arch", d / f"{name}.keras"])}
+
+
+@pytest.mark.parametrize("fmt", ["keras", "weights"])
+def test_dict_model_equals_keras(tmp_path, built, fmt):
+    d, _, refs = built
+    model, extra = _formats(d, "dict")[fmt]
+    ok(model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}", "-o", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        assert sorted(z.files) == ["cls", "reg"]
+        for key in ("cls", "reg"):
+            np.testing.assert_allclose(z[key], refs["dict"][key], atol=1e-6)
+    # CSV and JSON lines: columns named (and prefixed) by output name
+    ok(model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}", "-o", tmp_path / "p.csv")
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["cls_0", "cls_1", "cls_2", "reg_0"]
+    np.testing.assert_allclose(np.loadtxt(lines[1:], delimiter=",", ndmin=2),
+                               np.concatenate([refs["dict"]["cls"], refs["dict"]["reg"]], axis=1), atol=1e-6)
+    res = ok(model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}", "--argmax")
+    first = json.loads(res.stdout.splitlines()[0])
+    assert first == {"cls.class": int(refs["dict"]["cls"][0].argmax()), "reg.class": 0}
+
+
+def test_dict_model_h5_without_vocabulary_is_refused_like_keras(tmp_path, built):
+    """A legacy .h5 keeps no adapted vocabulary: Keras fails on it too, wtool says why (exit 4)."""
+    from wtool.graph.model import import_keras
+
+    d, _, _ = built
+    keras = import_keras()
+    reloaded = keras.models.load_model(d / "dict.h5")
+    with pytest.raises(Exception, match="not initialized"):
+        _predict(reloaded, {"num": np.load(d / "num.npy"), "cat": np.load(d / "cat.npy")})
+    for model in (d / "dict.h5", d / "dict.weights.h5"):
+        extra = ["--arch", d / "dict.h5"] if model.name.endswith(".weights.h5") else []
+        res = run_cli("infer", model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}",
+                      "-o", tmp_path / "p.npz")
+        assert res.exit_code == 4, res
+        assert "'look' (IntegerLookup) has no vocabulary" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 2  # the error line and its hint
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "weights"])
+def test_numeric_preprocessing_equals_keras(tmp_path, built, fmt):
+    d, _, refs = built
+    model, extra = _formats(d, "numeric")[fmt]
+    ok(model, *extra, d / "num.npy", "-o", tmp_path / "p.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), refs["numeric"], atol=1e-6)
+
+
+@pytest.mark.parametrize(("source", "extra"), [
+    ("texts.npy", []), ("texts_bytes.npy", []), ("rows.csv", ["--columns", "text"]),
+    ("rows.jsonl", ["--input-key", "text"]), ("bare.jsonl", [])])
+def test_string_input_from_every_format(tmp_path, built, source, extra):
+    d, _, refs = built
+    ok(d / "text.keras", d / source, *extra, "-o", tmp_path / "p.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), refs["text"], atol=1e-6)
+
+
+def test_string_input_refuses_numbers_and_object_arrays(tmp_path, built):
+    d, _, _ = built
+    np.save(tmp_path / "ids.npy", np.arange(len(TEXTS), dtype=np.float32))
+    res = run_cli("infer", d / "text.keras", tmp_path / "ids.npy", "-o", tmp_path / "p.npy")
+    assert res.exit_code == 4 and "input 'text' takes strings" in res.stderr, res
+    np.save(tmp_path / "obj.npy", np.array(TEXTS, dtype=object), allow_pickle=True)
+    res = run_cli("infer", d / "text.keras", tmp_path / "obj.npy", "-o", tmp_path / "p.npy")
+    assert res.exit_code == 3 and "never unpickled" in res.stderr, res
+    assert not (tmp_path / "p.npy").exists()
+
+
+@pytest.mark.parametrize("fmt", ["keras", "weights"])
+def test_multi_input_every_layer_equals_keras(tmp_path, built, fmt):
+    d, _, refs = built
+    model, extra = _formats(d, "multi")[fmt]
+    ok(model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}",
+       "--input", f"word={d / 'rows.csv'}", "-o", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        for key in ("cls", "reg"):
+            np.testing.assert_allclose(z[key], refs["multi"][key], atol=1e-6)
+    ok(model, *extra, "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}",
+       "--input", f"word={d / 'rows.jsonl'}", "-o", tmp_path / "q.npz")
+    with np.load(tmp_path / "q.npz") as z:
+        np.testing.assert_allclose(z["cls"], refs["multi"]["cls"], atol=1e-6)
+
+
+def test_inspect_check_passes_on_every_file(built):
+    d, _, _ = built
+    for path in sorted(d.glob("*.keras")) + sorted(d.glob("*.h5")):
+        if path.name.endswith(".weights.h5"):
+            continue
+        res = run_cli("inspect", path, "--check")
+        assert res.exit_code == 0, (path, res)
