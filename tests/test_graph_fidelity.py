@@ -22,8 +22,8 @@ def _keras():
     return import_keras()
 
 
-def _infer(model: Path, x: Path, out: Path, *extra: str) -> np.ndarray:
-    res = run_cli("infer", model, x, "-o", out, *extra)
+def _infer(model: Path, *inputs: str | Path, out: Path) -> np.ndarray:
+    res = run_cli("infer", model, *inputs, "-o", out)
     assert res.exit_code == 0, res
     return np.load(out)
 
@@ -54,7 +54,7 @@ def test_h5_normalization_state_is_finalized_after_weights(stateful_norm_h5, tmp
     model_path, x_path = stateful_norm_h5
     keras = _keras()
     expected = np.asarray(keras.models.load_model(model_path, compile=False)(np.load(x_path), training=False))
-    got = _infer(model_path, x_path, tmp_path / "y.npy")
+    got = _infer(model_path, x_path, out=tmp_path / "y.npy")
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
@@ -67,7 +67,7 @@ def test_efficientnet_b0_h5_equals_keras(tmp_path_factory):
     np.save(d / "x.npy", x)
     expected = np.asarray(keras.models.load_model(d / "e.h5", compile=False)(x, training=False))
     np.testing.assert_allclose(expected, np.asarray(model(x, training=False)), atol=TOL, rtol=0)
-    got = _infer(d / "e.h5", d / "x.npy", d / "y.npy")
+    got = _infer(d / "e.h5", d / "x.npy", out=d / "y.npy")
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
@@ -93,3 +93,59 @@ def test_argmax_on_a_single_unit_output_points_to_threshold(binary_model, tmp_pa
     assert ok.exit_code == 0, ok
     expected = (np.asarray(_keras().models.load_model(model)(np.load(x))) >= 0.5).astype(np.int64)[:, 0]
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), expected)
+
+
+@pytest.fixture(scope="module")
+def ops_model(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A Functional model written the ordinary Keras 3 way: operations on KerasTensors."""
+    keras = _keras()
+    ops = keras.ops
+    d = tmp_path_factory.mktemp("ops")
+    a = keras.Input((4,), name="a")
+    b = keras.Input((4,), name="b")
+    x = keras.layers.Dense(4, name="dense")(a)
+    y = keras.layers.LayerNormalization(name="ln")(x + b)
+    z = ops.concatenate([y * 0.5, ops.mean(x, axis=-1, keepdims=True), ops.exp(x[:, :2])], axis=-1)
+    z = keras.layers.Add(name="layer_add")([z, ops.reshape(ops.transpose(ops.stack([z, z]), (1, 0, 2))[:, 0], (-1, 7))])
+    model = keras.Model([a, b], keras.layers.Dense(3, name="head")(z))
+    model.save(d / "m.keras")
+    model.save(d / "m.h5")
+    rng = np.random.RandomState(0)
+    xa, xb = rng.randn(5, 4).astype("float32"), rng.randn(5, 4).astype("float32")
+    np.save(d / "a.npy", xa)
+    np.save(d / "b.npy", xb)
+    return d, xa, xb, np.asarray(model([xa, xb], training=False))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_operations_on_keras_tensors_are_not_code(ops_model, tmp_path, suffix):
+    d, xa, xb, expected = ops_model
+    path = d / f"m{suffix}"
+    check = run_cli("inspect", path, "--check", "--json")
+    assert check.exit_code == 0, check
+    got = _infer(path, "--input", f"a={d / 'a.npy'}", "--input", f"b={d / 'b.npy'}", out=tmp_path / "y.npy")
+    if suffix == ".keras":  # Keras's own safe-mode load agrees (it cannot load the .h5: its writer drops modules)
+        keras = _keras()
+        loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+        np.testing.assert_allclose(np.asarray(loaded([xa, xb], training=False)), expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("module, cls", [("keras.src.ops.core", "Cond"), ("keras.src.ops.core", "WhileLoop"),
+                                         ("keras.src.ops.nn", "Mean"), ("os", "Add"), ("keras.src.ops.numpy", "Evil")])
+def test_only_keras_own_data_operations_pass_as_operations(module, cls):
+    """Control flow (Python callables), a class in the wrong module or outside Keras stays a refusal."""
+    from wtool.errors import UnsafeError
+    from wtool.graph.legacy_config import translate
+    from wtool.safety.config_check import check_code
+
+    node = {"module": module, "class_name": cls, "config": {"name": "op"}, "registered_name": cls, "name": "op",
+            "inbound_nodes": []}
+    config = {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+              "config": {"name": "m", "layers": [node], "input_layers": [], "output_layers": []}}
+    refused = any(p.kind == "code" for p in translate(config, "3.15.1").problems)
+    try:
+        check_code(config, "m.keras")
+    except UnsafeError:
+        refused = True
+    assert refused

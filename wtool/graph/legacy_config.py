@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wtool.errors import WtoolError
+from wtool.safety.keras_ops import OP_MODULES
 
 # Keras's own layer classes that rebuild from their config alone (no code from the file).
 SAFE_LAYERS = frozenset(
@@ -602,6 +603,11 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
     raw = entry.get("config")
     config: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
     config.setdefault("name", lname)
+    op_module = _operation_module(entry, ctx)
+    if op_module is not None:  # `x + a`, `ops.mean(x)` on KerasTensors: Keras's own operation, no code
+        if entry.get("module") != op_module:
+            ctx.change(f"`{lname}`: Keras operation {old_class} given its module {op_module}")
+        return {"module": op_module, "class_name": old_class, "config": config, "registered_name": old_class}
     if entry.get("module") and entry.get("registered_name"):
         # Keras 3 style entry of a registered (custom) object
         ctx.custom_classes.append(str(entry.get("registered_name")))
@@ -643,6 +649,28 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
     if cls in CONV_CLASSES | RNN_CLASSES and ctx.backend == "theano" and not cls.startswith("Depthwise"):
         ctx.weight_conversions.setdefault(lname, {})["theano_kernel"] = True
     return {"module": "keras.layers", "class_name": cls, "config": config, "registered_name": None}
+
+
+def _operation_module(entry: dict[str, Any], ctx: _Context) -> str | None:
+    """The `keras.src.ops.*` module of an operation node, or None for a layer.
+
+    A .keras config names the module. Keras 3's .h5 writer drops it, so there an entry is an
+    operation when its class is one and it is not a layer's config (a Keras 3 layer's always has
+    `trainable`; an operation's holds only its name and arguments): `Add` of `x + a` is the
+    operation, `layers.Add()([x, a])` the layer.
+    """
+    cls = entry.get("class_name")
+    if not isinstance(cls, str) or cls not in OP_MODULES:
+        return None
+    module = entry.get("module")
+    if module is not None:
+        return module if module == OP_MODULES[cls] else None
+    config = entry.get("config")
+    if not ctx.native or not isinstance(config, dict):
+        return None
+    if cls in SAFE_LAYERS and "trainable" in config:
+        return None
+    return OP_MODULES[cls]
 
 
 def _strip_input_args(config: dict[str, Any]) -> dict[str, Any]:
