@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SAMPLES, run_cli
 
 TOL = 1e-5
 
@@ -149,3 +149,52 @@ def test_only_keras_own_data_operations_pass_as_operations(module, cls):
     except UnsafeError:
         refused = True
     assert refused
+
+
+@pytest.fixture(scope="module")
+def code_model(tmp_path_factory) -> Path:
+    """Three kinds of code in one config: Lambda bytecode, a registered class, a function reference."""
+    keras = _keras()
+    d = tmp_path_factory.mktemp("code")
+
+    @keras.saving.register_keras_serializable(package="h13")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    @keras.saving.register_keras_serializable(package="h13")
+    def identity(x):
+        return x
+
+    inp = keras.Input((3,))
+    x = keras.layers.Lambda(lambda t: t + 1, name="lam")(inp)
+    x = Twice(name="twice")(x)
+    keras.Model(inp, keras.layers.Dense(2, activation=identity, name="d")(x)).save(d / "code.keras")
+    return d / "code.keras"
+
+
+def test_check_lists_every_reason_text_and_json(code_model):
+    res = run_cli("inspect", code_model, "--check")
+    assert res.exit_code == 5, res
+    lines = res.stdout.splitlines()
+    start = lines.index("graph needs-unsafe (3 reasons):")
+    listed = lines[start + 1:start + 4]
+    assert [line.split(":")[0] for line in listed] == ["  - layer `lam`", "  - layer `twice`", "  - layer `d`"]
+    assert "h13>identity" in listed[2]
+    doc = run_cli("inspect", code_model, "--check", "--json").json()
+    assert doc["check"]["exit_code"] == 5 and len(doc["check"]["reasons"]) == 3
+    assert "h13>identity" in doc["check"]["reasons"][2]
+
+
+def test_inspect_header_says_the_graph_needs_code_without_tensorflow(code_model, tmp_path):
+    from tests.test_no_tf_import import _probe
+
+    res = run_cli("inspect", code_model)
+    assert res.exit_code == 0, res
+    header = [line for line in res.stdout.splitlines() if line.startswith("needs code")]
+    assert len(header) == 1 and "`lam`" in header[0] and "(and 2 more)" in header[0] and "--unsafe" in header[0]
+    doc = run_cli("inspect", code_model, "--json").json()
+    assert [r.split(":")[0] for r in doc["needs_code"]] == ["layer `lam`", "layer `twice`", "layer `d`"]
+    assert run_cli("inspect", SAMPLES / "mlp.keras", "--json").json()["needs_code"] == []
+    probe = _probe(["inspect", str(code_model), "--json"], tmp_path)
+    assert probe["code"] == 0 and probe["loaded"] == [], probe

@@ -190,8 +190,9 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
                       "(train and infer take it with --arch MODEL)")
             return CheckResult(str(path), 4, "no-graph", [reason], keras_version=mf.keras_version)
         t = _translation(mf, p)
-    code, status = _verdict(t.problems, unsafe)
-    reasons = group_reasons(_with_installed(t.problems))
+        problems = t.problems if unsafe else [*t.problems, *_config_problems(mf.config, t.problems)]
+    code, status = _verdict(problems, unsafe)
+    reasons = group_reasons(_with_installed(problems))
     hint = None
     if status == "needs-unsafe":
         hint = _unsafe_hint(t.problems)
@@ -200,6 +201,41 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
         hint = _missing_hint(t.problems)
     return CheckResult(str(path), code, status, reasons, t.changes, mf.keras_version,
                        "keras" if _is_native(mf) and not t.changes else "translated", hint)
+
+
+def _config_problems(config: Any, known: list[Problem]) -> list[Problem]:
+    """What the config check (wtool.safety.config_check) refuses beyond the translation's own problems.
+
+    Loading stops at the first refusal; a report lists them all. A layer the translation already
+    reported (a Lambda, a custom class) is not reported twice.
+    """
+    from wtool.safety.config_check import code_findings
+
+    reported = {p.layer for p in known}
+    out: list[Problem] = []
+    for finding in code_findings(config):
+        if finding.layer in reported and finding.layer:
+            continue
+        problem = Problem("code", finding.layer, finding.why)
+        if problem not in out:
+            out.append(problem)
+    return out
+
+
+def needs_code(mf: ModelFile) -> list[str]:
+    """What in the file's config graph commands refuse as code (Lambda, function reference, unknown class).
+
+    For inspect's header: reading weights stays allowed. Empty for a weights-only file or one whose
+    config cannot be translated (--check says why). No TensorFlow.
+    """
+    if mf.config is None:
+        return []
+    try:
+        t = translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
+    except (TranslationError, KeyError, TypeError, ValueError, AttributeError):
+        return []
+    code = [p for p in t.problems if p.kind == "code" or p.layer in t.lambdas]
+    return group_reasons(_with_installed([*code, *_config_problems(mf.config, t.problems)]))
 
 
 def _with_installed(problems: list[Problem]) -> list[Problem]:

@@ -137,6 +137,7 @@ class Finding:
     """One thing in a config that needs code or outside state."""
 
     where: str
+    layer: str  # the layer's name, "" for the model itself
     why: str
 
 
@@ -201,7 +202,7 @@ def _findings(config: Any, report: ConfigReport) -> list[Finding]:
         module = obj.get("module")
         registered = obj.get("registered_name")
         if cls in CODE_CLASSES:
-            found.append(Finding(label, CODE_CLASSES[cls]))
+            found.append(Finding(label, where, CODE_CLASSES[cls]))
             continue
         if cls == "function":
             fname = obj.get("config")
@@ -210,17 +211,17 @@ def _findings(config: Any, report: ConfigReport) -> list[Finding]:
             ok_registered = registered in (None, fname)
             if not (ok_module and ok_name and ok_registered):
                 ref = f"{module}.{fname}" if module not in (None, "builtins") else str(fname)
-                found.append(Finding(label, f"a reference to the function {shown(ref)} (not a Keras "
+                found.append(Finding(label, where, f"a reference to the function {shown(ref)} (not a Keras "
                                             "activation, loss or metric)"))
             continue
         if cls in DATA_MARKERS:
             continue
         if not _is_keras_module(module):
-            found.append(Finding(label, f"class {shown(cls)} from module {shown(module)} (outside Keras)"))
+            found.append(Finding(label, where, f"class {shown(cls)} from module {shown(module)} (outside Keras)"))
             continue
         if isinstance(registered, str) and registered not in (cls, "Functional", "Sequential") \
                 and not _legacy_custom_alias(registered):
-            found.append(Finding(label, f"a registered custom object {shown(registered)}"))
+            found.append(Finding(label, where, f"a registered custom object {shown(registered)}"))
             continue
         if isinstance(cls, str) and cls.startswith("Custom>") and cls[len("Custom>"):] in OTHER_CLASSES:
             continue  # tf.keras 2 wrote built-in optimizers as 'Custom>Adam'
@@ -228,18 +229,18 @@ def _findings(config: Any, report: ConfigReport) -> list[Finding]:
             continue  # a Keras operation node (`x + a`, `ops.mean(x)`; .h5 drops the module), as safe mode allows
         if not (cls in LAYER_CLASSES or cls in MODEL_CLASSES or cls in LEGACY_LAYER_CLASSES
                 or cls in OTHER_CLASSES):
-            found.append(Finding(label, f"unknown class {shown(cls)} (custom objects need code to load)"))
+            found.append(Finding(label, where, f"unknown class {shown(cls)} (custom objects need code to load)"))
             continue
         cfg = obj.get("config")
         if cls in VOCABULARY_LAYERS and isinstance(cfg, dict):
             for key in ("vocabulary", "idf_weights"):
                 if isinstance(cfg.get(key), str):
-                    found.append(Finding(label, f"its {key} is read from a file path named in the model file"))
+                    found.append(Finding(label, where, f"its {key} is read from a file path named in the model file"))
         if cls == "Merge" and isinstance(cfg, dict):
             mode = cfg.get("mode")
             if not (mode is None or (isinstance(mode, str) and mode in _MERGE_MODES)) or \
                     cfg.get("mode_type") not in (None, "raw") or cfg.get("output_shape_type") not in (None, "raw"):
-                found.append(Finding(label, "a Keras 1 Merge layer with a Python function"))
+                found.append(Finding(label, where, "a Keras 1 Merge layer with a Python function"))
     return found
 
 
@@ -286,6 +287,14 @@ def check_code(config: Any, source: str, *, unsafe: bool = False, limits: Limits
     limits = limits or _limits.current()
     check_json_shape(config, source, limits, what)
     return _refuse_code(config, source, ConfigReport(), unsafe)
+
+
+def code_findings(config: Any) -> list[Finding]:
+    """Everything in `config` that would run code, all of it and without raising (for reports)."""
+    try:
+        return _findings(config, ConfigReport())
+    except InputError:
+        return []  # a malformed object is reported by the command that loads the graph
 
 
 def _refuse_code(config: Any, source: str, report: ConfigReport, unsafe: bool) -> list[Finding]:

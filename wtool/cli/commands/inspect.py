@@ -74,6 +74,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
       wtool inspect sample_models/mlp.h5 --hash
     """
     without_blas_threads()  # before numpy loads
+    from wtool.graph.model import needs_code
     from wtool.ops.inspect import (
         export_npz,
         model_hashes,
@@ -86,6 +87,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
 
     with open_model(model) as mf:
         summary = summarize(mf, list(layers) or None)
+        code = needs_code(mf)
         details: dict[str, dict[str, Any]] = {w.path: {} for w in summary.weights}
         for w in summary.weights:
             entry = details[w.path]
@@ -103,13 +105,14 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
     check_result = _check(model, unsafe) if check else None
 
     doc = _document(summary, details, exported, check_result)
+    doc["needs_code"] = code
     if hashed is not None:
         doc["hash"] = hashed
     for warning in summary.warnings:
         out.warn(warning)
     show_weights = show_weights or stats
     def human(writer: TextWriter) -> None:
-        render_summary(writer, summary, details, show_weights, stats, histogram, sample, check_result)
+        render_summary(writer, summary, details, show_weights, stats, histogram, sample, check_result, code)
         if hashed is not None:
             _render_hash(writer, hashed, show_weights)
 
@@ -206,7 +209,8 @@ def _yes(flag: bool) -> str:
 
 
 def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]], show_weights: bool,
-                   stats: bool, histogram: bool, sample: int | None, check_result: Any) -> None:
+                   stats: bool, histogram: bool, sample: int | None, check_result: Any,
+                   code: list[str] | None = None) -> None:
     """What `wtool inspect` prints (also `wtool new`, for the model it wrote)."""
     fmt = FORMAT_NAMES.get((summary.format, summary.layout), summary.format)
     if getattr(summary, "shards", None):
@@ -227,6 +231,9 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
     if summary.inputs is not None:
         head.append(("inputs", _io_text(summary.inputs, with_dtype=True)))
         head.append(("outputs", _io_text(summary.outputs or [], with_dtype=False)))
+    if code:
+        more = f" (and {len(code) - 1} more)" if len(code) > 1 else ""
+        head.append(("needs code", f"{code[0]}{more}; graph commands refuse it without --unsafe"))
     for key, value in head:
         writer.line(one_line(value), head=f"{key:<16}")
     writer.line()
@@ -261,8 +268,13 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         _render_samples(writer, summary, details, sample)
     if check_result is not None:
         writer.line()
-        reasons = "; ".join(check_result.reasons) if check_result.reasons else ""
-        writer.line(one_line(f" {check_result.status}" + (f": {reasons}" if reasons else "")), head="graph")
+        reasons = check_result.reasons
+        if len(reasons) > 1:  # every reason, one a line
+            writer.line(f" {check_result.status} ({len(reasons)} reasons):", head="graph")
+            for reason in reasons:
+                writer.line(one_line(f"  - {reason}"))
+        else:
+            writer.line(one_line(f" {check_result.status}" + (f": {reasons[0]}" if reasons else "")), head="graph")
         if check_result.hint:
             writer.line(one_line(f"  {check_result.hint}"), head="hint")
 
