@@ -36,11 +36,13 @@ def quantized(tmp_path_factory) -> dict[str, Path]:
     keras.utils.set_random_seed(3)
     for mode in MODES:
         model = _dense_model(keras)
+        np.save(out / f"dense-{mode}-d1.npy", np.asarray(model.get_layer("d1").kernel))
         model.quantize(mode)
         files[f"dense-{mode}"] = out / f"dense-{mode}.keras"
         model.save(files[f"dense-{mode}"])
     for mode in ("int8", "int4"):
         model = _embedding_model(keras)
+        np.save(out / f"emb-{mode}-emb.npy", np.asarray(model.get_layer("emb").embeddings))
         model.quantize(mode)
         files[f"emb-{mode}"] = out / f"emb-{mode}.keras"
         model.save(files[f"emb-{mode}"])
@@ -168,3 +170,65 @@ def test_train_on_a_quantized_model_trains_what_keras_trains(wtool, quantized, t
     np.testing.assert_array_equal(before["d1/kernel"], after["d1/kernel"])  # int8 kernels are frozen in Keras
     np.testing.assert_array_equal(before["d1/kernel_scale"], after["d1/kernel_scale"])
     assert not np.array_equal(before["d1/bias"], after["d1/bias"])
+
+
+def _keras_dequantized(path: Path, layer_name: str):
+    """The float values of a quantized layer from Keras's own unpacking and group-dequantizing functions."""
+    import keras
+    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+
+    layer = keras.saving.load_model(path).get_layer(layer_name)
+    is_dense = layer_name == "d1"
+    values = np.asarray(layer._kernel if is_dense else layer._embeddings)
+    scale = np.asarray(layer.kernel_scale if is_dense else layer.embeddings_scale)
+    if layer.quantization_mode == "int8":
+        return values / (scale if is_dense else scale[:, None])
+    values = np.asarray(keras.quantizers.unpack_int4(values, layer._orig_output_dim, axis=-1)).astype("float32")
+    zero = layer.kernel_zero if is_dense else layer.embeddings_zero
+    return np.asarray(dequantize_with_sz_map(values, scale, zero, layer.g_idx, group_axis=0 if is_dense else -1))
+
+
+@pytest.mark.parametrize(("name", "weight"), [("dense-int8", "d1/kernel"), ("dense-int4", "d1/kernel"),
+                                              ("emb-int8", "emb/embeddings"), ("emb-int4", "emb/embeddings")])
+def test_stats_report_dequantized_values_as_keras_computes_them(wtool, quantized, name, weight):
+    res = wtool("inspect", quantized[name], "--stats", "--layer", weight, "--json")
+    assert res.exit_code == 0, res
+    row = next(w for w in res.json()["weights"] if w["path"] == weight)
+    reference = _keras_dequantized(quantized[name], weight.split("/")[0])
+    deq = row["dequantized"]
+    assert deq["shape"] == list(reference.shape)
+    for key, value in (("min", reference.min()), ("max", reference.max()), ("mean", reference.mean()),
+                       ("std", reference.std())):
+        assert deq["stats"][key] == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+    original = np.load(quantized[name].with_name(f"{name}-{weight.split('/')[0]}.npy"))
+    step = np.abs(original).max() / 127 if name.endswith("int8") else (original.max() - original.min()) / 15
+    assert abs(deq["stats"]["mean"] - original.mean()) < step and abs(deq["stats"]["max"] - original.max()) < step
+    text = wtool("inspect", quantized[name], "--stats", "--layer", weight).stdout
+    assert f"{weight} (dequantized)" in text
+    assert ("int8 (packed int4)" in text) == name.endswith("int4")
+
+
+def test_a_scale_that_does_not_fit_its_kernel_is_one_line_exit_3(wtool, quantized, tmp_path):
+    import shutil
+    import zipfile
+
+    import h5py
+
+    bad = tmp_path / "bad.keras"
+    shutil.copy(quantized["dense-int8"], bad)
+    with zipfile.ZipFile(bad) as zf:
+        zf.extract("model.weights.h5", tmp_path)
+        members = {n: zf.read(n) for n in zf.namelist() if n != "model.weights.h5"}
+    with h5py.File(tmp_path / "model.weights.h5", "r+") as h5:
+        group = h5["layers/dense/vars"]
+        del group["2"]
+        group["2"] = np.ones((5,), "float32")  # d1 has 16 units
+    with zipfile.ZipFile(bad, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+        zf.write(tmp_path / "model.weights.h5", "model.weights.h5")
+    for args in (("inspect", bad), ("infer", bad, quantized["x"]), ("diff", bad, quantized["dense-int8"])):
+        res = wtool(*args)
+        assert res.exit_code == 3, res
+        assert "kernel_scale has shape (5,), which does not fit its kernel (8, 16)" in res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2

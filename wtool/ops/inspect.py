@@ -19,6 +19,7 @@ from wtool.errors import InputError, UsageError
 from wtool.fileio import atomic_output
 from wtool.store import LayerInfo, ModelFile, WeightInfo, select
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, is_numeric
+from wtool.store.quantized import dequantize, quantized_values_of
 
 HISTOGRAM_BINS = 16
 
@@ -146,6 +147,32 @@ def weight_stats(mf: ModelFile, path: str, max_elements: int = DEFAULT_MAX_ELEME
         return WeightStats(count, None, None, None, None, 0.0, zeros / count if count else 0.0, nans, infs)
     return WeightStats(count=count, min=lo, max=hi, mean=mean, std=math.sqrt(m2 / finite),
                        l2_norm=math.sqrt(sumsq), zero_fraction=zeros / count, nan_count=nans, inf_count=infs)
+
+
+def stats_of(values: np.ndarray) -> WeightStats:
+    """Statistics of an array already in memory (dequantized values), as weight_stats computes them."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    ok = np.isfinite(a)
+    nans, infs = int(np.count_nonzero(np.isnan(a))), int(np.count_nonzero(np.isinf(a)))
+    zeros = a.size - int(np.count_nonzero(a))
+    f = a[ok]
+    if f.size == 0:
+        return WeightStats(a.size, None, None, None, None, 0.0, zeros / a.size if a.size else 0.0, nans, infs)
+    return WeightStats(count=a.size, min=float(f.min()), max=float(f.max()), mean=float(f.mean()),
+                       std=float(f.std()), l2_norm=float(np.sqrt(np.dot(f, f))), zero_fraction=zeros / a.size,
+                       nan_count=nans, inf_count=infs)
+
+
+def dequantized(mf: ModelFile, path: str) -> np.ndarray | None:
+    """The float values Keras computes with, for the kernel (or table) of an int8/int4 layer; else None."""
+    info = mf.weight(path)
+    layer = next((item for item in mf.layers if item.path == info.layer), None)
+    if layer is None or not quantized_values_of(layer.class_name, layer.quantization, info.name):
+        return None
+    prefix = info.name.rsplit("/", 1)[0] + "/" if "/" in info.name else ""
+    arrays = {w.name[len(prefix):]: mf.read(w.path) for w in mf.weights
+              if w.layer == info.layer and w.name.startswith(prefix)}
+    return dequantize(layer.class_name or "", layer.quantization or "", arrays)
 
 
 @dataclass

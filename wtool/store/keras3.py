@@ -27,6 +27,7 @@ from wtool.store.naming import (
     quantized_trainable,
     to_snake_case,
 )
+from wtool.store.quantized import check_shapes
 from wtool.store.types import LayerInfo
 
 CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
@@ -246,6 +247,9 @@ class Keras3Reader(Collector):
         if names is None:
             names = [f"vars/{key}" for key, _ in items]
         mode = quantization_mode(config) if class_name in QUANTIZED_CLASSES else None
+        if mode is not None and class_name is not None:
+            check_shapes(self.where, layer + ("/" + rel.rstrip("/") if rel else ""), class_name, mode,
+                         {var: tuple(int(d) for d in ds.shape) for (_, ds), var in zip(items, names, strict=True)})
         for (_, ds), var in zip(items, names, strict=True):
             self.add_weight(layer, rel + var, ds, trainable and var not in NON_TRAINABLE
                             and quantized_trainable(mode, var))

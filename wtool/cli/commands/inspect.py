@@ -76,8 +76,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
     without_blas_threads()  # before numpy loads
     from wtool.graph.model import needs_code
     from wtool.ops.inspect import (
+        dequantized,
         export_npz,
         model_hashes,
+        stats_of,
         summarize,
         weight_histogram,
         weight_sample,
@@ -93,6 +95,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
             entry = details[w.path]
             if stats or histogram:
                 entry["stats"] = weight_stats(mf, w.path)
+            if stats:
+                values = dequantized(mf, w.path)
+                if values is not None:
+                    entry["dequantized"] = (tuple(values.shape), stats_of(values))
             if histogram:
                 entry["histogram"] = weight_histogram(mf, w.path, entry["stats"])
             if sample:
@@ -144,6 +150,9 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         entry = details[w.path]
         if "stats" in entry:
             row["stats"] = None if entry["stats"] is None else dict(entry["stats"].__dict__)
+        if "dequantized" in entry:
+            shape, deq = entry["dequantized"]
+            row["dequantized"] = {"shape": list(shape), "dtype": "float32", "stats": dict(deq.__dict__)}
         if "histogram" in entry:
             h = entry["histogram"]
             row["histogram"] = None if h is None else {"edges": h.edges, "counts": h.counts}
@@ -314,18 +323,29 @@ def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[st
     columns = ["weight", "shape", "dtype", "params", "trainable"]
     if stats:
         columns += ["min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
+    from wtool.store.quantized import stored_as
+
     rows = []
+    layers = {layer.path: layer for layer in summary.layers}
     for w in summary.weights:
-        row = [w.path, fmt_shape(w.shape), w.dtype, fmt_int(w.params), _yes(w.trainable)]
+        layer = layers.get(w.layer)
+        packed = stored_as(layer.class_name, layer.quantization, w.name) if layer is not None else None
+        row = [w.path, fmt_shape(w.shape), w.dtype + (f" ({packed})" if packed else ""), fmt_int(w.params),
+               _yes(w.trainable)]
         if stats:
-            s = details[w.path].get("stats")
-            if s is None:
-                row += ["-"] * 8
-            else:
-                row += [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std),
-                        fmt_float(s.l2_norm), f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
+            row += _stat_cells(details[w.path].get("stats"))
         rows.append(row)
+        if stats and "dequantized" in details[w.path]:
+            shape, deq = details[w.path]["dequantized"]
+            rows.append([f"{w.path} (dequantized)", fmt_shape(shape), "float32", "-", "-", *_stat_cells(deq)])
     writer.table(columns, rows, {"params", "min", "max", "mean", "std", "l2", "zeros", "nan", "inf"})
+
+
+def _stat_cells(s: Any) -> list[str]:
+    if s is None:
+        return ["-"] * 8
+    return [fmt_float(s.min), fmt_float(s.max), fmt_float(s.mean), fmt_float(s.std), fmt_float(s.l2_norm),
+            f"{s.zero_fraction:.1%}", str(s.nan_count), str(s.inf_count)]
 
 
 def _render_histograms(writer: TextWriter, summary: Any, details: dict[str, dict[str, Any]]) -> None:
