@@ -64,7 +64,7 @@ def run() -> list[dict]:
             model = load_model(model_path, compile=True)
 
         def wtool_job(batch: int) -> dict:
-            opts = EvalOptions(model=str(model_path), x=str(tmp / "x.npy"), y=str(tmp / "y.npy"), batch_size=batch)
+            opts = EvalOptions(model=str(model_path), x_files=(str(tmp / "x.npy"),), y_files=(str(tmp / "y.npy"),), batch_size=batch)
             return evaluate(opts).metrics
 
         rows = []

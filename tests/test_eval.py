@@ -207,3 +207,70 @@ def test_unknown_metric_is_a_usage_error(wtool, classifier):
     res = wtool("eval", classifier["path"], "--data", classifier["dir"] / "test.npz", "--metric", "accurasy")
     assert res.exit_code == 2, res
     assert res.stderr.startswith("error: --loss/--metric:") and "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def two_by_two(tmp_path_factory):
+    """A two-input (a, b), two-output (value: regression, kind: 3 classes) Functional model, compiled per output."""
+    keras = _keras()
+    keras.utils.set_random_seed(7)
+    tmp = tmp_path_factory.mktemp("eval_two")
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    h = keras.layers.Dense(8, activation="relu", name="h")(keras.layers.Concatenate(name="cat")([a, b]))
+    value = keras.layers.Dense(1, name="value")(h)
+    kind = keras.layers.Dense(3, activation="softmax", name="kind")(h)
+    model = keras.Model([a, b], [value, kind], name="two")
+    model.compile(optimizer="adam", loss={"value": "mse", "kind": "sparse_categorical_crossentropy"},
+                  loss_weights={"value": 0.5, "kind": 1.0}, metrics={"value": ["mae"], "kind": ["accuracy"]})
+    path = tmp / "two.keras"
+    model.save(path)
+    rng = np.random.default_rng(2)
+    # 96 rows: whole batches of 32 for model.evaluate, whose per-output losses weight a batch by its static size
+    arrays = {"xa": rng.normal(size=(96, 3)).astype("float32"), "xb": rng.normal(size=(96, 2)).astype("float32"),
+              "y1": rng.normal(size=(96, 1)).astype("float32"), "y2": rng.integers(0, 3, 96)}
+    np.savez(tmp / "test.npz", **arrays)
+    reference = keras.saving.load_model(path)
+    x, y = [arrays["xa"], arrays["xb"]], [arrays["y1"], arrays["y2"]]
+    expected = reference.evaluate(x, y, verbose=0, return_dict=True)
+    reference.compile(loss={"value": "mae", "kind": "sparse_categorical_crossentropy"},
+                      loss_weights={"value": 2.0, "kind": 1.0}, metrics={"kind": ["accuracy"]})
+    override = reference.evaluate(x, y, verbose=0, return_dict=True)
+    kind_pred = np.argmax(reference.predict(x, verbose=0)[1], axis=1)
+    return {"path": path, "npz": tmp / "test.npz", "expected": expected, "override": override,
+            "kind_pred": kind_pred, "y2": arrays["y2"]}
+
+
+def test_two_inputs_two_outputs_by_name_equal_model_evaluate(wtool, two_by_two):
+    doc = _eval(wtool, two_by_two["path"], "--data", two_by_two["npz"], "--x-key", "b=xb", "--x-key", "a=xa",
+                "--y-key", "kind=y2", "--y-key", "value=y1", "--batch-size", "16")
+    exp = two_by_two["expected"]
+    assert set(doc["metrics"]) == set(exp)  # loss, value_loss, kind_loss, value_mae, kind_accuracy: Keras's names
+    for key, value in exp.items():
+        assert doc["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    (c,) = doc["classification"]
+    assert c["output"] == "kind"
+    cm = np.zeros((3, 3), int)
+    np.add.at(cm, (two_by_two["y2"], two_by_two["kind_pred"]), 1)
+    assert c["confusion_matrix"] == cm.tolist()
+
+
+def test_two_outputs_loss_per_output_and_loss_weight_in_model_order(wtool, two_by_two):
+    doc = _eval(wtool, two_by_two["path"], "--data", two_by_two["npz"], "--x-key", "xa", "--x-key", "xb",
+                "--y-key", "y1", "--y-key", "y2", "--loss", "value=mae", "--loss", "kind=sparse_categorical_crossentropy",
+                "--loss-weight", "value=2", "--metric", "kind=accuracy")
+    for key, value in two_by_two["override"].items():
+        assert doc["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    ([], 3, "no array 'x' (it has: xa, xb, y1, y2)"),
+    (["--x-key", "xa", "--y-key", "y1"], 4, "the model has 2 input(s) (a, b) and 2 output(s) (value, kind)"),
+    (["--x-key", "a=xa", "--y-key", "value=y1", "--y-key", "kind=y2"], 4, "no data for the model's input 'b'"),
+    (["--x-key", "c=xa", "--x-key", "b=xb", "--y-key", "y1", "--y-key", "y2"], 2, "the model has no input 'c'"),
+    (["--x-key", "a=xa", "--x-key", "xb", "--y-key", "y1", "--y-key", "y2"], 2, "give every one as NAME=VALUE"),
+])
+def test_two_inputs_bad_naming(wtool, two_by_two, args, code, message):
+    res = wtool("eval", two_by_two["path"], "--data", two_by_two["npz"], *args)
+    assert res.exit_code == code, res
+    assert message in res.stderr and "Traceback" not in res.stderr

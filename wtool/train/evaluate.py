@@ -20,6 +20,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
 from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled
+from wtool.train.named_data import NamedData, load_named, parse_pairs
 
 DEFAULT_BATCH_SIZE = 256
 # Rows gathered per tf.function call are capped at this many bytes.
@@ -41,16 +42,17 @@ class EvalOptions:
 
     model: str
     data: str | None = None
-    x: str | None = None
-    y: str | None = None
-    x_key: str = "x"
-    y_key: str = "y"
+    x_files: tuple[str, ...] = ()  # --x: FILE.npy, or NAME=FILE.npy per model input
+    y_files: tuple[str, ...] = ()
+    x_keys: tuple[str, ...] = ()  # --x-key: KEY (default x), or NAME=KEY per model input
+    y_keys: tuple[str, ...] = ()
     target: str | None = None
     arch: str | None = None
     unsafe: bool = False
     batch_size: int | None = None
-    loss: str | None = None
-    metrics: tuple[str, ...] = ()
+    loss: tuple[str, ...] = ()  # LOSS, or NAME=LOSS per output
+    loss_weights: tuple[str, ...] = ()  # NAME=WEIGHT per output
+    metrics: tuple[str, ...] = ()  # METRIC, or NAME=METRIC per output
     labels: tuple[str, ...] | None = None
 
 
@@ -182,12 +184,36 @@ def check_gates(gates: list[Gate], values: dict[str, float]) -> list[dict[str, A
 # ------------------------------------------------------------------------------------ model & data
 
 
-def model_io(model: Any) -> ModelIO:
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise IncompatibleError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                                "eval handles models with one input and one output")
-    inp, outp = model.inputs[0], model.outputs[0]
-    return ModelIO(tuple(inp.shape[1:]), str(inp.dtype), tuple(outp.shape[1:]))
+@dataclass
+class ModelSide:
+    """A model's inputs and outputs by name, shape (without the batch axis) and dtype."""
+
+    input_names: list[str]
+    input_shapes: list[tuple[int | None, ...]]
+    input_dtypes: list[str]
+    output_names: list[str]
+    output_shapes: list[tuple[int | None, ...]]
+    dict_inputs: bool
+
+    @classmethod
+    def of(cls, model: Any) -> ModelSide:
+        struct = getattr(model, "_inputs_struct", None)
+        names = list(struct) if isinstance(struct, dict) else [str(t.name) for t in model.inputs]
+        return cls(names, [tuple(t.shape[1:]) for t in model.inputs], [str(t.dtype) for t in model.inputs],
+                   output_names(model), [tuple(t.shape[1:]) for t in model.outputs], isinstance(struct, dict))
+
+    def pack_x(self, xs: list[Any]) -> Any:
+        if self.dict_inputs:
+            return dict(zip(self.input_names, xs, strict=True))
+        return xs[0] if len(xs) == 1 else list(xs)
+
+    def pack_y(self, ys: list[Any]) -> Any:
+        return ys[0] if len(ys) == 1 else list(ys)
+
+    def unpack_pred(self, pred: Any) -> list[Any]:
+        if isinstance(pred, dict):
+            return [pred[name] for name in self.output_names]
+        return list(pred) if isinstance(pred, (list, tuple)) else [pred]
 
 
 def output_names(model: Any) -> list[str]:
@@ -202,30 +228,85 @@ def output_names(model: Any) -> list[str]:
     return names
 
 
-def compile_for_eval(model: Any, loss: str | None, metrics: tuple[str, ...]) -> str:
-    """Compile with the saved settings, overridden by --loss / --metric; the loss's display name."""
-    config = model.get_compile_config() if getattr(model, "compiled", False) else None
-    config = config or {}
-    saved_loss = config.get("loss")
-    if loss is None and saved_loss is None:
-        raise UsageError(f"{model.name}: the model has no saved loss",
-                         "pass --loss NAME (e.g. mse, sparse_categorical_crossentropy)")
-    if loss is not None or metrics or not config:
-        try:
-            import keras
+def _per_output(items: tuple[str, ...], names: list[str], option: str) -> Any:
+    """`VALUE` (every output) or `NAME=VALUE` pairs (a dict by output name) from a repeated option."""
+    pairs = parse_pairs(items, option)
+    if not pairs:
+        return None
+    if pairs[0][0] is None:
+        return [value for _, value in pairs]
+    unknown = [name for name, _ in pairs if name not in names]
+    if unknown:
+        raise UsageError(f"{option} {unknown[0]}=...: the model has no output '{unknown[0]}'",
+                         f"its outputs: {', '.join(names)}")
+    found: dict[str, list[str]] = {}
+    for name, value in pairs:
+        found.setdefault(str(name), []).append(value)
+    return found
 
-            if loss is not None:  # compile takes any string and fails at the first batch: check names first
-                keras.losses.get(loss)
-            for name in metrics:
-                if name.lower() not in ("accuracy", "acc", "crossentropy", "ce"):  # resolved by compile alone
-                    keras.metrics.get(name)
-            model.compile(optimizer="sgd", loss=loss or saved_loss, metrics=list(metrics) or config.get("metrics"),
-                          loss_weights=config.get("loss_weights"))
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"--loss/--metric: {str(exc).splitlines()[0][:200]}",
-                             "losses: mse, binary_crossentropy, sparse_categorical_crossentropy, ...; "
-                             "metrics: accuracy, mae, auc, precision, recall, ...") from None
+
+def _check_names(loss: Any, metrics: Any) -> None:
+    """compile takes any string and fails at the first batch: check the names first."""
+    import keras
+
+    losses = loss.values() if isinstance(loss, dict) else [loss] if loss is not None else []
+    for name in losses:
+        keras.losses.get(name)
+    groups = metrics.values() if isinstance(metrics, dict) else [metrics] if metrics else []
+    for name in (m for group in groups for m in group):
+        if name.lower() not in ("accuracy", "acc", "crossentropy", "ce"):  # resolved by compile alone
+            keras.metrics.get(name)
+
+
+def compile_for_eval(model: Any, side: ModelSide, losses: tuple[str, ...], loss_weights: tuple[str, ...],
+                     metrics: tuple[str, ...]) -> str:
+    """Compile with the saved settings, overridden by --loss / --loss-weight / --metric; the loss's display name."""
+    config = (model.get_compile_config() if getattr(model, "compiled", False) else None) or {}
+    names = side.output_names
+    loss: Any = _per_output(losses, names, "--loss")
+    if isinstance(loss, list):
+        if len(loss) > 1:
+            raise UsageError("--loss: one loss for every output, or NAME=LOSS for each", f"outputs: {', '.join(names)}")
+        loss = loss[0]
+    elif isinstance(loss, dict):
+        loss = {k: v[-1] for k, v in loss.items()}
+    if loss is None and config.get("loss") is None:
+        raise UsageError(f"{model.name}: the model has no saved loss",
+                         "pass --loss NAME (e.g. mse, sparse_categorical_crossentropy)"
+                         + ("; one per output as --loss NAME=LOSS" if len(names) > 1 else ""))
+    wanted: Any = _per_output(metrics, names, "--metric")
+    if isinstance(wanted, list) and len(names) > 1:
+        wanted = {name: list(wanted) for name in names}  # a plain --metric applies to every output
+    weights = _loss_weights(loss_weights, names, config.get("loss_weights"))
+    if loss is None and wanted is None and weights is None and config:
+        return loss_name(model.loss)
+    try:
+        _check_names(loss, wanted)
+        model.compile(optimizer="sgd", loss=loss if loss is not None else model.loss,
+                      metrics=wanted if wanted is not None else config.get("metrics"),
+                      loss_weights=weights if weights is not None else config.get("loss_weights"))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--loss/--metric: {str(exc).splitlines()[0][:200]}",
+                         "losses: mse, binary_crossentropy, sparse_categorical_crossentropy, ...; "
+                         "metrics: accuracy, mae, auc, precision, recall, ...") from None
     return loss_name(model.loss)
+
+
+def _loss_weights(items: tuple[str, ...], names: list[str], saved: Any) -> Any:
+    """--loss-weight NAME=W over the saved weights (1 where neither says); W alone for a one-output model."""
+    given = _per_output(items, names, "--loss-weight")
+    if given is None:
+        return None
+    try:
+        if isinstance(given, list):
+            if len(names) > 1:
+                raise UsageError("--loss-weight: name the output, as NAME=WEIGHT", f"outputs: {', '.join(names)}")
+            return float(given[-1])
+        weights = dict(saved) if isinstance(saved, dict) else {n: 1.0 for n in names}
+        weights.update({k: float(v[-1]) for k, v in given.items()})
+    except ValueError:
+        raise UsageError("--loss-weight takes NAME=NUMBER (or NUMBER for a one-output model)") from None
+    return {n: float(weights.get(n, 1.0)) for n in names}
 
 
 def loss_name(ident: Any) -> str:
@@ -236,6 +317,15 @@ def loss_name(ident: Any) -> str:
     if isinstance(ident, (list, tuple)):
         return ", ".join(loss_name(v) for v in ident)
     return str(getattr(ident, "name", None) or getattr(ident, "__name__", None) or type(ident).__name__)
+
+
+def loss_of_output(ident: Any, names: list[str], i: int) -> Any:
+    """The loss identifier of output `i` from a compiled loss (one for all, a list, or a dict by name)."""
+    if isinstance(ident, dict):
+        return ident.get(names[i])
+    if isinstance(ident, (list, tuple)):
+        return ident[i] if i < len(ident) else None
+    return ident
 
 
 def _from_logits(ident: Any) -> bool:
@@ -255,16 +345,19 @@ class _ClassifierSpec:
 def classifier_spec(loss_ident: Any, out_shape: tuple[int | None, ...], y_shape: tuple[int, ...],
                     output: int, name: str) -> _ClassifierSpec | None:
     """Whether an output is a classifier, from its loss and shapes (a regression output has none)."""
+    if loss_ident is None:
+        return None
     word = loss_name(loss_ident).lower().replace("_", "")
     classes = out_shape[-1] if out_shape else None
     logits = _from_logits(loss_ident)
+    spec = None
     if "sparsecategorical" in word and classes:
-        return _ClassifierSpec(output, name, classes, "sparse", logits)
-    if "categorical" in word and classes and classes > 1 and tuple(y_shape) == tuple(out_shape):
-        return _ClassifierSpec(output, name, classes, "onehot", logits)
-    if ("binarycrossentropy" in word or "binaryfocal" in word) and classes == 1:
-        return _ClassifierSpec(output, name, 2, "binary", logits)
-    return None
+        spec = _ClassifierSpec(output, name, classes, "sparse", logits)
+    elif "categorical" in word and classes and classes > 1 and tuple(y_shape) == tuple(out_shape):
+        spec = _ClassifierSpec(output, name, classes, "onehot", logits)
+    elif ("binarycrossentropy" in word or "binaryfocal" in word) and classes == 1:
+        spec = _ClassifierSpec(output, name, 2, "binary", logits)
+    return spec if spec is not None and spec.classes <= MAX_CONFUSION_CLASSES else None
 
 
 def _steps_per_call(row_bytes: int, batch: int, n: int) -> int:
@@ -304,13 +397,50 @@ def _read_ahead(it: Iterator[Any]) -> Iterator[Any]:
 # ------------------------------------------------------------------------------------------ the run
 
 
+def _named_options(opts: EvalOptions) -> bool:
+    """Whether the data options name arrays per model input/output (NAME=KEY, or several)."""
+    items = (*opts.x_keys, *opts.y_keys, *opts.x_files, *opts.y_files)
+    return any("=" in item for item in items) or max(len(opts.x_keys), len(opts.y_keys), len(opts.x_files),
+                                                     len(opts.y_files)) > 1
+
+
+def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
+    """Single-input data before the model loads (a bad file fails before TensorFlow starts); named data after."""
+    if side is None:
+        data = load_labelled(opts.data, x=opts.x_files[0] if opts.x_files else None,
+                             y=opts.y_files[0] if opts.y_files else None, x_key=opts.x_keys[0] if opts.x_keys else "x",
+                             y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target)
+        check_finite(data)
+        return NamedData([data.x], [data.y], data.source)
+    named = load_named(opts.data, opts.x_keys if opts.data else opts.x_files,
+                       opts.y_keys if opts.data else opts.y_files, side.input_names, side.output_names)
+    for x, y in zip(named.xs, named.ys, strict=False):
+        check_finite(LabelledData(x, y, named.source))
+    return named
+
+
+def _check_fit(data: NamedData, side: ModelSide, model_loss: Any) -> None:
+    """Every input array fits its model input and every label array its output and loss (exit 4 otherwise)."""
+    n_in, n_out = len(side.input_names), len(side.output_names)
+    if len(data.xs) != n_in or len(data.ys) != n_out:
+        raise IncompatibleError(f"the model has {n_in} input(s) ({', '.join(side.input_names)}) and {n_out} "
+                                f"output(s) ({', '.join(side.output_names)}); {data.source} gives one of each",
+                                "name an array for each: --x-key NAME=KEY ... --y-key NAME=KEY ... (README 'eval')")
+    for i in range(max(n_in, n_out)):
+        a, b = min(i, n_in - 1), min(i, n_out - 1)
+        loss = loss_name(loss_of_output(model_loss, side.output_names, b) or "")
+        io_ = ModelIO(side.input_shapes[a], side.input_dtypes[a], side.output_shapes[b])
+        where = data.source if n_in == n_out == 1 else f"{data.source} ({side.input_names[a]} / {side.output_names[b]})"
+        check_fits(LabelledData(data.xs[a], data.ys[b], where), io_, loss or None)
+
+
 def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Evaluate `opts.model` on the data; see the module docstring."""
     t0 = time.perf_counter()
-    data = load_labelled(opts.data, x=opts.x, y=opts.y, x_key=opts.x_key, y_key=opts.y_key, target=opts.target)
-    check_finite(data)
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (not {opts.batch_size})")
+    named = _named_options(opts)
+    data = None if named else _load_data(opts, None)
 
     from wtool.graph.model import import_keras, load_model
 
@@ -320,64 +450,75 @@ def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = No
     with warnings.catch_warnings():  # Keras warns that an optimizer's saved slots are not loaded: eval needs none
         warnings.simplefilter("ignore")
         model = load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch, compile=True)
-    io_ = model_io(model)
-    shown_loss = compile_for_eval(model, opts.loss, opts.metrics)
-    check_fits(data, io_, shown_loss)
-    out_name = output_names(model)[0]
-    spec = classifier_spec(model.loss, io_.output_shape, tuple(data.y.shape[1:]), 0, out_name)
-    if spec is not None and spec.classes > MAX_CONFUSION_CLASSES:
-        spec = None
-    if spec is not None and opts.labels is not None and len(opts.labels) != spec.classes:
-        raise IncompatibleError(f"--labels has {len(opts.labels)} names; the model has {spec.classes} classes",
+    side = ModelSide.of(model)
+    data = data or _load_data(opts, side)
+    shown_loss = compile_for_eval(model, side, opts.loss, opts.loss_weights, opts.metrics)
+    _check_fit(data, side, model.loss)
+    specs = [spec for i, name in enumerate(side.output_names)
+             if (spec := classifier_spec(loss_of_output(model.loss, side.output_names, i), side.output_shapes[i],
+                                         tuple(data.ys[i].shape[1:]), i, name)) is not None]
+    if opts.labels is not None and specs and not any(s.classes == len(opts.labels) for s in specs):
+        raise IncompatibleError(f"--labels has {len(opts.labels)} names; the model has "
+                                f"{' / '.join(str(s.classes) for s in specs)} classes",
                                 "give one class name per line, in class-index order")
 
     n = len(data)
     batch = min(opts.batch_size or DEFAULT_BATCH_SIZE, n)
-    x_dtype = np.dtype(io_.input_dtype if io_.input_dtype != "float64" else "float32")
-    y_dtype = np.dtype("int32" if spec is not None and spec.kind == "sparse" and data.y.dtype.kind in "iu"
-                       else "float32")
-    row_bytes = int(np.prod(data.x.shape[1:], dtype=np.int64)) * x_dtype.itemsize
+    x_dtypes = [np.dtype(d if d != "float64" else "float32") for d in side.input_dtypes]
+    sparse = {s.output for s in specs if s.kind == "sparse"}
+    y_dtypes = [np.dtype("int32" if i in sparse and y.dtype.kind in "iu" else "float32") for i, y in enumerate(data.ys)]
+    row_bytes = sum(int(np.prod(x.shape[1:], dtype=np.int64)) * d.itemsize for x, d in zip(data.xs, x_dtypes,
+                                                                                            strict=True))
     k = _steps_per_call(row_bytes, batch, n)
 
-    confusion = tf.Variable(tf.zeros((spec.classes, spec.classes), tf.int64), trainable=False) if spec else None
-    run_chunk = _make_function(tf, model, spec, confusion, data, x_dtype, y_dtype)
-    _build_metrics(model, data, x_dtype, y_dtype)
+    confusions = [tf.Variable(tf.zeros((s.classes, s.classes), tf.int64), trainable=False) for s in specs]
+    run_chunk = _make_function(tf, model, side, specs, confusions, data, x_dtypes, y_dtypes)
+    _build_metrics(model, side, data, x_dtypes, y_dtypes)
 
-    done = 0
-    loss_sum = 0.0
-    steady_rows, steady_s = 0, 0.0
-    all_s = 0.0
+    loss_sum, rate = _stream(run_chunk, data, x_dtypes + y_dtypes, batch, k, progress)
+    results = {str(key): float(np.asarray(value)) for key, value in model.get_metrics_result().items()}
+    results.pop("loss", None)
+    metrics = {"loss": loss_sum / n, **results}
+    classification = []
+    for s, cm in zip(specs, confusions, strict=True):
+        names = (list(opts.labels) if opts.labels is not None and len(opts.labels) == s.classes
+                 else [str(i) for i in range(s.classes)])
+        classification.append(Classification(s.name, names, cm.numpy()))
+    return EvalReport(model=opts.model, data=data.source, rows=n, batch_size=batch, loss=shown_loss,
+                      metrics=metrics, classification=classification, seconds=time.perf_counter() - t0,
+                      rows_per_s=rate)
+
+
+def _stream(run_chunk: Any, data: NamedData, dtypes: list[np.dtype[Any]], batch: int, k: int,
+            progress: Callable[[int, int], None] | None) -> tuple[float, float]:
+    """Every chunk through the function: (loss sum, rows/s after the first call of each chunk shape)."""
+    n_in = len(data.xs)
+    n = len(data)
+    done, loss_sum = 0, 0.0
+    steady_rows, steady_s, all_s = 0, 0.0, 0.0
     seen: set[tuple[int, ...]] = set()
-    for xs, ys in _read_ahead(chunks([data.x, data.y], [x_dtype, y_dtype], batch, k)):
+    for arrays in _read_ahead(chunks(data.xs + data.ys, dtypes, batch, k)):
         t_call = time.perf_counter()
-        loss_sum += float(run_chunk(xs, ys))
-        rows = int(xs.shape[0] * xs.shape[1])
+        loss_sum += float(run_chunk(int(arrays[0].shape[1]))(arrays[:n_in], arrays[n_in:]))
         elapsed = time.perf_counter() - t_call
+        shape = arrays[0].shape
+        rows = int(shape[0] * shape[1])
         all_s += elapsed
-        if xs.shape in seen:  # the first call of a shape traces: left out of the rate
+        if shape[:2] in seen:  # the first call of a shape traces: left out of the rate
             steady_rows += rows
             steady_s += elapsed
-        seen.add(xs.shape)
+        seen.add(shape[:2])
         done += rows
         if progress is not None:
             progress(done, n)
-
-    results = {str(key): float(np.asarray(value)) for key, value in model.get_metrics_result().items()}
-    results["loss"] = loss_sum / n
-    metrics = {"loss": results.pop("loss"), **results}
-    classification = []
-    if spec is not None and confusion is not None:
-        names = list(opts.labels) if opts.labels is not None else [str(i) for i in range(spec.classes)]
-        classification.append(Classification(spec.name, names, confusion.numpy()))
-    return EvalReport(model=opts.model, data=data.source, rows=n, batch_size=batch, loss=shown_loss,
-                      metrics=metrics, classification=classification, seconds=time.perf_counter() - t0,
-                      rows_per_s=round(steady_rows / steady_s if steady_s > 0 else n / max(all_s, 1e-9), 1))
+    return loss_sum, round(steady_rows / steady_s if steady_s > 0 else n / max(all_s, 1e-9), 1)
 
 
-def _build_metrics(model: Any, data: LabelledData, x_dtype: np.dtype[Any], y_dtype: np.dtype[Any]) -> None:
+def _build_metrics(model: Any, side: ModelSide, data: NamedData, x_dtypes: list[np.dtype[Any]],
+                   y_dtypes: list[np.dtype[Any]]) -> None:
     """Build the compiled loss and metrics on one row, outside the tf.function (they make variables), then reset."""
-    x = np.asarray(data.x[:1], dtype=x_dtype)
-    y = np.asarray(data.y[:1], dtype=y_dtype)
+    x = side.pack_x([np.asarray(a[:1], dtype=d) for a, d in zip(data.xs, x_dtypes, strict=True)])
+    y = side.pack_y([np.asarray(a[:1], dtype=d) for a, d in zip(data.ys, y_dtypes, strict=True)])
     pred = model(x, training=False)
     try:
         model.compute_loss(x=x, y=y, y_pred=pred, training=False)
@@ -388,14 +529,11 @@ def _build_metrics(model: Any, data: LabelledData, x_dtype: np.dtype[Any], y_dty
     model.reset_metrics()
 
 
-def _make_function(tf: Any, model: Any, spec: _ClassifierSpec | None, confusion: Any, data: LabelledData,
-                   x_dtype: np.dtype[Any], y_dtype: np.dtype[Any]) -> Any:
+def _make_function(tf: Any, model: Any, side: ModelSide, specs: list[_ClassifierSpec], confusions: list[Any],
+                   data: NamedData, x_dtypes: list[np.dtype[Any]], y_dtypes: list[np.dtype[Any]]) -> Any:
     """One concrete tf.function over chunks (steps, batch, ...): updates the metrics, returns the loss sum."""
-    x_spec = tf.TensorSpec([None, None, *data.x.shape[1:]], x_dtype)
-    y_spec = tf.TensorSpec([None, None, *data.y.shape[1:]], y_dtype)
 
-    def classes_of(y: Any, pred: Any) -> tuple[Any, Any]:
-        assert spec is not None
+    def classes_of(spec: _ClassifierSpec, y: Any, pred: Any) -> tuple[Any, Any]:
         if spec.kind == "binary":
             cut = 0.0 if spec.logits else 0.5
             return tf.reshape(tf.cast(y > 0.5, tf.int64), [-1]), tf.reshape(tf.cast(pred > cut, tf.int64), [-1])
@@ -404,16 +542,29 @@ def _make_function(tf: Any, model: Any, spec: _ClassifierSpec | None, confusion:
 
     def run_chunk(xs: Any, ys: Any) -> Any:
         loss_sum = tf.constant(0.0, tf.float64)
-        for i in tf.range(tf.shape(xs)[0]):
-            x, y = xs[i], ys[i]
+        for i in tf.range(tf.shape(xs[0])[0]):
+            x_list, y_list = [a[i] for a in xs], [b[i] for b in ys]
+            x, y = side.pack_x(x_list), side.pack_y(y_list)
             pred = model(x, training=False)
             loss = model.compute_loss(x=x, y=y, y_pred=pred, training=False)
             model.compute_metrics(x, y, pred, sample_weight=None)
-            if spec is not None:
-                truth, guess = classes_of(y, pred)
-                confusion.assign_add(tf.math.confusion_matrix(truth, guess, num_classes=spec.classes,
-                                                              dtype=tf.int64))
-            loss_sum += tf.cast(loss, tf.float64) * tf.cast(tf.shape(x)[0], tf.float64)
+            preds = side.unpack_pred(pred)
+            for spec, cm in zip(specs, confusions, strict=True):
+                truth, guess = classes_of(spec, y_list[spec.output], preds[spec.output])
+                cm.assign_add(tf.math.confusion_matrix(truth, guess, num_classes=spec.classes, dtype=tf.int64))
+            loss_sum += tf.cast(loss, tf.float64) * tf.cast(tf.shape(x_list[0])[0], tf.float64)
         return loss_sum
 
-    return tf.function(run_chunk, input_signature=[x_spec, y_spec]).get_concrete_function()
+    traced = tf.function(run_chunk)
+    concrete: dict[int, Any] = {}
+
+    def for_batch(batch: int) -> Any:
+        """One trace per batch size (the full one and the last): Keras's per-output loss trackers weight each
+        batch by its static size, which a None batch axis would turn into an unweighted mean."""
+        if batch not in concrete:
+            x_specs = [tf.TensorSpec([None, batch, *a.shape[1:]], d) for a, d in zip(data.xs, x_dtypes, strict=True)]
+            y_specs = [tf.TensorSpec([None, batch, *a.shape[1:]], d) for a, d in zip(data.ys, y_dtypes, strict=True)]
+            concrete[batch] = traced.get_concrete_function(x_specs, y_specs)
+        return concrete[batch]
+
+    return for_batch

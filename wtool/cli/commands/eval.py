@@ -91,16 +91,25 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.command(name="eval")
 @click.argument("model", type=InputPath)
 @click.option("--data", type=InputPath, help="Labelled data: .npz (arrays x, y) or .csv (with --target).")
-@click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
-@click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
-@click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
-@click.option("--y-key", default="y", show_default=True, help="Label array name in a .npz.")
+@click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
+              help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
+@click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
+              help="Labels as .npy (memory-mapped). Several outputs: NAME=FILE per output (repeat).")
+@click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY",
+              help="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.")
+@click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
+              help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
 @click.option("--target", help="Label column of a .csv (header name or 0-based index); the rest are features.")
 @click.option("--arch", type=InputPath, metavar="MODEL", help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Rows per batch (default 256).")
-@click.option("--loss", help="Loss to report instead of the model's saved one (mse, sparse_categorical_crossentropy, ...).")
-@click.option("--metric", "metrics", multiple=True, help="A Keras metric by name (repeatable; replaces the saved ones).")
+@click.option("--loss", "losses", multiple=True, metavar="[NAME=]LOSS",
+              help="Loss instead of the model's saved one (mse, sparse_categorical_crossentropy, ...); NAME=LOSS per "
+              "output (repeat).")
+@click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W",
+              help="Weight of an output's loss in the total (repeatable), as compile's loss_weights.")
+@click.option("--metric", "metrics", multiple=True, metavar="[NAME=]METRIC",
+              help="A Keras metric by name (repeatable; replaces the saved ones); NAME=METRIC for one output only.")
 @click.option("--labels", "labels_path", type=InputPath, metavar="FILE",
               help="Class names for the confusion matrix (one per line, or a JSON list).")
 @click.option("--fail-under", multiple=True, metavar="METRIC=VALUE",
@@ -110,9 +119,9 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.option("--plot", "plot_path", type=OutputPath, metavar="FILE.png",
               help="Draw the confusion matrix to FILE (.png, .svg, .pdf; needs matplotlib: wtool[plot]).")
 @common_options
-def command(out: Output, model: str, data: str | None, x_file: str | None, y_file: str | None, x_key: str,
-            y_key: str, target: str | None, arch: str | None, unsafe: bool, batch_size: int | None,
-            loss: str | None, metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
+def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
+            x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, arch: str | None, unsafe: bool,
+            batch_size: int | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
             fail_above: tuple[str, ...], plot_path: str | None) -> None:
     """Loss and metrics of MODEL on labelled data, with frozen weights (training=False), as model.evaluate gives them.
 
@@ -127,6 +136,7 @@ def command(out: Output, model: str, data: str | None, x_file: str | None, y_fil
       wtool eval sample_models/mlp.keras --data sample_models/mlp.npz
       wtool eval sample_models/mlp.keras --data sample_models/mlp.npz --metric accuracy --fail-under accuracy=0.05
       wtool eval model.keras --x test_x.npy --y test_y.npy --labels classes.txt --plot confusion.png --json
+      wtool eval two.keras --data test.npz --x-key a=xa --x-key b=xb --y-key value=y1 --y-key kind=y2
     """
     from wtool.train.evaluate import EvalOptions, check_gates, evaluate, parse_gates
 
@@ -140,8 +150,9 @@ def command(out: Output, model: str, data: str | None, x_file: str | None, y_fil
         from wtool.data.labels import load_labels
 
         labels = load_labels(labels_path)
-    opts = EvalOptions(model=model, data=data, x=x_file, y=y_file, x_key=x_key, y_key=y_key, target=target,
-                       arch=arch, unsafe=unsafe, batch_size=batch_size, loss=loss, metrics=metrics, labels=labels)
+    opts = EvalOptions(model=model, data=data, x_files=x_files, y_files=y_files, x_keys=x_keys, y_keys=y_keys,
+                       target=target, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
+                       loss_weights=loss_weights, metrics=metrics, labels=labels)
     update, bar = _progress(out)
     if bar is not None:
         bar.start()
