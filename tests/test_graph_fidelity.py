@@ -6,6 +6,7 @@ Each model is built once per module, saved by Keras, then run through the real C
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,75 @@ def test_inspect_header_says_the_graph_needs_code_without_tensorflow(code_model,
     assert run_cli("inspect", SAMPLES / "mlp.keras", "--json").json()["needs_code"] == []
     probe = _probe(["inspect", str(code_model), "--json"], tmp_path)
     assert probe["code"] == 0 and probe["loaded"] == [], probe
+
+
+def _keras2_lstm(name: str, units: int, **extra: object) -> dict:
+    return {"class_name": "LSTM", "config": {
+        "name": name, "trainable": True, "return_sequences": False, "return_state": False, "go_backwards": False,
+        "stateful": True, "unroll": False, "units": units, "activation": "tanh", "recurrent_activation": "sigmoid",
+        "use_bias": True, "kernel_initializer": {"class_name": "VarianceScaling", "config": {
+            "scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": None}},
+        "recurrent_initializer": {"class_name": "Orthogonal", "config": {"gain": 1.0, "seed": None}},
+        "bias_initializer": {"class_name": "Zeros", "config": {}}, "unit_forget_bias": True,
+        "kernel_regularizer": None, "recurrent_regularizer": None, "bias_regularizer": None,
+        "activity_regularizer": None, "kernel_constraint": None, "recurrent_constraint": None,
+        "bias_constraint": None, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 1, **extra}}
+
+
+@pytest.fixture(scope="module")
+def keras2_stateful(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
+    """A Keras 2.2.5 file as frugally-deep's lstm_stateful.h5: stateful LSTM and Bidirectional(LSTM), batch 2.
+
+    Written in Keras 2's HDF5 layout; the reference is the same network built in Keras 3 with the same
+    weights, run by `model.predict(batch_size=2)` (states carried from batch to batch).
+    """
+    import h5py
+
+    keras = _keras()
+    d = tmp_path_factory.mktemp("stateful")
+    batch, steps, features = 2, 5, 3
+    reference = keras.Sequential([
+        keras.Input(batch_shape=(batch, steps, features)),
+        keras.layers.LSTM(4, stateful=True, return_sequences=True, name="lstm_1"),
+        keras.layers.Bidirectional(keras.layers.LSTM(3, stateful=True, name="lstm_2"), name="bidirectional_1"),
+        keras.layers.Dense(2, name="dense_1")])
+    rng = np.random.default_rng(0)
+    weights = {}
+    for v in reference.weights:
+        v.assign(rng.standard_normal(v.shape).astype("float32") * 0.5)
+        weights[v.path.split("/", 1)[1].replace("/lstm_cell", "")] = np.asarray(v)
+    dense = {"class_name": "Dense", "config": {"name": "dense_1", "trainable": True, "units": 2, "activation": "linear",
+                                               "use_bias": True}}
+    config = {"class_name": "Sequential", "config": {"name": "sequential_1", "layers": [
+        _keras2_lstm("lstm_1", 4, return_sequences=True, batch_input_shape=[batch, steps, features], dtype="float32"),
+        {"class_name": "Bidirectional", "config": {"name": "bidirectional_1", "trainable": True,
+                                                   "layer": _keras2_lstm("lstm_2", 3), "merge_mode": "concat"}},
+        dense]}}
+    groups: dict[str, list[str]] = {}
+    for path in weights:
+        groups.setdefault(path.split("/")[0], []).append(path)
+    with h5py.File(d / "lstm_stateful.h5", "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.2.5", b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = np.array([name.encode() for name in groups])
+        for name, paths in groups.items():
+            sub = g.create_group(name)
+            sub.attrs["weight_names"] = np.array([f"{p}:0".encode() for p in paths])
+            for p in paths:
+                sub.create_dataset(f"{p}:0", data=weights[p])
+    x = rng.standard_normal((6, steps, features)).astype("float32")
+    np.save(d / "x.npy", x)
+    np.save(d / "x7.npy", np.concatenate([x, x[:1]]))
+    return d / "lstm_stateful.h5", d, np.asarray(reference.predict(x, batch_size=batch, verbose=0))
+
+
+def test_keras2_stateful_rnn_runs_in_its_fixed_batch_size(keras2_stateful, tmp_path):
+    model, d, expected = keras2_stateful
+    got = _infer(model, d / "x.npy", out=tmp_path / "y.npy")
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    odd = run_cli("infer", model, d / "x7.npy", "-o", tmp_path / "z.npy")
+    assert odd.exit_code == 4 and "exactly 2 rows" in odd.stderr and "7 rows" in odd.stderr, odd
+    other = run_cli("infer", model, d / "x.npy", "--batch-size", "4", "-o", tmp_path / "z.npy")
+    assert other.exit_code == 4 and "fixes the batch size at 2" in other.stderr, other
+    assert not (tmp_path / "z.npy").exists()

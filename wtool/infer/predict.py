@@ -178,6 +178,7 @@ class FrozenModel:
         self._step: Any = None
         self._step_key: tuple[Any, ...] | None = None
         self.traces = 0
+        self.fixed_batch, self.stateful_layer = _stateful_batch(model, self.inputs)
 
     def fingerprint(self) -> str:
         """A hash of every weight's bytes (trainable or not), to prove a run changed nothing."""
@@ -258,6 +259,19 @@ class FrozenModel:
     def predict_batch(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one batch of at most the compiled batch size."""
         return self.predict_prepared(*self.prepare(arrays))
+
+
+def _stateful_batch(model: Any, inputs: list[InputSpec]) -> tuple[int | None, str | None]:
+    """The batch size a stateful RNN fixes (its states have that many rows), and that layer's name.
+
+    Its states carry from one batch to the next, as in `model.predict`: rows must come in batches
+    of exactly that size, in order.
+    """
+    stateful = next((layer for layer in _all_layers(model) if getattr(layer, "stateful", False) is True), None)
+    if stateful is None:
+        return None, None
+    sizes = {spec.shape[0] for spec in inputs if spec.shape and spec.shape[0] is not None}
+    return (int(next(iter(sizes))) if len(sizes) == 1 else None), str(stateful.name)
 
 
 def _struct_keys(struct: Any, flat: Sequence[Any]) -> list[str]:
@@ -413,7 +427,9 @@ class InferPlan:
             _check_strings(spec, src)
         self.dtypes = [numpy_dtype(spec) for spec in specs]
         self.start, self.stop = shard_range(self.n_rows, self.shard)
-        if self.batch_size is None:
+        if self.frozen.fixed_batch is not None:
+            self._fixed_batch(self.frozen.fixed_batch)
+        elif self.batch_size is None:
             sizes = [d.itemsize if d is not None else max(src.dtype.itemsize, 64)
                      for d, src in zip(self.dtypes, self.sources, strict=True)]
             row_bytes = sum(int(math.prod(s)) * size for s, size in zip(self.row_shapes, sizes, strict=True))
@@ -426,6 +442,19 @@ class InferPlan:
         self.column_names = [name for out in self.frozen.output_names
                              for name in self.post.column_names(out, prefix)]
         self.columns: list[Column] = []
+
+    def _fixed_batch(self, fixed: int) -> None:
+        """A stateful RNN takes batches of exactly its batch size: never padded, never another size."""
+        layer = shown(self.frozen.stateful_layer or "")
+        if self.batch_size is not None and self.batch_size != fixed:
+            raise IncompatibleError(f"--batch-size {self.batch_size}: the stateful layer {layer} fixes the batch "
+                                    f"size at {fixed}", f"leave --batch-size out (or give {fixed})")
+        rows = self.stop - self.start
+        if rows % fixed:
+            raise IncompatibleError(f"the stateful layer {layer} takes batches of exactly {fixed} rows (its states "
+                                    f"carry from batch to batch); {rows} rows is not a multiple of {fixed}",
+                                    f"give a multiple of {fixed} rows")
+        self.batch_size = fixed
 
     @property
     def rows(self) -> int:
