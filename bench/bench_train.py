@@ -88,7 +88,8 @@ def _worker(tool: str, job: str, model_path: str, data_path: str) -> dict[str, f
         rows = len(x)
         loss = float(model.evaluate(x, y, batch_size=1024, verbose=0)[0])
     else:
-        from wtool.train.loop import Reporter, TrainOptions, train
+        from wtool.train.loop import train
+        from wtool.train.options import Reporter, TrainOptions
 
         class CpuClock(Reporter):
             def epoch_begin(self, epoch):
@@ -125,7 +126,8 @@ def _tiny_worker(tool: str) -> dict[str, float]:
         t0 = time.perf_counter()
         model.fit(x, y, batch_size=4, epochs=FIT_TINY_EPOCHS, verbose=0)
         return {"seconds_per_epoch": (time.perf_counter() - t0) / FIT_TINY_EPOCHS}
-    from wtool.train.loop import TrainOptions, train
+    from wtool.train.loop import train
+    from wtool.train.options import TrainOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -148,13 +148,13 @@ def test_frozen_batchnorm_runs_in_inference_mode(wtool, tmp_path, samples):
 
 
 def test_a_frozen_weight_that_moves_is_exit_70(wtool, tmp_path, samples, monkeypatch):
-    import wtool.train.loop as core
+    import wtool.train.steps as core
 
-    real = core._make_functions
+    real = core.make_functions
 
     def buggy(*args, **kwargs):
         fns = real(*args, **kwargs)
-        model = args[1]
+        model = args[0]
         inner = fns.train
 
         def train_and_break(xs, ys):
@@ -165,7 +165,7 @@ def test_a_frozen_weight_that_moves_is_exit_70(wtool, tmp_path, samples, monkeyp
         fns.train = train_and_break
         return fns
 
-    monkeypatch.setattr(core, "_make_functions", buggy)
+    monkeypatch.setattr(core, "make_functions", buggy)
     out = tmp_path / "o.keras"
     res = wtool("train", samples / "nested.keras", "--data", samples / "nested.npz", "-o", out, "--freeze",
                 "features", "--seed", "0")
@@ -460,7 +460,8 @@ def test_tf_keras_2_optimizer_state_is_continued(corpus):
     import h5py
 
     from wtool.graph.model import import_keras, load_model
-    from wtool.train.loop import read_saved_training, restore_optimizer_state, saved_optimizer
+    from wtool.train.optim import saved_optimizer
+    from wtool.train.saved import read_saved_training, restore_optimizer_state
 
     path = corpus / "dawn0829__ecgclassification" / "模型_DNN_new.h5"
     if not path.exists():

@@ -11,6 +11,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,16 @@ class ModelIO:
     input_shape: tuple[int | None, ...]
     input_dtype: str
     output_shape: tuple[int | None, ...]
+
+
+def model_io(model: Any) -> ModelIO:
+    """The shapes of a live keras.Model's one input and one output, for the checks here."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise IncompatibleError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                                "train handles models with one input and one output")
+    inp = model.inputs[0]
+    outp = model.outputs[0]
+    return ModelIO(tuple(inp.shape[1:]), str(inp.dtype), tuple(outp.shape[1:]))
 
 
 def fmt_shape(shape: tuple[int | None, ...]) -> str:

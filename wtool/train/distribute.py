@@ -551,79 +551,9 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
     """
     import tensorflow as tf
 
-    strategy = dist.strategy
-    replicas = dist.replicas
-    loss_none = unreduced_loss(loss_obj)
-    clip = getattr(optimizer, "global_clipnorm", None)
-    sum_op = tf.distribute.ReduceOp.SUM
-
-    def local_step(x: Any, y: Any, gb: Any) -> Any:
-        with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            loss, local_sum = scaled_loss(tf, loss_none, y, pred, gb, model.losses, replicas)
-        grads = tape.gradient(loss, trainable) if trainable else []
-        grads = [g if g is not None else tf.zeros_like(v) for g, v in zip(grads, trainable, strict=False)]
-        bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
-        if grads:
-            bad += tf.cast(tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads))), tf.float32)
-        return grads, pred, local_sum, bad
-
-    if jit:
-        local_step = tf.function(local_step, jit_compile=True)
-
-    def compute(xs: Any, ys: Any, gb: Any, i: Any) -> Any:
-        grads, pred, local_sum, bad = local_step(xs[i], ys[i], gb)
-        ctx = tf.distribute.get_replica_context()
-        agreed = ctx.all_reduce(sum_op, tf.stack([local_sum, bad]))
-        if clip and grads:
-            # Keras clips each replica's part before it all-reduces; clip the global gradient instead. Each
-            # replica then hands Keras 1/R of it: its norm is below the limit, so Keras's clip does nothing.
-            grads = ctx.all_reduce(sum_op, grads)
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-            grads = [g / replicas for g in grads]
-        return grads, pred, agreed
-
-    def apply(grads: Any, ys: Any, pred: Any, i: Any) -> Any:
-        if grads:
-            optimizer.apply(grads, trainable)
-        for m in train_metrics:
-            m.update_state(ys[i], pred)
-        return tf.constant(0)
-
-    def train_chunk(xs: Any, ys: Any, gb: Any) -> Any:
-        k = tf.shape(strategy.experimental_local_results(xs)[0])[0]
-        ok = tf.constant(True)
-        done = tf.constant(0)
-        loss_sum = tf.constant(0.0)
-        for i in tf.range(k):
-            grads, pred, agreed = strategy.run(compute, args=(xs, ys, gb, i))
-            agreed = strategy.experimental_local_results(agreed)[0]
-            if agreed[1] > 0:
-                ok = tf.constant(False)
-                break
-            strategy.run(apply, args=(grads, ys, pred, i))
-            done += 1
-            loss_sum += agreed[0]
-        # As the plain loop: one small tensor back, [ok, steps done, loss sum].
-        return tf.stack([tf.cast(ok, tf.float64), tf.cast(done, tf.float64), tf.cast(loss_sum, tf.float64)])
-
-    def eval_one(xs: Any, ys: Any, gb: Any, i: Any) -> Any:
-        x, y = xs[i], ys[i]
-        pred = model(x, training=False)
-        _, local_sum = scaled_loss(tf, loss_none, y, pred, gb, model.losses, replicas)
-        for m in val_metrics:
-            m.update_state(y, pred)
-        return tf.distribute.get_replica_context().all_reduce(sum_op, local_sum)
-
-    def eval_chunk(xs: Any, ys: Any, gb: Any) -> Any:
-        k = tf.shape(strategy.experimental_local_results(xs)[0])[0]
-        total = tf.constant(0.0)
-        for i in tf.range(k):
-            total += strategy.experimental_local_results(strategy.run(eval_one, args=(xs, ys, gb, i)))[0]
-        return total
-
-    train_fn = tf.function(train_chunk, reduce_retracing=True)
-    eval_fn = tf.function(eval_chunk, reduce_retracing=True)
+    replica = _ReplicaSteps(dist, model, loss_obj, train_metrics, val_metrics, optimizer, trainable, jit)
+    train_fn = tf.function(_train_chunk(dist.strategy, replica), reduce_retracing=True)
+    eval_fn = tf.function(_eval_chunk(dist.strategy, replica), reduce_retracing=True)
 
     def to_replicas(shard: Shard) -> Any:
         return dist.per_replica(lambda r: tf.constant(shard.parts[r]))
@@ -635,6 +565,104 @@ def make_functions(dist: Distribution, model: Any, loss_obj: Any, train_metrics:
         return eval_fn(to_replicas(xs), to_replicas(ys), tf.constant(xs.shape[1], tf.int32))
 
     return DistributedFunctions(train, evaluate)
+
+
+class _ReplicaSteps:
+    """What one replica does for step i of a chunk: compute (loss, gradients, the agreed sums), apply, evaluate."""
+
+    def __init__(self, dist: Distribution, model: Any, loss_obj: Any, train_metrics: list[Any],
+                 val_metrics: list[Any], optimizer: Any, trainable: list[Any], jit: bool) -> None:
+        import tensorflow as tf
+
+        self.model, self.train_metrics, self.val_metrics = model, train_metrics, val_metrics
+        self.optimizer, self.trainable, self.replicas = optimizer, trainable, dist.replicas
+        self.loss_none = unreduced_loss(loss_obj)
+        self.clip = getattr(optimizer, "global_clipnorm", None)
+        self.sum_op = tf.distribute.ReduceOp.SUM
+        self.local_step = tf.function(self._local_step, jit_compile=True) if jit else self._local_step
+
+    def _local_step(self, x: Any, y: Any, gb: Any) -> Any:
+        import tensorflow as tf
+
+        trainable = self.trainable
+        with tf.GradientTape() as tape:
+            pred = self.model(x, training=True)
+            loss, local_sum = scaled_loss(tf, self.loss_none, y, pred, gb, self.model.losses, self.replicas)
+        grads = tape.gradient(loss, trainable) if trainable else []
+        grads = [g if g is not None else tf.zeros_like(v) for g, v in zip(grads, trainable, strict=False)]
+        bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
+        if grads:
+            bad += tf.cast(tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads))), tf.float32)
+        return grads, pred, local_sum, bad
+
+    def compute(self, xs: Any, ys: Any, gb: Any, i: Any) -> Any:
+        import tensorflow as tf
+
+        grads, pred, local_sum, bad = self.local_step(xs[i], ys[i], gb)
+        ctx = tf.distribute.get_replica_context()
+        agreed = ctx.all_reduce(self.sum_op, tf.stack([local_sum, bad]))
+        if self.clip and grads:
+            # Keras clips each replica's part before it all-reduces; clip the global gradient instead. Each
+            # replica then hands Keras 1/R of it: its norm is below the limit, so Keras's clip does nothing.
+            grads = ctx.all_reduce(self.sum_op, grads)
+            grads, _ = tf.clip_by_global_norm(grads, self.clip)
+            grads = [g / self.replicas for g in grads]
+        return grads, pred, agreed
+
+    def apply(self, grads: Any, ys: Any, pred: Any, i: Any) -> Any:
+        import tensorflow as tf
+
+        if grads:
+            self.optimizer.apply(grads, self.trainable)
+        for m in self.train_metrics:
+            m.update_state(ys[i], pred)
+        return tf.constant(0)
+
+    def evaluate(self, xs: Any, ys: Any, gb: Any, i: Any) -> Any:
+        import tensorflow as tf
+
+        x, y = xs[i], ys[i]
+        pred = self.model(x, training=False)
+        _, local_sum = scaled_loss(tf, self.loss_none, y, pred, gb, self.model.losses, self.replicas)
+        for m in self.val_metrics:
+            m.update_state(y, pred)
+        return tf.distribute.get_replica_context().all_reduce(self.sum_op, local_sum)
+
+
+def _train_chunk(strategy: Any, replica: _ReplicaSteps) -> Callable[[Any, Any, Any], Any]:
+    import tensorflow as tf
+
+    def train_chunk(xs: Any, ys: Any, gb: Any) -> Any:
+        k = tf.shape(strategy.experimental_local_results(xs)[0])[0]
+        ok = tf.constant(True)
+        done = tf.constant(0)
+        loss_sum = tf.constant(0.0)
+        for i in tf.range(k):
+            grads, pred, agreed = strategy.run(replica.compute, args=(xs, ys, gb, i))
+            agreed = strategy.experimental_local_results(agreed)[0]
+            if agreed[1] > 0:
+                ok = tf.constant(False)
+                break
+            strategy.run(replica.apply, args=(grads, ys, pred, i))
+            done += 1
+            loss_sum += agreed[0]
+        # As the plain loop: one small tensor back, [ok, steps done, loss sum].
+        return tf.stack([tf.cast(ok, tf.float64), tf.cast(done, tf.float64), tf.cast(loss_sum, tf.float64)])
+
+    return train_chunk
+
+
+def _eval_chunk(strategy: Any, replica: _ReplicaSteps) -> Callable[[Any, Any, Any], Any]:
+    import tensorflow as tf
+
+    def eval_chunk(xs: Any, ys: Any, gb: Any) -> Any:
+        k = tf.shape(strategy.experimental_local_results(xs)[0])[0]
+        total = tf.constant(0.0)
+        for i in tf.range(k):
+            total += strategy.experimental_local_results(strategy.run(replica.evaluate, args=(xs, ys, gb, i)))[0]
+        return total
+
+    return eval_chunk
 
 
 # ------------------------------------------------------------------------------------- checkpoint state

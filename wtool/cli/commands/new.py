@@ -163,7 +163,8 @@ def _model_from_spec(specs: Any, shape: Any, input_dtype: str | None, model_name
 def _compile(keras: Any, model: Any, out_file: str, optimizer: str | None, lr: float | None, loss: str,
              metrics: tuple[str, ...]) -> str:
     """Compile with the named optimizer, loss and metrics (checked against Keras's names first)."""
-    from wtool.train.loop import TrainOptions, build_optimizer
+    from wtool.train.optim import build_optimizer
+    from wtool.train.options import TrainOptions
 
     opt = build_optimizer(TrainOptions(model=out_file, optimizer=optimizer or "adam", lr=lr), None, 1, 1)
     try:

@@ -289,7 +289,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
     """
     from wtool.train.distribute import check_options, parse_workers
-    from wtool.train.loop import ScheduleOptions, TrainOptions, train
+    from wtool.train.loop import train
+    from wtool.train.options import ScheduleOptions, TrainOptions
 
     worker_list = tuple(parse_workers(workers)) if workers is not None else ()
     if plot_path is not None:  # before training: a missing matplotlib must not cost a run
