@@ -232,3 +232,72 @@ def test_a_scale_that_does_not_fit_its_kernel_is_one_line_exit_3(wtool, quantize
         assert res.exit_code == 3, res
         assert "kernel_scale has shape (5,), which does not fit its kernel (8, 16)" in res.stderr
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
+
+
+def test_set_weights_and_transfer_into_a_quantized_kernel_need_the_same_quantization(wtool, quantized, plain,
+                                                                                    tmp_path):
+    int8, int4 = quantized["dense-int8"], quantized["dense-int4"]
+    float_npz = tmp_path / "float.npz"
+    np.savez(float_npz, **{"d1/kernel": np.ones((8, 16), "float32")})
+    res = wtool("set-weights", int8, "--npz", float_npz, "-o", tmp_path / "a.keras")
+    assert res.exit_code == 4, res
+    assert "d1/kernel belongs to a layer quantized to int8" in res.stderr and "wtool quantize" in res.stderr
+    assert not (tmp_path / "a.keras").exists()
+    res = wtool("transfer", int8, int4, "-o", tmp_path / "b.keras")
+    assert res.exit_code == 4 and "quantized to int4/128 and source d1/kernel is int8" in res.stderr, res
+    assert not (tmp_path / "b.keras").exists()
+    # the same quantization on both sides: copied as they are, and Keras loads the result equal to the source
+    res = wtool("set-weights", quantized["dense-int8"], "--from-model", int8, "--layer", "d1/*",
+                "-o", tmp_path / "c.keras")
+    assert res.exit_code == 0, res
+    res = wtool("diff", tmp_path / "c.keras", int8)
+    assert res.exit_code == 0, res
+    res = wtool("set-weights", int8, "--weight", f"d1/bias={_npy(tmp_path, np.full(16, 0.5, 'float32'))}",
+                "-o", tmp_path / "d.keras")
+    assert res.exit_code == 0, res  # the bias of a quantized layer stays a float: allowed
+
+
+def _npy(tmp_path: Path, value: np.ndarray) -> Path:
+    path = tmp_path / "value.npy"
+    np.save(path, value)
+    return path
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory) -> Path:
+    """Saved after `enable_lora(4)` with trained-looking adapters: Keras 3.15 writes the merged kernel."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="d1"), keras.layers.Dense(4, name="d2")],
+                             name="lora")
+    model.get_layer("d1").enable_lora(4)
+    model.get_layer("d1").lora_kernel_b.assign(np.random.default_rng(4).normal(size=(4, 16)).astype("float32"))
+    path = tmp_path_factory.mktemp("lora") / "lora.keras"
+    model.save(path)
+    return path
+
+
+def test_a_lora_model_is_shown_as_merged_and_infers_as_keras(wtool, lora_model, quantized, tmp_path):
+    import keras
+
+    res = wtool("inspect", lora_model, "--json")
+    assert res.exit_code == 0, res
+    layers = {layer["name"]: layer for layer in res.json()["layers"]}
+    assert layers["d1"]["lora_rank"] == 4 and "lora_rank" not in layers["d2"]
+    assert [w["path"] for w in res.json()["weights"]] == ["d1/kernel", "d1/bias", "d2/kernel", "d2/bias"]
+    assert "Dense [lora rank 4, merged]" in wtool("inspect", lora_model).stdout
+    reference = keras.saving.load_model(lora_model)
+    res = wtool("infer", lora_model, quantized["x"], "-o", tmp_path / "y.npy")
+    assert res.exit_code == 0, res
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference.predict(np.load(quantized["x"]), verbose=0),
+                               atol=1e-5, rtol=0)
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(3)
+    np.savez(data, x=rng.normal(size=(32, 8)).astype("float32"), y=rng.normal(size=(32, 4)).astype("float32"))
+    res = wtool("train", lora_model, "--data", data, "--loss", "mse", "--epochs", "1", "-o", tmp_path / "t.keras")
+    assert res.exit_code == 0, res
+    assert keras.saving.load_model(tmp_path / "t.keras").get_layer("d1").lora_rank == 4

@@ -19,6 +19,7 @@ import numpy as np
 from wtool.errors import IncompatibleError, UsageError
 from wtool.fileio import check_input_file
 from wtool.store import write as store_write
+from wtool.store.naming import base_mode
 from wtool.text import one_line
 
 
@@ -133,6 +134,28 @@ def problems_error(problems: Sequence[Problem], what: str, hint: str | None = No
         return IncompatibleError(f"{problems[0].message}; {what}", hint)
     lines = [f"{len(problems)} problems; {what}:"] + [f"  - {one_line(p.message)}" for p in problems]
     return IncompatibleError("\n".join(lines), hint, multiline=True)
+
+
+def quantization_of(model: Any) -> dict[str, str | None]:
+    """Each weight's layer quantization mode (`int8`, `int4/128`, ...; None when not quantized)."""
+    modes = {layer.path: layer.quantization for layer in model.layers}
+    return {w.path: modes.get(w.layer) for w in model.weights}
+
+
+def quantized_refusal(path: str, target_mode: str | None, source_mode: str | None, source: str) -> str | None:
+    """Why a value cannot go into this weight of an int8/int4 layer, or None.
+
+    Its integers (packed two to a byte for int4) only mean something with the layer's scales
+    and zero points, so only a source quantized the same way fits; the bias stays a float.
+    """
+    if target_mode is None or base_mode(target_mode) == "float8" or path.rsplit("/", 1)[-1] == "bias":
+        return None
+    if source_mode == target_mode:
+        return None
+    what = "float" if source_mode is None else source_mode
+    return (f"{path} belongs to a layer quantized to {target_mode} and {source} is {what}: its values are "
+            f"{'packed int4' if base_mode(target_mode) in ('int4', 'awq') else 'integers'} read with the "
+            "layer's scales; set the float model's weights, then `wtool quantize`")
 
 
 def open_checked(path: str | os.PathLike[str]) -> Any:

@@ -22,6 +22,8 @@ from wtool.ops.planning import (
     open_checked,
     parse_assignment,
     problems_error,
+    quantization_of,
+    quantized_refusal,
     shape_text,
 )
 from wtool.ops.rebuild import rebuild_with_keras
@@ -198,6 +200,7 @@ def plan_set_weights(
             _add_from_model(plan, from_model, from_layers, gather.by_path, gather.unknown, gather.claim)
         for glob, name, init in parsed_inits:
             gather.add_init(glob, name, init)
+        _check_quantized(plan, model, from_model)
         _check_assignments(plan, allow_nonfinite)
         order = {w.path: i for i, w in enumerate(model.weights)}
         plan.assignments.sort(key=lambda a: order.get(a.path, 0))
@@ -232,6 +235,26 @@ def _add_from_model(plan: SetWeightsPlan, src_path: str, layers: Sequence[str], 
             if tuple(w.shape) == tuple(info.shape):
                 a.new = Stats.of(model_chunks(src, w.path))
             plan.assignments.append(a)
+
+
+def _check_quantized(plan: SetWeightsPlan, model: Any, from_model: str | None) -> None:
+    """Into an int8/int4 layer only from a model quantized the same way (arrays carry no mode)."""
+    target = quantization_of(model)
+    if not any(target.values()):
+        return
+    source: dict[str, str | None] = {}
+    if from_model:
+        with open_checked(from_model) as src:
+            source = quantization_of(src)
+    kept = []
+    for a in plan.assignments:
+        why = quantized_refusal(a.path, target.get(a.path), source.get(a.path) if a.from_weight else None,
+                                a.source)
+        if why:
+            plan.problems.append(Problem("quantized", a.path, why))
+        else:
+            kept.append(a)
+    plan.assignments = kept
 
 
 def _check_assignments(plan: SetWeightsPlan, allow_nonfinite: bool) -> None:

@@ -22,6 +22,8 @@ from wtool.ops.planning import (
     open_checked,
     parse_assignment,
     problems_error,
+    quantization_of,
+    quantized_refusal,
     shape_text,
 )
 from wtool.ops.rebuild import rebuild_with_keras
@@ -266,6 +268,7 @@ def plan_transfer(
             owner = {w.path: w.layer for w in dst.weights}
             for p in plan.transferred + plan.skipped:
                 p.target_layer = owner.get(p.target or "", p.target_layer)
+        _refuse_quantized(plan, quantization_of(src), quantization_of(dst))
         _collect_problems(plan, src_layers, dst_layers)
         if plan.ignored_from_source:
             plan.notes.append(f"ignored {len(plan.ignored_from_source)} PyTorch bookkeeping tensor(s) "
@@ -419,6 +422,19 @@ def _sort_weight_pairs(plan: TransferPlan, layer_pairs: Sequence[tuple[str, str]
     plan.unused_from_source.sort(key=lambda p: src_order.get(p, 0))
 
 
+def _refuse_quantized(plan: TransferPlan, source: dict[str, str | None], target: dict[str, str | None]) -> None:
+    """A pair into an int8/int4 layer from a source not quantized the same way is skipped, with why."""
+    if not any(target.values()):
+        return
+    for pair in plan.transferred + plan.skipped:
+        why = quantized_refusal(pair.target or "", target.get(pair.target or ""), source.get(pair.source or ""),
+                                f"source {pair.source}")
+        if why and pair.reason != "count":
+            pair.status, pair.reason, pair.detail = "skipped", "quantized", why
+    plan.skipped += [p for p in plan.transferred if p.status == "skipped"]
+    plan.transferred = [p for p in plan.transferred if p.status != "skipped"]
+
+
 def _collect_problems(plan: TransferPlan, src_layers: Sequence[str], dst_layers: Sequence[str]) -> None:
     """Mismatched pairs are problems unless --skip-mismatch; an empty transfer is one unless --allow-empty."""
     if plan.skipped and not plan.skip_mismatch:
@@ -509,7 +525,7 @@ def _skip_message(p: Pair) -> str:
     if p.reason == "shape":
         return (f"{p.source} -> {p.target}: source shape {shape_text(p.source_shape)}, "
                 f"target shape {shape_text(p.target_shape)}")
-    if p.reason == "dtype":
+    if p.reason in ("dtype", "quantized"):
         return f"{p.source} -> {p.target}: {p.detail}"
     return f"{p.source} -> {p.target}: {p.detail}"
 
@@ -529,7 +545,7 @@ def transfer_hint(plan: TransferPlan) -> str | None:
     if kinds == {"empty"}:
         return ("match by position with --by order, or name pairs with --map SRC=DST; "
                 "--allow-empty accepts an empty transfer")
-    if kinds <= {"shape", "dtype", "count"}:
+    if kinds <= {"shape", "dtype", "count", "quantized"}:
         return "--skip-mismatch transfers the rest and reports these as skipped"
     return None
 
