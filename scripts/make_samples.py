@@ -138,6 +138,29 @@ def lstm(rng: np.random.Generator) -> None:
     np.savez(OUT / "lstm.npz", x=x.astype("int32"), y=y)
 
 
+def two_inputs() -> None:
+    """Two inputs (a, b) and two outputs (value: regression, kind: 3 classes), compiled per output.
+
+    Seeded on its own, so it does not depend on the samples made before it."""
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(keras.layers.Concatenate(name="joined")([a, b]))
+    value = keras.layers.Dense(1, name="value")(h)
+    kind = keras.layers.Dense(3, activation="softmax", name="kind")(h)
+    model = keras.Model([a, b], [value, kind], name="two_inputs")
+    model.compile(optimizer="adam", loss={"value": "mse", "kind": "sparse_categorical_crossentropy"},
+                  metrics={"value": ["mae"], "kind": ["accuracy"]})
+    save_all(model, "two_inputs", ("keras",))
+    n = 256
+    xa = rng.normal(size=(n, 3)).astype("float32")
+    xb = rng.normal(size=(n, 2)).astype("float32")
+    y_value = (xa @ np.array([1.0, -1.0, 0.5]) + xb[:, 0]).astype("float32").reshape(-1, 1)
+    y_kind = np.digitize(xa[:, 0] + xb[:, 1], [-0.5, 0.5]).astype("int64")
+    np.savez(OUT / "two_inputs.npz", xa=xa, xb=xb, y_value=y_value, y_kind=y_kind)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -147,6 +170,7 @@ def main() -> None:
     cnn(rng)
     nested(rng)
     lstm(rng)
+    two_inputs()
     print(f"sample models written to {OUT}")
 
 
