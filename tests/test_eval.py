@@ -230,6 +230,10 @@ def two_by_two(tmp_path_factory):
     arrays = {"xa": rng.normal(size=(96, 3)).astype("float32"), "xb": rng.normal(size=(96, 2)).astype("float32"),
               "y1": rng.normal(size=(96, 1)).astype("float32"), "y2": rng.integers(0, 3, 96)}
     np.savez(tmp / "test.npz", **arrays)
+    table = np.column_stack([arrays["xa"], arrays["xb"], arrays["y1"], arrays["y2"]])
+    lines = ["a0,a1,a2,b0,b1,value,kind"] + [",".join(repr(float(v)) for v in row[:6]) + f",{int(row[6])}"
+                                             for row in table]
+    (tmp / "test.csv").write_text("\n".join(lines) + "\n")
     reference = keras.saving.load_model(path)
     x, y = [arrays["xa"], arrays["xb"]], [arrays["y1"], arrays["y2"]]
     expected = reference.evaluate(x, y, verbose=0, return_dict=True)
@@ -237,7 +241,7 @@ def two_by_two(tmp_path_factory):
                       loss_weights={"value": 2.0, "kind": 1.0}, metrics={"kind": ["accuracy"]})
     override = reference.evaluate(x, y, verbose=0, return_dict=True)
     kind_pred = np.argmax(reference.predict(x, verbose=0)[1], axis=1)
-    return {"path": path, "npz": tmp / "test.npz", "expected": expected, "override": override,
+    return {"path": path, "npz": tmp / "test.npz", "csv": tmp / "test.csv", "expected": expected, "override": override,
             "kind_pred": kind_pred, "y2": arrays["y2"]}
 
 
@@ -261,6 +265,16 @@ def test_two_outputs_loss_per_output_and_loss_weight_in_model_order(wtool, two_b
                 "--loss-weight", "value=2", "--metric", "kind=accuracy")
     for key, value in two_by_two["override"].items():
         assert doc["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_two_inputs_from_csv_column_groups(wtool, two_by_two):
+    doc = _eval(wtool, two_by_two["path"], "--data", two_by_two["csv"], "--x-cols", "a=a0,a1,a2", "--x-cols", "b=3-4",
+                "--y-cols", "value=value", "--y-cols", "kind=6")
+    for key, value in two_by_two["expected"].items():
+        assert doc["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    res = wtool("eval", two_by_two["path"], "--data", two_by_two["csv"], "--x-cols", "a=a0,a1,a2",
+                "--y-cols", "value=value", "--y-cols", "kind=kind")
+    assert res.exit_code == 4 and "no data for the model's input 'b'" in res.stderr, res
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

@@ -46,6 +46,8 @@ class EvalOptions:
     y_files: tuple[str, ...] = ()
     x_keys: tuple[str, ...] = ()  # --x-key: KEY (default x), or NAME=KEY per model input
     y_keys: tuple[str, ...] = ()
+    x_cols: tuple[str, ...] = ()  # --x-cols: [NAME=]COLS, a CSV column group per model input
+    y_cols: tuple[str, ...] = ()
     target: str | None = None
     arch: str | None = None
     unsafe: bool = False
@@ -400,6 +402,10 @@ def _read_ahead(it: Iterator[Any]) -> Iterator[Any]:
 def _named_options(opts: EvalOptions) -> bool:
     """Whether the data options name arrays per model input/output (NAME=KEY, or several)."""
     items = (*opts.x_keys, *opts.y_keys, *opts.x_files, *opts.y_files)
+    if opts.x_cols or opts.y_cols:
+        if opts.target is not None:
+            raise UsageError("--target names the one label column; with --x-cols/--y-cols name the labels with --y-cols")
+        return True
     return any("=" in item for item in items) or max(len(opts.x_keys), len(opts.y_keys), len(opts.x_files),
                                                      len(opts.y_files)) > 1
 
@@ -412,8 +418,11 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
                              y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target)
         check_finite(data)
         return NamedData([data.x], [data.y], data.source)
-    named = load_named(opts.data, opts.x_keys if opts.data else opts.x_files,
-                       opts.y_keys if opts.data else opts.y_files, side.input_names, side.output_names)
+    if opts.x_cols or opts.y_cols:
+        x_items, y_items = opts.x_cols, opts.y_cols
+    else:
+        x_items, y_items = (opts.x_keys, opts.y_keys) if opts.data else (opts.x_files, opts.y_files)
+    named = load_named(opts.data, x_items, y_items, side.input_names, side.output_names)
     for x, y in zip(named.xs, named.ys, strict=False):
         check_finite(LabelledData(x, y, named.source))
     return named

@@ -2,8 +2,9 @@
 
 Arrays are named with repeated options, either in the model's order (`--x-key a --x-key b`) or by
 the model's input/output names (`--x-key image=pixels --x-key meta=tabular`), from one `.npz`
-(keys) or from `.npy` files (`--x image=img.npy`, memory-mapped). No TensorFlow here: the model
-side is given as plain names.
+(keys), from `.npy` files (`--x image=img.npy`, memory-mapped), or from column groups of one CSV
+(`--x-cols a=0-2 --x-cols b=x4,x5 --y-cols kind=label`, read with wtool.data's CSV reader). No
+TensorFlow here: the model side is given as plain names.
 """
 
 from __future__ import annotations
@@ -73,10 +74,20 @@ def _numeric(arr: np.ndarray, what: str) -> np.ndarray:
 
 def load_named(data: str | None, x_items: tuple[str, ...], y_items: tuple[str, ...], input_names: list[str],
                output_names: list[str]) -> NamedData:
-    """From `data` (.npz: items are keys) or, without it, from .npy files (items are paths)."""
-    x_pairs = parse_pairs(x_items, "--x-key" if data else "--x")
-    y_pairs = parse_pairs(y_items, "--y-key" if data else "--y")
-    if data is not None:
+    """From `data` (.npz: items are keys; .csv: column groups) or, without it, from .npy files (items are paths)."""
+    csv = data is not None and Path(data).suffix.lower() in (".csv", ".tsv")
+    x_option, y_option = ("--x-cols", "--y-cols") if csv else ("--x-key", "--y-key") if data else ("--x", "--y")
+    x_pairs = parse_pairs(x_items, x_option)
+    y_pairs = parse_pairs(y_items, y_option)
+    if data is not None and csv:
+        if not x_pairs or not y_pairs:
+            raise UsageError(f"{data}: name the feature and label columns of each model input and output",
+                             "--x-cols NAME=COLS ... --y-cols NAME=COLS ... (COLS: header names or 0-based "
+                             "indexes, ranges like 0-783)")
+        xs = [_columns(data, c) for c in assign(x_pairs, input_names, "--x-cols", "input")]
+        ys = [_labels(_columns(data, c)) for c in assign(y_pairs, output_names, "--y-cols", "output")]
+        source = data
+    elif data is not None:
         path = check_input_file(data)
         if path.suffix.lower() != ".npz":
             raise UsageError(f"{data}: a model with several inputs or outputs reads a .npz (--x-key/--y-key NAME=KEY) "
@@ -105,6 +116,21 @@ def load_named(data: str | None, x_items: tuple[str, ...], y_items: tuple[str, .
         raise IncompatibleError(f"{source}: the arrays have different row counts ({', '.join(map(str, sorted(rows)))})",
                                 "every input and label array needs one row per sample")
     return NamedData(xs, ys, source)
+
+
+def _columns(path: str, columns: str) -> np.ndarray:
+    """One column group of a CSV as a float array (rows, columns)."""
+    from wtool.data.rows import open_rows
+
+    with open_rows(path, columns=columns) as rows:
+        return rows.read(dtype="float64")
+
+
+def _labels(values: np.ndarray) -> np.ndarray:
+    """A label group: integers when every value is whole (class labels), else float32; one column drops its axis."""
+    flat = values[:, 0] if values.shape[1] == 1 else values
+    whole = np.all(np.isfinite(flat)) and np.all(flat == np.round(flat))
+    return flat.astype(np.int64) if whole else flat.astype(np.float32)
 
 
 def _npy(name: str) -> np.ndarray:

@@ -100,6 +100,11 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
               help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
 @click.option("--target", help="Label column of a .csv (header name or 0-based index); the rest are features.")
+@click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
+              help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
+              "per input.")
+@click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
+              help="CSV label columns of a model output; repeat per output.")
 @click.option("--arch", type=InputPath, metavar="MODEL", help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Rows per batch (default 256).")
@@ -120,7 +125,8 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
               help="Draw the confusion matrix to FILE (.png, .svg, .pdf; needs matplotlib: wtool[plot]).")
 @common_options
 def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
-            x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, arch: str | None, unsafe: bool,
+            x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, x_cols: tuple[str, ...],
+            y_cols: tuple[str, ...], arch: str | None, unsafe: bool,
             batch_size: int | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
             fail_above: tuple[str, ...], plot_path: str | None) -> None:
     """Loss and metrics of MODEL on labelled data, with frozen weights (training=False), as model.evaluate gives them.
@@ -151,7 +157,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
 
         labels = load_labels(labels_path)
     opts = EvalOptions(model=model, data=data, x_files=x_files, y_files=y_files, x_keys=x_keys, y_keys=y_keys,
-                       target=target, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
+                       x_cols=x_cols, y_cols=y_cols, target=target, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
                        loss_weights=loss_weights, metrics=metrics, labels=labels)
     update, bar = _progress(out)
     if bar is not None:
