@@ -226,3 +226,82 @@ def test_inspect_check_passes_on_every_file(built):
             continue
         res = run_cli("inspect", path, "--check")
         assert res.exit_code == 0, (path, res)
+
+
+# --------------------------------------------------------------------------- state: inspect, surgery, train
+
+
+def _keras_state(model):
+    """Every preprocessing layer's state as Keras reports it (vocabulary, statistics, boundaries)."""
+    state = {}
+    for layer in model.layers:
+        if hasattr(layer, "get_vocabulary"):
+            state[layer.name] = [str(v) for v in layer.get_vocabulary()]
+        elif type(layer).__name__ == "Normalization":
+            state[layer.name] = (np.asarray(layer.adapt_mean), np.asarray(layer.adapt_variance))
+        elif type(layer).__name__ == "Discretization":
+            state[layer.name] = list(layer.bin_boundaries)
+    return state
+
+
+def _assert_same_state(got, want):
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        if isinstance(value, tuple):
+            for a, b in zip(got[name], value, strict=True):
+                np.testing.assert_array_equal(a, b)
+        else:
+            assert got[name] == value, name
+
+
+def test_inspect_shows_preprocessing_state_without_tensorflow(built):
+    d, models, _ = built
+    doc = run_cli("inspect", d / "multi.keras", "--json").json()
+    by_layer = {s["layer"]: s for s in doc["preprocessing"]}
+    assert set(by_layer) == {"norm", "disc", "enc", "ilook", "hash", "slook", "vec"}
+    model = models["multi"]
+    for name in ("ilook", "slook", "vec"):
+        vocab = model.get_layer(name).get_vocabulary()
+        assert by_layer[name]["vocabulary_size"] == len(vocab) == model.get_layer(name).vocabulary_size()
+        assert by_layer[name]["vocabulary_head"] == vocab[:5]
+    norm = model.get_layer("norm")
+    np.testing.assert_allclose(by_layer["norm"]["mean"], np.asarray(norm.adapt_mean), rtol=1e-7)
+    np.testing.assert_allclose(by_layer["norm"]["variance"], np.asarray(norm.adapt_variance), rtol=1e-7)
+    assert by_layer["disc"]["bins"] == len(model.get_layer("disc").bin_boundaries) + 1 == 3
+    assert by_layer["hash"]["num_bins"] == 4 and by_layer["enc"]["num_tokens"] == 3
+    text = run_cli("inspect", d / "multi.keras").stdout
+    assert f"vocabulary of {len(model.get_layer('slook').get_vocabulary())} " in text
+    lost = run_cli("inspect", d / "dict.h5").stdout
+    assert "look" in lost and "no vocabulary in this file" in lost
+
+
+def test_state_survives_set_weights_transfer_and_train(tmp_path, built):
+    from wtool.graph.model import import_keras
+
+    keras = import_keras()
+    d, models, refs = built
+    want = _keras_state(models["multi"])
+    feed = ["--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}", "--input", f"word={d / 'rows.csv'}"]
+    res = run_cli("set-weights", d / "multi.keras", "--init", "reg/*=zeros", "-o", tmp_path / "sw.keras")
+    assert res.exit_code == 0, res
+    res = run_cli("transfer", d / "dict.keras", d / "multi.keras", "--skip-mismatch", "-o", tmp_path / "tr.keras")
+    assert res.exit_code == 0, res
+    for out in ("sw.keras", "tr.keras"):
+        loaded = keras.models.load_model(tmp_path / out)
+        _assert_same_state(_keras_state(loaded), want)
+        ok(tmp_path / out, *feed, "-o", tmp_path / f"{out}.npz")
+        expected = _predict(loaded, {"num": np.load(d / "num.npy"), "cat": np.load(d / "cat.npy"),
+                                     "word": np.array(WORDS)[:, None]})
+        with np.load(tmp_path / f"{out}.npz") as z:
+            np.testing.assert_allclose(z["cls"], expected["cls"], atol=1e-6)
+            np.testing.assert_allclose(z["cls"], refs["multi"]["cls"], atol=1e-6)  # only reg was zeroed
+            np.testing.assert_allclose(z["reg"], expected["reg"], atol=1e-6)
+    # train: the preprocessing statistics are not trained, the Dense layer is
+    num = np.load(d / "num.npy")
+    np.savez(tmp_path / "xy.npz", x=num, y=np.ones((len(num), 2), np.float32))
+    res = run_cli("train", d / "numeric.keras", "--data", tmp_path / "xy.npz", "--loss", "mse", "--optimizer", "sgd",
+                  "--epochs", "2", "--seed", "0", "-o", tmp_path / "trained.keras")
+    assert res.exit_code == 0, res
+    trained = keras.models.load_model(tmp_path / "trained.keras")
+    _assert_same_state(_keras_state(trained), _keras_state(models["numeric"]))
+    assert not np.allclose(trained.get_layer("out").kernel, models["numeric"].get_layer("out").kernel)

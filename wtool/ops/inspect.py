@@ -53,6 +53,7 @@ class Summary:
     inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.ops.shapes)
     outputs: list[dict[str, Any]] | None = None  # [{"name", "shape"}]; a shape is None when not known
     shards: list[str] = field(default_factory=list)  # a sharded weights map: its shard files, in order
+    preprocessing: list[dict[str, Any]] = field(default_factory=list)  # wtool.ops.preprocessing, per layer
 
     @property
     def selected_params(self) -> int:
@@ -84,7 +85,13 @@ def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
         total_params=mf.total_params, trainable_params=mf.trainable_params,
         non_trainable_params=mf.non_trainable_params, weight_bytes=mf.weight_bytes,
         selected=bool(layer_globs), warnings=list(mf.warnings), shards=list(getattr(mf, "shard_names", [])),
-        **_io(mf))
+        preprocessing=_preprocessing(mf, {layer.path for layer in layers}), **_io(mf))
+
+
+def _preprocessing(mf: ModelFile, shown: set[str]) -> list[dict[str, Any]]:
+    from wtool.ops.preprocessing import layer_states
+
+    return [s.as_dict() for s in layer_states(mf) if s.layer in shown]
 
 
 def _io(mf: ModelFile) -> dict[str, Any]:

@@ -160,6 +160,7 @@ class Keras3Reader(Collector):
         path = prefix + name
         trainable = parent_trainable and (node.trainable if node is not None else True)
         self._add_layer(path, name, class_name, depth, trainable)
+        self.layers[-1].group = getattr(vnode.group, "name", None)
         if node is not None and class_name in QUANTIZED_CLASSES:
             self.layers[-1].quantization = quantization_mode(node.config)
         if node is not None and isinstance(node.config.get("lora_rank"), int):

@@ -49,3 +49,4 @@ class LayerInfo:
     missing: bool = False  # listed in the file but its group is absent (broken legacy files)
     quantization: str | None = None  # the dtype policy's mode (`int8`, `int4/128`, `float8`...)
     lora_rank: int | None = None  # saved after `enable_lora`: the file holds merged kernels
+    group: str | None = None  # its HDF5 group in a Keras 3 weights file ("/layers/string_lookup"): assets sit there too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from wtool.cli.commands.common import (
 from wtool.cli.render import (
     Output,
     TextWriter,
+    cell,
     fmt_bytes,
     fmt_float,
     fmt_int,
@@ -179,6 +181,7 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
         "inputs": summary.inputs,
         "outputs": summary.outputs,
         "warnings": summary.warnings,
+        "preprocessing": getattr(summary, "preprocessing", []),
     }
     if summary.shards:
         doc["shards"] = summary.shards
@@ -211,6 +214,35 @@ def _render_hash(writer: TextWriter, hashed: dict[str, Any], per_weight: bool) -
     writer.line(f"content   sha256:{hashed['content']}  (and every value)")
     if per_weight:
         writer.table(["weight", "sha256"], [[p, h] for p, h in hashed["weights"].items()])
+
+
+def _listed(values: list[Any], size: int | None) -> str:
+    shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, str) else str(v)
+                      for v in values)
+    return f"[{shown}{', ...' if size is None or size > len(values) else ''}]"
+
+
+def _state_text(state: dict[str, Any]) -> str:
+    """One preprocessing layer's state in a table cell."""
+    cls = state["class"]
+    if "vocabulary_size" in state:
+        if state["source"] is None:
+            return "no vocabulary in this file (Keras keeps an adapted one in a .keras file's assets)"
+        size = state["vocabulary_size"]
+        head = cell(_listed(state["vocabulary_head"], size))
+        return f"vocabulary of {fmt_int(size)} {head}" if size is not None else f"vocabulary from {state['source']}"
+    if cls == "Normalization":
+        if "mean" not in state:
+            return "-"
+        n = state.get("features")
+        return (f"mean {_listed(state['mean'], n)} variance {_listed(state.get('variance', []), n)}"
+                + (f" ({fmt_plural(n, 'feature')})" if n else ""))
+    if cls == "Discretization":
+        bins = state.get("bins")
+        return f"{bins} bins, boundaries {_listed(state['bin_boundaries_head'], (bins or 1) - 1)}"
+    if cls == "Hashing":
+        return f"{state.get('num_bins')} bins" + (f", salt {state['salt']}" if state.get("salt") else "")
+    return f"{state.get('num_tokens')} tokens ({state.get('output_mode')})"
 
 
 def _yes(flag: bool) -> str:
@@ -266,6 +298,10 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
     if summary.selected:
         n, params = len(summary.weights), summary.selected_params
         writer.line(f" {fmt_plural(n, 'weight')}, {fmt_plural(params, 'param')}", head="selected")
+    if getattr(summary, "preprocessing", None):
+        writer.line()
+        writer.table(["preprocessing", "class", "state"],
+                     [[s["layer"], s["class"], _state_text(s)] for s in summary.preprocessing], set())
     if show_weights:
         writer.line()
         _render_weights(writer, summary, details, stats)
