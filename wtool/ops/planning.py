@@ -39,6 +39,37 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return found
 
 
+# Float values may be rounded into these: bfloat16 has float32's exponent range, so nothing overflows
+# (float16 does overflow past 65504: narrowing into it stays refused).
+LOW_PRECISION = ("bfloat16",)
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def rounding_note(path: str, value: np.ndarray, dtype: str) -> str | None:
+    """What writing `value` into a `dtype` weight rounds away (None when nothing is lost)."""
+    target = np.dtype(dtype)
+    if np.dtype(value.dtype) == target or target.name not in LOW_PRECISION:
+        return None
+    wide = np.asarray(value, dtype=np.float64)
+    change = np.abs(np.asarray(np.asarray(value).astype(target), dtype=np.float64) - wide)
+    worst = float(np.nanmax(change)) if change.size else 0.0
+    if worst == 0:
+        return None
+    return f"{path}: {value.dtype} values rounded to {dtype} (largest change {worst:.3g})"
+
+
+def stored_value(value: np.ndarray | None, dtype: str) -> np.ndarray | None:
+    """A value in the form the HDF5 dataset holds it: bfloat16 as Keras writes it (2-byte opaque)."""
+    if value is None or dtype != "bfloat16":
+        return value
+    import ml_dtypes
+
+    return np.ascontiguousarray(np.asarray(value).astype(ml_dtypes.bfloat16)).view("V2")
+
+
 def dtype_problem(received: np.dtype, expected: np.dtype) -> str | None:
     """None when values of `received` may go into a weight of dtype `expected`.
 
@@ -48,6 +79,8 @@ def dtype_problem(received: np.dtype, expected: np.dtype) -> str | None:
     received, expected = np.dtype(received), np.dtype(expected)
     if received == expected or np.can_cast(received, expected, "safe"):
         return None
+    if is_float(received) and expected.name in LOW_PRECISION:
+        return None  # rounded to the weight's precision, as Keras's assign does; reported by rounding_note
     if received == np.float64 and expected == np.float32:
         return None
     if received.kind in "iub" and expected.kind == "f":

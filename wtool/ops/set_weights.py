@@ -24,7 +24,9 @@ from wtool.ops.planning import (
     problems_error,
     quantization_of,
     quantized_refusal,
+    rounding_note,
     shape_text,
+    stored_value,
 )
 from wtool.ops.rebuild import rebuild_with_keras
 from wtool.store import write as store_write
@@ -46,6 +48,7 @@ class Assignment:
     h5_name: str = field(default="", repr=False)
     value: np.ndarray | None = field(default=None, repr=False)
     from_weight: store_write.WeightSource | None = field(default=None, repr=False)
+    from_model: bool = field(default=False, repr=False)  # --from-model (copied as bytes or read as values)
 
 
 @dataclass
@@ -229,11 +232,18 @@ def _add_from_model(plan: SetWeightsPlan, src_path: str, layers: Sequence[str], 
                 continue
             if not claim(w.path, source):
                 continue
+            # Bytes are copied file to file when both are HDF5 of one dtype; otherwise the values are read
+            # (a .safetensors source, or a dtype to round, e.g. float32 into bfloat16).
+            byte_copy = src.format != "safetensors" and w.dtype == info.dtype
             a = Assignment(w.path, tuple(info.shape), info.dtype, source, tuple(w.shape), w.dtype,
                            h5_name=info.h5_name,
-                           from_weight=store_write.WeightSource(*src.weight_source(w.path)))
+                           from_weight=store_write.WeightSource(*src.weight_source(w.path)) if byte_copy else None,
+                           from_model=True)
             if tuple(w.shape) == tuple(info.shape):
-                a.new = Stats.of(model_chunks(src, w.path))
+                if byte_copy:
+                    a.new = Stats.of(model_chunks(src, w.path))
+                else:
+                    a.value = src.read(w.path)
             plan.assignments.append(a)
 
 
@@ -248,7 +258,7 @@ def _check_quantized(plan: SetWeightsPlan, model: Any, from_model: str | None) -
             source = quantization_of(src)
     kept = []
     for a in plan.assignments:
-        why = quantized_refusal(a.path, target.get(a.path), source.get(a.path) if a.from_weight else None,
+        why = quantized_refusal(a.path, target.get(a.path), source.get(a.path) if a.from_model else None,
                                 a.source)
         if why:
             plan.problems.append(Problem("quantized", a.path, why))
@@ -269,6 +279,9 @@ def _check_assignments(plan: SetWeightsPlan, allow_nonfinite: bool) -> None:
             continue
         if a.value is not None:
             a.new = Stats.of([a.value])
+            note = rounding_note(a.path, np.asarray(a.value), a.dtype)
+            if note:
+                plan.notes.append(note)
         if a.new is not None and a.new.nonfinite and not allow_nonfinite:
             plan.problems.append(Problem("nonfinite", a.path, f"{a.path}: {a.new.nonfinite} NaN/Inf value(s) "
                                          f"in {a.source}"))
@@ -285,7 +298,8 @@ def apply_set_weights(plan: SetWeightsPlan) -> SetWeightsPlan:
     if plan.dry_run:
         return plan
     assert plan.output is not None
-    writes = [store_write.WeightWrite(a.h5_name, value=a.value, source=a.from_weight) for a in plan.assignments]
+    writes = [store_write.WeightWrite(a.h5_name, value=stored_value(a.value, a.dtype), source=a.from_weight)
+              for a in plan.assignments]
     plan.result = store_write.write_weights(plan.model, plan.format, plan.output, writes,
                                             reset_optimizer=plan.reset_optimizer, rebuild=rebuild_with_keras(),
                                             max_shard_bytes=plan.max_shard_bytes)

@@ -7,7 +7,6 @@ import fnmatch
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from wtool.ops.planning import (
     quantization_of,
     quantized_refusal,
     shape_text,
+    stored_value,
 )
 from wtool.ops.rebuild import rebuild_with_keras
 from wtool.store import write as store_write
@@ -562,19 +562,22 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
             src = stack.enter_context(open_checked(plan.source))
             writes = [store_write.WeightWrite(p.target_h5, value=_LazyValue(src, p))  # type: ignore[arg-type]
                       for p in plan.transferred]
-        elif plan.source_format == "weights.json":  # sharded: each weight is copied from its own shard
+        else:  # HDF5: bytes copied file to file (a sharded source: from each weight's own shard)
             src = stack.enter_context(open_checked(plan.source))
-            where = {w.h5_name: src.weight_source(w.path) for w in src.weights}
-            writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(*where[p.source_h5]))
-                      for p in plan.transferred]
-        else:
-            writes = [store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(
-                Path(plan.source), plan.source_format, p.source_h5)) for p in plan.transferred]
+            by_h5 = {w.h5_name: w for w in src.weights}
+            writes = [_hdf5_write(src, by_h5[p.source_h5], p) for p in plan.transferred]
         plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
                                                 reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
                                                 rebuild=rebuild_with_keras(plan.unsafe),
                                                 max_shard_bytes=plan.max_shard_bytes)
     return plan
+
+
+def _hdf5_write(src: Any, w: Any, p: Pair) -> store_write.WeightWrite:
+    """A byte copy; values rounded first when bfloat16 meets another dtype (h5py sees bfloat16 as bytes)."""
+    if w.dtype != p.target_dtype and "bfloat16" in (w.dtype, p.target_dtype):
+        return store_write.WeightWrite(p.target_h5, value=stored_value(src.read(w.path), p.target_dtype or w.dtype))
+    return store_write.WeightWrite(p.target_h5, source=store_write.WeightSource(*src.weight_source(w.path)))
 
 
 class _LazyValue:

@@ -13,6 +13,7 @@ from wtool.errors import IncompatibleError, InputError
 from wtool.fileio import check_input_file
 from wtool.safety import guards as safety
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+from wtool.store.collector import as_stored
 from wtool.store.config import parse_model_config
 from wtool.store.container import Source, open_source
 from wtool.store.keras3 import Keras3Reader
@@ -169,16 +170,17 @@ class ModelFile:
     def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
         ds = self.dataset(path)
         try:
-            return np.asarray(ds[index] if index else ds[()])
+            return as_stored(ds[index] if index else ds[()], self.weight(path).dtype)
         except CORRUPT_HDF5 as exc:
             raise corrupt(self.path, exc, f"weight {path}") from None
 
     def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
         """The weight's values in C-ordered blocks of at most `max_elements` elements."""
         ds = self.dataset(path)
+        dtype = self.weight(path).dtype
         for index in iter_blocks(tuple(ds.shape), max_elements):
             try:
-                block = np.asarray(ds[index] if index else ds[()])
+                block = as_stored(ds[index] if index else ds[()], dtype)
             except CORRUPT_HDF5 as exc:
                 raise corrupt(self.path, exc, f"weight {path}") from None
             yield block

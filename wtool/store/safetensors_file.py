@@ -264,6 +264,10 @@ class SafetensorsFile:
             self._open[shard] = handle
         return handle
 
+    def weight_source(self, path: str) -> tuple[Path, str, str]:
+        """As ModelFile.weight_source: (file, format, key)."""
+        return self.path, self.format, self.weight(path).h5_name
+
     def read(self, path: str) -> np.ndarray:
         return self.read_block(path, ())
 

@@ -32,6 +32,9 @@ class WeightInfo:
     def nbytes(self) -> int:
         import numpy as np
 
+        if self.dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+            import ml_dtypes  # noqa: F401 - registers the names with numpy
+
         return self.params * np.dtype(self.dtype).itemsize
 
 

@@ -371,6 +371,14 @@ class _Target:
     src_extent: tuple[int, int] | None = None   # raw-copyable source bytes, absolute in src file
 
 
+def _as_target(value: Any, dtype: np.dtype) -> np.ndarray:
+    """A value as the dataset's dtype; opaque data (Keras's bfloat16) only from values already in its form."""
+    arr = np.asarray(value)
+    if dtype.kind == "V" and arr.dtype != dtype:
+        raise InternalError(f"a {arr.dtype} value for {dtype} data (the caller must pass the stored form)")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
 def _check_against(ds: h5py.Dataset, write: WeightWrite) -> None:
     if write.value is not None and tuple(write.value.shape) != tuple(ds.shape):
         raise IncompatibleError(f"{write.h5_name}: expected shape {ds.shape}, received {write.value.shape}")
@@ -674,6 +682,10 @@ def _plan_targets(h5: h5py.File, writes: Sequence[WeightWrite]) -> list[_Target]
                 if tuple(sds.shape) != t.shape:
                     raise IncompatibleError(f"{t.write.h5_name}: expected shape {t.shape}, "
                                             f"received {tuple(sds.shape)} from {img.path}")
+                if sds.dtype != t.dtype and "V" in (sds.dtype.kind, t.dtype.kind):
+                    # opaque data (Keras's bfloat16) is bytes to h5py: a cast would reinterpret, not round
+                    raise InternalError(f"{t.write.h5_name}: a byte copy between {sds.dtype} and {t.dtype} data "
+                                        "(the caller must pass the rounded values)")
                 ext = dataset_extent(sds) if img.length else None
                 if ext is not None and sds.dtype == t.dtype:
                     t.src_extent = (img.offset + ext[0], ext[1])
@@ -695,7 +707,7 @@ def _write_one(t: _Target, dst_fd: int, base: int, src_fds: dict[Path, int]) -> 
     assert t.extent is not None
     offset, nbytes = t.extent
     if t.write.value is not None:
-        value = np.ascontiguousarray(t.write.value, dtype=t.dtype)
+        value = _as_target(t.write.value, t.dtype)
         _pwrite_all(dst_fd, value, base + offset)
         return nbytes
     assert t.write.source is not None and t.src_image is not None
@@ -945,8 +957,8 @@ def _verify_one(out: h5py.File, out_image: H5Image, t: _Target, reader: _Reader,
         if ext is not None and ext[1] == want.nbytes:
             if not reader.same_as(out_fd, out_image.offset + ext[0], want.reshape(-1).view(np.uint8)):
                 return False
-            return all(np.array_equal(_read_slab(ds, lo, hi), want[lo:hi] if want.ndim else want, equal_nan=True)
-                       for lo, hi in _rows(t.shape))
+            return all(np.array_equal(_read_slab(ds, lo, hi), want[lo:hi] if want.ndim else want,
+                                      equal_nan=t.dtype.kind in "fc") for lo, hi in _rows(t.shape))
         return bool(np.array_equal(np.asarray(ds[()]), want, equal_nan=want.dtype.kind in "fc"))
     assert t.write.source is not None and t.src_image is not None
     with open_image(t.src_image) as src:
@@ -956,7 +968,7 @@ def _verify_one(out: h5py.File, out_image: H5Image, t: _Target, reader: _Reader,
                               out_image.offset + ext[0], ext[1]):
                 return False
             return all(np.array_equal(_read_slab(ds, lo, hi), np.asarray(_read_slab(sds, lo, hi), dtype=t.dtype),
-                                      equal_nan=True) for lo, hi in _rows(t.shape))
+                                      equal_nan=t.dtype.kind in "fc") for lo, hi in _rows(t.shape))
         for lo, hi in _row_slabs(t.shape, t.dtype.itemsize):
             want = np.asarray(_read_slab(sds, lo, hi), dtype=t.dtype)
             if not np.array_equal(_read_slab(ds, lo, hi), want, equal_nan=want.dtype.kind in "fc"):
