@@ -30,6 +30,10 @@ step "Convert between formats: what the target keeps and drops (HDF5 level, no T
   "$WTOOL" convert $S/nested.keras "$OUT/nested.safetensors"
 step "Sharded weights (Keras's save_weights(..., max_shard_size=)): the map and its shards read as one model" \
   "$WTOOL" diff $S/nested.weights.json $S/nested.keras
+step "Quantize with Keras's model.quantize: each layer quantized or skipped, the size before and after" \
+  "$WTOOL" quantize $S/mlp.keras --mode int8 -o "$OUT/mlp.int8.keras"
+step "The quantized model: int8 kernel, its scales, and the float values Keras computes with" \
+  "$WTOOL" inspect "$OUT/mlp.int8.keras" --layer hidden --stats
 step "Is it the same model? One fingerprint in every format" \
   "$WTOOL" inspect "$OUT/nested.safetensors" --hash
 step "2/3: train; the frozen weights are checked bitwise at the end" \
