@@ -423,8 +423,9 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
     else:
         x_items, y_items = (opts.x_keys, opts.y_keys) if opts.data else (opts.x_files, opts.y_files)
     named = load_named(opts.data, x_items, y_items, side.input_names, side.output_names)
-    for x, y in zip(named.xs, named.ys, strict=False):
-        check_finite(LabelledData(x, y, named.source))
+    for i in range(max(len(named.xs), len(named.ys))):  # every array once (x and y go in pairs)
+        check_finite(LabelledData(named.xs[min(i, len(named.xs) - 1)], named.ys[min(i, len(named.ys) - 1)],
+                                  named.source))
     return named
 
 
