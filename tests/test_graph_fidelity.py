@@ -271,3 +271,58 @@ def test_keras2_stateful_rnn_runs_in_its_fixed_batch_size(keras2_stateful, tmp_p
     other = run_cli("infer", model, d / "x.npy", "--batch-size", "4", "-o", tmp_path / "z.npy")
     assert other.exit_code == 4 and "fixes the batch size at 2" in other.stderr, other
     assert not (tmp_path / "z.npy").exists()
+
+
+def _keras2_dense(name: str, units: int, activation: str = "relu") -> dict:
+    return {"class_name": "Dense", "config": {"name": name, "trainable": True, "units": units,
+                                              "activation": activation, "use_bias": True}}
+
+
+def _write_keras2(path: Path, config: dict, groups: dict[str, dict[str, np.ndarray]], version: str = "2.2.4") -> None:
+    """Keras 2's HDF5 layout: model_weights/GROUP with weight_names `layer/kernel:0`."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = version.encode(), b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = np.array([name.encode() for name in groups])
+        for name, arrays in groups.items():
+            sub = g.create_group(name)
+            sub.attrs["weight_names"] = np.array([k.encode() for k in arrays])
+            for k, a in arrays.items():
+                sub.create_dataset(k, data=a)
+
+
+def test_keras2_nested_sequentials_take_the_input_shape_from_the_first_kernel(tmp_path):
+    rng = np.random.default_rng(0)
+    w = {n: (rng.standard_normal(s).astype("float32"), rng.standard_normal(s[1]).astype("float32"))
+         for n, s in (("dense_1", (3, 5)), ("dense_2", (5, 4)), ("dense_3", (4, 2)))}
+    config = {"class_name": "Sequential", "config": {"name": "outer", "layers": [
+        {"class_name": "Sequential", "config": {"name": "encoder", "layers": [_keras2_dense("dense_1", 5),
+                                                                            _keras2_dense("dense_2", 4)]}},
+        {"class_name": "Sequential", "config": {"name": "head", "layers": [_keras2_dense("dense_3", 2, "linear")]}}]}}
+    groups = {g: {f"{n}/{k}:0": w[n][i] for n in names for i, k in enumerate(("kernel", "bias"))}
+              for g, names in (("encoder", ["dense_1", "dense_2"]), ("head", ["dense_3"]))}
+    _write_keras2(tmp_path / "nested.h5", config, groups)
+    check = run_cli("inspect", tmp_path / "nested.h5", "--check", "--json")
+    assert check.exit_code == 0, check
+    assert any("(None, 3) of `outer` taken from the stored kernel of its first Dense `dense_1` (3, 5)" in c
+               for c in check.json()["check"]["changes"])
+    x = rng.standard_normal((4, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    res = run_cli("infer", tmp_path / "nested.h5", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert res.exit_code == 0, res
+    assert "note:" in res.stderr and "taken from the stored kernel" in res.stderr
+    h = np.maximum(np.maximum(x @ w["dense_1"][0] + w["dense_1"][1], 0) @ w["dense_2"][0] + w["dense_2"][1], 0)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), h @ w["dense_3"][0] + w["dense_3"][1], atol=TOL, rtol=1e-6)
+
+
+def test_a_first_convolution_without_input_shape_stays_exit_4(tmp_path):
+    conv = {"class_name": "Conv2D", "config": {"name": "conv2d_1", "filters": 2, "kernel_size": [3, 3],
+                                               "strides": [1, 1], "padding": "valid", "activation": "relu"}}
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [conv]}}
+    _write_keras2(tmp_path / "conv.h5", config, {"conv2d_1": {"conv2d_1/kernel:0": np.zeros((3, 3, 1, 2), "float32"),
+                                                             "conv2d_1/bias:0": np.zeros(2, "float32")}})
+    res = run_cli("inspect", tmp_path / "conv.h5", "--check")
+    assert res.exit_code == 4 and "does not record the model's input shape" in res.stdout, res

@@ -239,6 +239,7 @@ class _Context:
     weight_conversions: dict[str, dict[str, Any]]
     lambdas: list[str]
     custom_classes: list[str]
+    weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def native(self) -> bool:
@@ -255,11 +256,15 @@ class _Context:
 
 
 def translate(model_config: dict[str, Any], keras_version: str | None = None,
-              backend: str | None = None) -> Translation:
-    """Return the Keras 3 form of an old model config (the input is not modified)."""
+              backend: str | None = None, weight_shapes: dict[str, tuple[int, ...]] | None = None) -> Translation:
+    """Return the Keras 3 form of an old model config (the input is not modified).
+
+    `weight_shapes` (canonical path -> stored shape) lets a Sequential that records no input
+    shape take it from its first Dense kernel.
+    """
     if not isinstance(model_config, dict) or "class_name" not in model_config:
         raise TranslationError("the model config is not a Keras model config (no `class_name`)")
-    ctx = _Context(keras_version, backend, [], [], {}, [], [])
+    ctx = _Context(keras_version, backend, [], [], {}, [], [], dict(weight_shapes or {}))
     config = _model(copy.deepcopy(model_config), ctx, top=True)
     return Translation(config, ctx.changes, ctx.problems, ctx.weight_conversions, ctx.lambdas,
                        ctx.custom_classes)
@@ -302,6 +307,8 @@ def _sequential(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         shape, dtype = _input_of(first)
         if shape is None and raw.get("build_input_shape") is not None:
             shape = list(raw["build_input_shape"])
+        if shape is None:
+            shape, dtype = _input_from_kernel(first, name, ctx), None
         if shape is not None:
             first_name = _layer_name(first)
             layers.append(_input_layer(f"{first_name}_input", shape, dtype or "float32"))
@@ -317,6 +324,33 @@ def _sequential(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         ctx.problems.append(Problem("incompatible", name,
                                     "the file does not record the model's input shape"))
     return {"module": "keras", "class_name": "Sequential", "config": config, "registered_name": None}
+
+
+def _input_from_kernel(first: dict[str, Any], model_name: str, ctx: _Context) -> list[Any] | None:
+    """(None, n_in) from the stored kernel (n_in, units) of the Dense a Sequential starts with.
+
+    Keras 2 wrote no input shape for a Sequential built on data (`model.fit` first), nested ones
+    included. Only a Dense settles it (it is taken to see rows of n_in values); a convolution's
+    kernel gives the channels but not the spatial size, so anything else stays unrecorded.
+    """
+    leaf = first
+    while leaf.get("class_name") == "Sequential":
+        cfg = leaf.get("config")
+        layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+        if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+            return None
+        leaf = layers[0]
+    declared, _dtype = _input_of(leaf)
+    if declared is not None or leaf.get("class_name") != "Dense":
+        return declared
+    leaf_name = _layer_name(leaf)
+    kernels = [shape for path, shape in ctx.weight_shapes.items() if path.split("/")[-2:] == [leaf_name, "kernel"]]
+    if len(kernels) != 1 or len(kernels[0]) != 2:
+        return None
+    shape = [None, int(kernels[0][0])]
+    ctx.change(f"input shape {_fmt_shape(shape)} of `{model_name}` taken from the stored kernel of its first "
+               f"Dense `{leaf_name}` {_fmt_shape(list(kernels[0]))} (the file records none)")
+    return shape
 
 
 def _functional(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:

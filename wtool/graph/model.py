@@ -174,7 +174,8 @@ def _translation(mf: ModelFile, path: Path) -> Translation:
     if mf.config is None:
         raise IncompatibleError(f"{path}: the file has no model config", WEIGHTS_ONLY_HINT)
     try:
-        return translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
+        return translate(mf.config, mf.keras_version, getattr(mf, "backend", None),
+                         {w.path: tuple(w.shape) for w in mf.weights})
     except TranslationError as exc:
         raise InputError(f"{path}: {exc.message}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -309,6 +310,7 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
             t = _translation(mf, p)
             _raise_for(t.problems, unsafe, p)
             native = _is_native(mf) and not t.changes
+            _note_derived_inputs(t, p)
             check_config_as_data(mf.config if native else t.config, p, unsafe, raw=None if native else mf.config)
             keras = import_keras()
             if native:
@@ -326,6 +328,16 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     with _open_store(p, arch_config=arch_config) as mf:
         assign_weights(model, mf, source=p, translation=None)
     return model
+
+
+def _note_derived_inputs(t: Translation, path: Path) -> None:
+    """An input shape wtool worked out (the file records none) is said on stderr, once."""
+    import click
+
+    for change in t.changes:
+        if "taken from the stored kernel" in change:
+            click.echo(f"note: {path}: {change}", err=True)
+            return
 
 
 def check_config_as_data(config: Any, path: Path, unsafe: bool, raw: Any = None) -> None:
