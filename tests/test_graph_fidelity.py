@@ -326,3 +326,17 @@ def test_a_first_convolution_without_input_shape_stays_exit_4(tmp_path):
                                                              "conv2d_1/bias:0": np.zeros(2, "float32")}})
     res = run_cli("inspect", tmp_path / "conv.h5", "--check")
     assert res.exit_code == 4 and "does not record the model's input shape" in res.stdout, res
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_bad_input_array_fails_before_tensorflow_loads(tmp_path, suffix):
+    from tests.test_no_tf_import import _probe
+
+    bad = tmp_path / f"bad{suffix}"
+    rows = np.zeros((3, 5), "float32")
+    np.save(bad, rows) if suffix == ".npy" else np.savez(bad, x=rows)
+    probe = _probe(["infer", str(SAMPLES / "xor.keras"), str(bad), "-o", str(tmp_path / "y.npy")], tmp_path)
+    assert probe["code"] == 4 and probe["loaded"] == [], probe
+    res = run_cli("infer", SAMPLES / "xor.h5", bad, "-o", tmp_path / "y.npy")
+    assert res.exit_code == 4 and "model expects (None, 2); input rows have shape (5,)" in res.stderr, res
+    assert not (tmp_path / "y.npy").exists()

@@ -293,6 +293,52 @@ def _raise_for(problems: list[Problem], unsafe: bool, path: Path) -> None:
                             f"see `wtool inspect {path} --check`")
 
 
+def saved_inputs(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int | None, ...], str]] | None:
+    """(name, batch shape, dtype) of each model input as the (translated) config declares it. No TensorFlow.
+
+    None where the config does not say plainly (no config, nested input structures, an input that
+    is not an InputLayer) or where loading may refuse the graph (that answer comes first): the
+    model itself is the judge then.
+    """
+    from wtool.safety.config_check import code_findings
+
+    try:
+        p = check_input_file(path)
+        with _open_store(p) as mf:
+            if mf.config is None:
+                return None
+            t = _translation(mf, p)
+            if t.problems or code_findings(mf.config):
+                return None
+            config = t.config
+    except WtoolError:
+        return None
+    cfg = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list) or not cfg["layers"]:
+        return None
+    layers = cfg["layers"]
+    by_name = {(layer.get("config") or {}).get("name"): layer for layer in layers if isinstance(layer, dict)}
+    if config.get("class_name") == "Sequential":
+        names = [(layers[0].get("config") or {}).get("name")]
+    else:
+        refs = cfg.get("input_layers")
+        if isinstance(refs, list) and refs and isinstance(refs[0], str):
+            refs = [refs]
+        if not isinstance(refs, list) or not all(isinstance(r, list) and r and isinstance(r[0], str) for r in refs):
+            return None
+        names = [r[0] for r in refs]
+    out = []
+    for name in names:
+        layer = by_name.get(name)
+        lcfg = layer.get("config") if isinstance(layer, dict) else None
+        if not isinstance(layer, dict) or layer.get("class_name") != "InputLayer" or not isinstance(lcfg, dict) \
+                or not isinstance(lcfg.get("batch_shape"), list):
+            return None
+        shape, dtype = lcfg["batch_shape"], lcfg.get("dtype")
+        out.append((str(name), tuple(shape), dtype if isinstance(dtype, str) else "float32"))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 

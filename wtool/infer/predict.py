@@ -638,12 +638,11 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return result
 
 
-def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, str], *,
+def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[str, str], *,
                 key: str | None = None, columns: str | None = None, fmt: str | None = None,
                 header: bool | None = None, stdin: Any = None, drop: Sequence[str] = (),
                 target: str | None = None) -> list[RowSource]:
-    """One RowSource per model input, in the model's input order."""
-    specs = frozen.inputs
+    """One RowSource per model input (`specs`: the model's inputs), in the model's input order."""
     names = [s.name for s in specs]
     if named:
         unknown = [n for n in named if n not in names]
@@ -690,6 +689,28 @@ def open_inputs(frozen: FrozenModel, positional: str | None, named: dict[str, st
             s.close()
         raise
     return sources
+
+
+def precheck_inputs(saved: Sequence[tuple[str, tuple[int | None, ...], str]], positional: str | None,
+                    named: dict[str, str], *, key: str | None = None, fmt: str | None = None) -> None:
+    """Array inputs checked against the input shapes the file records, before TensorFlow loads.
+
+    Only .npy/.npz files: their header gives the row shape at no cost (a CSV would be read twice,
+    stdin cannot be). Anything this cannot settle is left to the checks after loading.
+    """
+    paths = [positional] if positional is not None else []
+    paths += list(named.values())
+    if not paths or any(p == "-" or (fmt or Path(p).suffix.lower().lstrip(".")) not in ("npy", "npz")
+                        for p in paths):
+        return
+    specs = [InputSpec(name, tuple(shape), dtype) for name, shape, dtype in saved]
+    sources = open_inputs(specs, positional, named, key=key, fmt=fmt)
+    try:
+        for spec, src in zip(specs, sources, strict=True):
+            fit_rows(spec, src.row_shape, src.name, len(specs))
+    finally:
+        for src in sources:
+            src.close()
 
 
 def _npz_has(path: str, name: str) -> bool:

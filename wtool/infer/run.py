@@ -18,6 +18,7 @@ from wtool.data.labels import load_labels
 from wtool.data.rows import OUTPUT_FORMATS, CollectWriter, Column, RowWriter, format_of, open_writer
 from wtool.errors import UsageError
 from wtool.fileio import atomic_output
+from wtool.graph.model import saved_inputs
 from wtool.infer import predict as infer
 
 SinkFactory = Callable[[list[Column], int], RowWriter]
@@ -86,9 +87,12 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
     if opts.input_path is None and not named:
         raise UsageError("no input: give INPUT (a file, or - for stdin)", "e.g. wtool infer MODEL rows.npy")
 
+    saved = saved_inputs(opts.model) if opts.arch is None else None
+    if saved is not None:  # a bad input fails in a fraction of a second, TensorFlow never loaded
+        infer.precheck_inputs(saved, opts.input_path, named, key=opts.input_key, fmt=opts.input_format)
     frozen = infer.load_frozen(opts.model, unsafe=opts.unsafe, arch=opts.arch)
     before = frozen.fingerprint()
-    sources = infer.open_inputs(frozen, opts.input_path, named, key=opts.input_key, columns=opts.columns,
+    sources = infer.open_inputs(frozen.inputs, opts.input_path, named, key=opts.input_key, columns=opts.columns,
                                 fmt=opts.input_format, header=opts.header, drop=opts.drop, target=opts.target)
     made: list[RowWriter] = []
 
