@@ -271,6 +271,8 @@ def test_keras2_stateful_rnn_runs_in_its_fixed_batch_size(keras2_stateful, tmp_p
     other = run_cli("infer", model, d / "x.npy", "--batch-size", "4", "-o", tmp_path / "z.npy")
     assert other.exit_code == 4 and "fixes the batch size at 2" in other.stderr, other
     assert not (tmp_path / "z.npy").exists()
+    empty = _infer(model, d / "x.npy", "--shard", "1/7", out=tmp_path / "e.npy")  # rows 0..0 of 6
+    assert empty.shape == (0, 2)
 
 
 def _keras2_dense(name: str, units: int, activation: str = "relu") -> dict:

@@ -437,7 +437,7 @@ class InferPlan:
         elif self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (not {self.batch_size})")
         # Never trace for more rows than will ever be fed (small inputs, small shards).
-        self.compiled_batch = max(1, min(self.batch_size, self.stop - self.start))
+        self.compiled_batch = self.frozen.fixed_batch or max(1, min(self.batch_size, self.stop - self.start))
         prefix = len(self.frozen.output_names) > 1
         self.column_names = [name for out in self.frozen.output_names
                              for name in self.post.column_names(out, prefix)]
@@ -515,7 +515,8 @@ class InferPlan:
 
     def empty_columns(self) -> list[Column]:
         """Columns for a run with no rows: shapes from one dummy batch."""
-        self.frozen.compile(1, self.row_shapes)
+        n = self.frozen.fixed_batch or 1  # a stateful RNN takes no other batch size
+        self.frozen.compile(n, self.row_shapes)
         dummy = [np.zeros((1, *s), dtype=d if d is not None else "U1")
                  for s, d in zip(self.row_shapes, self.dtypes, strict=True)]
         return self.columns_of(self.postprocess(self.frozen.predict_batch(dummy)))
