@@ -117,7 +117,7 @@ def plain(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["int8", "int4"])  # float8 files: test_infer_equals_keras_on_the_quantized_model
 def test_quantize_reports_each_layer_and_infer_equals_keras_own_quantize(wtool, quantized, plain, tmp_path, mode):
     import keras
 
@@ -301,3 +301,22 @@ def test_a_lora_model_is_shown_as_merged_and_infers_as_keras(wtool, lora_model, 
     res = wtool("train", lora_model, "--data", data, "--loss", "mse", "--epochs", "1", "-o", tmp_path / "t.keras")
     assert res.exit_code == 0, res
     assert keras.saving.load_model(tmp_path / "t.keras").get_layer("d1").lora_rank == 4
+
+
+def test_diff_of_two_int8_models_compares_dequantized_kernels(wtool, quantized, tmp_path):
+    import keras
+
+    model = keras.saving.load_model(quantized["dense-int8"])
+    layer = model.get_layer("d1")
+    before = np.asarray(layer._kernel).astype("float32") / np.asarray(layer.kernel_scale)
+    layer._kernel.assign(np.clip(np.asarray(layer._kernel).astype("int16") + 3, -127, 127).astype("int8"))
+    after = np.asarray(layer._kernel).astype("float32") / np.asarray(layer.kernel_scale)
+    changed = tmp_path / "changed.keras"
+    model.save(changed)
+    res = wtool("diff", quantized["dense-int8"], changed, "--json")
+    assert res.exit_code == 1, res
+    rows = {w["path"]: w for w in res.json()["weights"]}
+    assert rows["d1/kernel"]["dequantized"] is True and rows["d1/kernel"]["status"] == "changed"
+    assert rows["d1/kernel"]["max_abs_diff"] == pytest.approx(float(np.abs(before - after).max()), rel=1e-6)
+    assert rows["d2/kernel"]["status"] == "same" and rows["d1/kernel_scale"]["status"] == "same"
+    assert "d1/kernel (dequantized)" in wtool("diff", quantized["dense-int8"], changed).stdout

@@ -30,6 +30,7 @@ class WeightDiff:
     nan_mismatched: int = 0  # places where exactly one side is NaN
     diff_sq: float = 0.0  # ||a-b||^2 over finite differences
     ref_sq: float | None = None  # ||a||^2 (finite values), with norms=True
+    dequantized: bool = False  # an int8/int4 kernel quantized the same way on both sides: float values compared
 
 
 @dataclass
@@ -84,7 +85,9 @@ def diff_models(a: ModelFile, b: ModelFile, atol: float = 0.0, rtol: float = 0.0
             wb = b.weight(path)
             rows.append(WeightDiff(path, "only_b", shape_b=wb.shape, dtype_b=wb.dtype))
         else:
-            rows.append(_compare(a, b, path, atol, rtol, max_elements, norms))
+            row = _compare(a, b, path, atol, rtol, max_elements, norms)
+            _compare_dequantized(a, b, row, atol, rtol)
+            rows.append(row)
     return DiffReport(a=str(a.path), b=str(b.path), atol=atol, rtol=rtol, weights=rows)
 
 
@@ -154,6 +157,33 @@ def _compare(a: ModelFile, b: ModelFile, path: str, atol: float, rtol: float, ma
     row.nan_mismatched = nan_mismatched
     row.status = "changed" if mismatched else _same_or_dtype(wa.dtype, wb.dtype)
     return row
+
+
+def _layer_mode(mf: ModelFile, path: str) -> str | None:
+    layer = mf.weight(path).layer
+    return next((item.quantization for item in getattr(mf, "layers", ()) if item.path == layer), None)
+
+
+def _compare_dequantized(a: ModelFile, b: ModelFile, row: WeightDiff, atol: float, rtol: float) -> None:
+    """Quantized the same way on both sides: the kernel's float values (what Keras computes with) decide."""
+    if row.status == "shape" or _layer_mode(a, row.path) is None or _layer_mode(a, row.path) != _layer_mode(
+            b, row.path):
+        return
+    from wtool.ops.inspect import dequantized
+
+    x, y = dequantized(a, row.path), dequantized(b, row.path)
+    if x is None or y is None or x.shape != y.shape:
+        return
+    x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+    d = np.abs(x - y)
+    row.dequantized = True
+    row.max_abs_diff = float(d.max()) if d.size else 0.0
+    row.mismatched = int(np.count_nonzero(d > atol + rtol * np.abs(y)))
+    row.diff_sq = float(np.dot(d, d))
+    ref = float(np.dot(x, x))
+    row.rel_l2_change = math.sqrt(row.diff_sq) / math.sqrt(ref) if row.diff_sq and ref else (0.0 if not row.diff_sq
+                                                                                             else None)
+    row.status = "changed" if row.mismatched else "same"
 
 
 def same_dtype(dtype_a: str | None, dtype_b: str | None) -> bool:

@@ -173,7 +173,7 @@ def stats_of(values: np.ndarray) -> WeightStats:
 def dequantized(mf: ModelFile, path: str) -> np.ndarray | None:
     """The float values Keras computes with, for the kernel (or table) of an int8/int4 layer; else None."""
     info = mf.weight(path)
-    layer = next((item for item in mf.layers if item.path == info.layer), None)
+    layer = next((item for item in getattr(mf, "layers", ()) if item.path == info.layer), None)
     if layer is None or not quantized_values_of(layer.class_name, layer.quantization, info.name):
         return None
     prefix = info.name.rsplit("/", 1)[0] + "/" if "/" in info.name else ""

@@ -171,7 +171,7 @@ def problems_error(problems: Sequence[Problem], what: str, hint: str | None = No
 
 def quantization_of(model: Any) -> dict[str, str | None]:
     """Each weight's layer quantization mode (`int8`, `int4/128`, ...; None when not quantized)."""
-    modes = {layer.path: layer.quantization for layer in model.layers}
+    modes = {layer.path: layer.quantization for layer in getattr(model, "layers", ())}  # .npz/.safetensors: none
     return {w.path: modes.get(w.layer) for w in model.weights}
 
 

@@ -82,7 +82,8 @@ def _document(report: Any) -> dict[str, Any]:
                      "shape_b": list(w.shape_b) if w.shape_b is not None else None,
                      "dtype_a": w.dtype_a, "dtype_b": w.dtype_b,
                      "max_abs_diff": w.max_abs_diff, "rel_l2_change": w.rel_l2_change,
-                     "mismatched": w.mismatched, "nan_mismatched": w.nan_mismatched} for w in report.weights],
+                     "mismatched": w.mismatched, "nan_mismatched": w.nan_mismatched,
+                     **({"dequantized": True} if w.dequantized else {})} for w in report.weights],
     }
 
 
@@ -110,7 +111,7 @@ def _render(writer: TextWriter, report: Any, show_all: bool) -> None:
         elif compared and not same_dtype(w.dtype_a, w.dtype_b):
             shape = f"{shape} {w.dtype_a} vs {w.dtype_b}"
         rel = fmt_float(w.rel_l2_change) if w.rel_l2_change is not None else ("n/a" if compared else "-")
-        row = [w.path, STATUS_TEXT[w.status], shape,
+        row = [w.path + (" (dequantized)" if w.dequantized else ""), STATUS_TEXT[w.status], shape,
                fmt_float(w.max_abs_diff) if w.max_abs_diff is not None else "-", rel,
                str(w.mismatched) if compared else "-"]
         if with_nan:
