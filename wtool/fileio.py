@@ -73,6 +73,15 @@ def _refuse_remote(text: str) -> None:
         raise InputError(f"{text}: remote paths are not supported", "download the file first")
 
 
+def check_model_input(path: str | os.PathLike[str]) -> Path:
+    """As check_input_file, but a model folder (an unzipped .keras: a real directory with a config.json)
+    passes too; the store checks its contents (wtool.store.container.open_folder)."""
+    p = Path(os.fspath(path))
+    if p.is_dir() and not p.is_symlink() and (p / "config.json").exists():
+        return p
+    return check_input_file(path)
+
+
 def open_input(path: str | os.PathLike[str]) -> BinaryIO:
     """Open an input for reading, refusing anything but a regular file, without ever blocking.
 
@@ -110,7 +119,7 @@ def _stat_regular(text: str) -> os.stat_result:
         raise InputError(f"{text}: cannot read ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{text}: is a directory, not a model file",
-                         "wtool reads single files (.keras, .h5, .weights.h5), not unpacked model folders")
+                         "wtool reads model files (.keras, .h5, .weights.h5) and model folders with a config.json")
     if stat.S_ISFIFO(st.st_mode):
         raise InputError(f"{text}: is a named pipe (FIFO), not a regular file")
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

@@ -350,6 +350,11 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     Raises InputError (3) for unreadable files, UnsafeError (5) when the graph needs code and
     `unsafe` is off, IncompatibleError (4) when the graph or the weights do not fit.
     """
+    folder = Path(os.fspath(path))
+    if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").exists():
+        raise IncompatibleError(f"{folder}: a model folder (an unzipped .keras or a keras-hub preset): graph "
+                                "commands take a .keras file", f"wtool convert {folder} model.keras makes one "
+                                "(a keras-hub preset needs keras_hub itself: keras_hub.models.Backbone.from_preset)")
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is not None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from wtool.errors import IncompatibleError, UsageError
-from wtool.fileio import check_input_file
+from wtool.fileio import check_model_input
 
 TARGETS = {"keras": ".keras", "h5": ".h5", "weights.h5": ".weights.h5", "safetensors": ".safetensors",
            "npz": ".npz"}
@@ -72,7 +72,7 @@ def _held(mf: Any) -> dict[str, bool]:
 def convert(inp: str, out: str, *, unsafe: bool = False, max_shard_bytes: int | None = None) -> ConvertReport:
     """Write IN as OUT's format; returns what was kept and dropped. Raises before writing on any problem."""
     fmt = target_format(out)
-    src = check_input_file(inp)
+    src = check_model_input(inp)
     try:
         same = os.path.exists(out) and os.path.samefile(out, src)
     except OSError:

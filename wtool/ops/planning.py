@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
-from wtool.fileio import check_input_file
+from wtool.fileio import check_model_input
 from wtool.store import write as store_write
 from wtool.store.naming import base_mode
 from wtool.text import one_line
@@ -194,7 +194,7 @@ def quantized_refusal(path: str, target_mode: str | None, source_mode: str | Non
 def open_checked(path: str | os.PathLike[str]) -> Any:
     from wtool.store import open_model
 
-    check_input_file(path)
+    check_model_input(path)
     return open_model(path)
 
 

@@ -283,9 +283,9 @@ def plan_transfer(
 
 def _read_map_file(path: str) -> list[str]:
     """--map-file: one SRC_GLOB=DST_GLOB rule a line; blank lines and `#` comments skipped."""
-    from wtool.fileio import check_input_file
+    from wtool.fileio import check_model_input
 
-    p = check_input_file(path)
+    p = check_model_input(path)
     if p.stat().st_size > 1 << 20:
         raise UsageError(f"--map-file {path}: larger than 1 MB")
     try:

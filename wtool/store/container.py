@@ -260,3 +260,52 @@ def _parse_json(data: bytes, name: str, path: Path) -> Any:
     from wtool.safety.safejson import parse_config_json  # duplicate keys, depth and size caps
 
     return parse_config_json(data, str(path), what=name)
+
+
+# --------------------------------------------------------------------------- unzipped folders
+
+FOLDER_MEMBERS = ("config.json", "metadata.json", WEIGHTS_MEMBER)
+FOLDER_MAX_ENTRIES = 10_000
+
+
+def is_model_folder(path: Path) -> bool:
+    """An unzipped `.keras` folder (Keras's `save(..., zipped=False)`) or a keras-hub preset directory."""
+    return path.is_dir() and not path.is_symlink() and (path / "config.json").exists()
+
+
+def open_folder(path: Path) -> Source:
+    """config.json + metadata.json + model.weights.h5 in a folder, read like the zip; links refused as in zips."""
+    where = str(path)
+    try:
+        entries = list(os.scandir(path))
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read the folder ({exc.strerror or exc})") from None
+    if len(entries) > FOLDER_MAX_ENTRIES:
+        raise InputError(f"{where}: refused: more than {FOLDER_MAX_ENTRIES:,} entries in a model folder")
+    for entry in entries:
+        if entry.is_symlink():
+            raise InputError(f"{where}: refused: {entry.name} is a symbolic link (a model folder holds plain files)",
+                             "copy the files themselves into the folder")
+    weights = path / WEIGHTS_MEMBER
+    if not weights.is_file():
+        names = ", ".join(sorted(e.name for e in entries)[:6]) or "nothing"
+        raise InputError(f"{where}: a model folder without {WEIGHTS_MEMBER} (it holds {names})",
+                         "an unzipped .keras folder holds config.json, metadata.json and model.weights.h5")
+    config = _read_folder_json(path, "config.json")
+    metadata = _read_folder_json(path, "metadata.json") if (path / "metadata.json").is_file() else {}
+    if sniff(weights) != "hdf5":
+        raise InputError(f"{where}: {WEIGHTS_MEMBER} is not an HDF5 file")
+    h5 = open_hdf5(weights, where=f"{path} ({WEIGHTS_MEMBER})")
+    return Source(kind="folder", h5=h5, config=config if isinstance(config, dict) else None,
+                  metadata=metadata if isinstance(metadata, dict) else {},
+                  zip_members=sorted(e.name for e in entries), in_place=False)
+
+
+def _read_folder_json(path: Path, name: str) -> Any:
+    from wtool.fileio import check_input_file
+
+    member = check_input_file(path / name)
+    cap = limits.current().max_config_bytes
+    if member.stat().st_size > cap:
+        raise InputError(f"{path}: {name} is larger than {cap:,} bytes (limit)")
+    return _parse_json(member.read_bytes(), name, path)

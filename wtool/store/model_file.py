@@ -20,6 +20,7 @@ from wtool.store.keras3 import Keras3Reader
 from wtool.store.legacy import LegacyReader, read_attr_list, read_text_attr
 from wtool.store.types import LayerInfo, WeightInfo
 
+WEIGHTS_FILE = "model.weights.h5"
 KERAS3_MARKERS = ("layers", "vars", "_layer_checkpoint_dependencies")
 
 
@@ -28,7 +29,8 @@ class ModelFile:
 
     def __init__(self, path: Path, source: Source, arch_config: dict[str, Any] | None = None) -> None:
         self.path = path
-        self.file_size = path.stat().st_size
+        self.file_size = path.stat().st_size if source.kind != "folder" else sum(
+            p.stat().st_size for p in path.iterdir() if p.is_file())
         self._source = source
         self.h5 = source.h5
         from wtool.safety.h5walk import check_every_object
@@ -43,8 +45,8 @@ class ModelFile:
         self.warnings: list[str] = []
         self.in_place = source.in_place
         where = str(path)
-        if source.kind == "zip":
-            self.format, self.layout = "keras", "keras3"
+        if source.kind in ("zip", "folder"):
+            self.format, self.layout = ("keras" if source.kind == "zip" else "keras-folder"), "keras3"
             self._read_zip_metadata()
         else:
             self._read_h5_metadata(where)
@@ -162,6 +164,8 @@ class ModelFile:
     def weight_source(self, path: str) -> tuple[Path, str, str]:
         """(file, format, dataset name) holding a weight, for writers that copy it byte for byte."""
         info = self.weight(path)
+        if self.format == "keras-folder":  # the folder's own weights file
+            return self.path / WEIGHTS_FILE, "weights.h5", info.h5_name
         return self.path, self.format, info.h5_name
 
     def read(self, path: str) -> np.ndarray:
@@ -298,6 +302,19 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
     `arch_config` (a model config, e.g. another ModelFile's `.config`) names the layers and
     variables of a weights-only file that has no config of its own.
     """
+    from wtool.store.container import is_model_folder, open_folder
+
+    if is_model_folder(Path(os.fspath(path))):
+        folder = Path(os.fspath(path))
+        source = open_folder(folder)
+        try:
+            return ModelFile(folder, source, arch_config=arch_config)
+        except CORRUPT_HDF5 as exc:
+            source.close()
+            raise corrupt(folder, exc) from None
+        except BaseException:
+            source.close()
+            raise
     p = check_input_file(path)
     from wtool.store.safetensors_file import is_safetensors_name
 

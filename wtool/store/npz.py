@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import IncompatibleError
-from wtool.fileio import check_input_file
+from wtool.fileio import check_input_file, check_model_input
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
 from wtool.store.naming import clean_key
 from wtool.store.npz_sniff import is_numpy_archive
@@ -69,7 +69,9 @@ def open_weights(path: str | os.PathLike[str]) -> Any:
     """A model/weights file (`open_model`), or an .npz keyed by weight path (`NpzWeights`)."""
     from wtool.store.model_file import open_model
 
-    p = check_input_file(path)  # before any open: no FIFO/device/URL
+    p = check_model_input(path)  # before any open: no FIFO/device/URL (a model folder passes)
+    if p.is_dir():
+        return open_model(p)
     if is_numpy_archive(p):
         return NpzWeights(p)
     return open_model(p)

@@ -512,6 +512,15 @@ def write_weights(
     """
     source, out = Path(source), Path(out)
     out_format = out_format or format_of_name(out)
+    if source_format == "keras-folder":  # an unzipped .keras: zipped as Keras would zip it, then as a .keras
+        with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
+            staged = _zip_folder(source, Path(tmpdir) / "staged.keras")
+            try:
+                return write_weights(staged, "keras", out, writes, reset_optimizer=reset_optimizer, freeze=freeze,
+                                     out_format=out_format, rebuild=rebuild, max_shard_bytes=max_shard_bytes)
+            except WtoolError as exc:
+                exc.message = exc.message.replace(str(staged), str(source))
+                raise
     if "weights.json" in (source_format, out_format) or max_shard_bytes is not None:
         return _write_weight_set(source, source_format, out, out_format, writes, reset_optimizer=reset_optimizer,
                                  freeze=freeze, max_shard_bytes=max_shard_bytes)
@@ -578,6 +587,22 @@ def _given(value: Any) -> Any:
 
 def _dataset_value(reader: Any, h5_name: str) -> np.ndarray:
     return np.asarray(reader.raw_dataset(h5_name)[()])
+
+
+def _zip_folder(folder: Path, target: Path) -> Path:
+    """config.json, metadata.json, model.weights.h5 (stored) and assets/ of a folder as a .keras zip."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
+        for name in ("config.json", "metadata.json", WEIGHTS_MEMBER):
+            if (folder / name).is_file():
+                zf.write(folder / name, name)
+        assets = folder / "assets"
+        if assets.is_dir() and not assets.is_symlink():
+            for item in sorted(assets.rglob("*")):
+                if item.is_symlink():
+                    raise InputError(f"{folder}: refused: {item.relative_to(folder)} is a symbolic link")
+                if item.is_file():
+                    zf.write(item, item.relative_to(folder).as_posix())
+    return target
 
 
 def _keras3_layout(path: Path) -> bool:
