@@ -288,3 +288,18 @@ def test_two_inputs_bad_naming(wtool, two_by_two, args, code, message):
     res = wtool("eval", two_by_two["path"], "--data", two_by_two["npz"], *args)
     assert res.exit_code == code, res
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_model_with_a_list_of_one_input_runs_without_keras_warnings(wtool, tmp_path, classifier, recwarn):
+    """keras.Model(inputs=[x], ...) (as transfer --replace-head writes) is called with a list, as it was built."""
+    keras = _keras()
+    inp = keras.Input((6,), name="features")
+    model = keras.Model([inp], keras.layers.Dense(4, activation="softmax", name="head")(inp))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "listed.keras")
+    data = np.load(classifier["dir"] / "test.npz")
+    expected = model.evaluate([data["x"]], data["y"], verbose=0, return_dict=True)
+    res = wtool("eval", tmp_path / "listed.keras", "--data", classifier["dir"] / "test.npz", "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["metrics"]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert not [w for w in recwarn if "structure of `inputs`" in str(w.message)]

@@ -196,18 +196,20 @@ class ModelSide:
     output_names: list[str]
     output_shapes: list[tuple[int | None, ...]]
     dict_inputs: bool
+    list_inputs: bool  # inputs=[x] (a list of one) is called with a list: Keras warns about a bare tensor
 
     @classmethod
     def of(cls, model: Any) -> ModelSide:
         struct = getattr(model, "_inputs_struct", None)
         names = list(struct) if isinstance(struct, dict) else [str(t.name) for t in model.inputs]
         return cls(names, [tuple(t.shape[1:]) for t in model.inputs], [str(t.dtype) for t in model.inputs],
-                   output_names(model), [tuple(t.shape[1:]) for t in model.outputs], isinstance(struct, dict))
+                   output_names(model), [tuple(t.shape[1:]) for t in model.outputs], isinstance(struct, dict),
+                   isinstance(struct, (list, tuple)))
 
     def pack_x(self, xs: list[Any]) -> Any:
         if self.dict_inputs:
             return dict(zip(self.input_names, xs, strict=True))
-        return xs[0] if len(xs) == 1 else list(xs)
+        return xs[0] if len(xs) == 1 and not self.list_inputs else list(xs)
 
     def pack_y(self, ys: list[Any]) -> Any:
         return ys[0] if len(ys) == 1 else list(ys)
