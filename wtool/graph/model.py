@@ -670,8 +670,10 @@ def _finalize_states(layers: Any) -> None:
 # saving
 
 
-def save_model(model: keras.Model, out: str | os.PathLike[str], *, include_optimizer: bool = True) -> None:
-    """Write a model atomically; the format follows OUT's extension."""
+def save_model(model: keras.Model, out: str | os.PathLike[str], *, include_optimizer: bool = True,
+               class_names: list[str] | None = None) -> None:
+    """Write a model atomically; the format follows OUT's extension. `class_names` go with it
+    (wtool.store.class_names), so infer can print them."""
     out = Path(out)
     with atomic_output(out) as tmp:
         if out.name.endswith(".weights.h5"):
@@ -680,3 +682,7 @@ def save_model(model: keras.Model, out: str | os.PathLike[str], *, include_optim
             model.save(tmp, include_optimizer=include_optimizer)
         else:
             model.save(tmp)
+        if class_names:
+            from wtool.store.class_names import write as write_class_names
+
+            write_class_names(tmp, class_names)

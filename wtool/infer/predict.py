@@ -37,6 +37,7 @@ from wtool.data.rows import (
     open_rows,
 )
 from wtool.errors import IncompatibleError, InternalError, UsageError, WtoolError
+from wtool.graph.folders import ImageOptions
 from wtool.safety.limits import shown
 
 DEFAULT_BATCH_SIZE = 1024
@@ -411,6 +412,7 @@ class InferPlan:
     post: Postprocess = field(default_factory=Postprocess)
     batch_size: int | None = None
     shard: tuple[int, int] | None = None
+    file_column: bool = True  # a folder of images: a first column `file` naming each row's image
 
     def __post_init__(self) -> None:
         specs = self.frozen.inputs
@@ -441,6 +443,9 @@ class InferPlan:
         prefix = len(self.frozen.output_names) > 1
         self.column_names = [name for out in self.frozen.output_names
                              for name in self.post.column_names(out, prefix)]
+        self.row_names: list[str] | None = getattr(self.sources[0], "row_names", None) if self.file_column else None
+        if self.row_names is not None:
+            self.column_names.insert(0, "file")
         self.columns: list[Column] = []
 
     def _fixed_batch(self, fixed: int) -> None:
@@ -455,6 +460,13 @@ class InferPlan:
                                     f"carry from batch to batch); {rows} rows is not a multiple of {fixed}",
                                     f"give a multiple of {fixed} rows")
         self.batch_size = fixed
+
+    def _with_names(self, columns: dict[str, np.ndarray], first: int, n: int) -> dict[str, np.ndarray]:
+        if self.row_names is None:
+            return columns
+        names = self.row_names[first:first + n]
+        names += [""] * (n - len(names))  # the dummy row of an empty run
+        return {"file": np.array(names, dtype=str), **columns}
 
     @property
     def rows(self) -> int:
@@ -486,7 +498,7 @@ class InferPlan:
         try:
             for tensors, n in reader:
                 outputs = frozen.predict_prepared(tensors, n)
-                columns = self.postprocess(outputs)
+                columns = self._with_names(self.postprocess(outputs), self.start + stats.rows, n)
                 if writer is None:
                     self.columns = self.columns_of(columns)
                     writer = open_sink(self.columns, self.rows)
@@ -519,7 +531,7 @@ class InferPlan:
         self.frozen.compile(n, self.row_shapes)
         dummy = [np.zeros((1, *s), dtype=d if d is not None else "U1")
                  for s, d in zip(self.row_shapes, self.dtypes, strict=True)]
-        return self.columns_of(self.postprocess(self.frozen.predict_batch(dummy)))
+        return self.columns_of(self._with_names(self.postprocess(self.frozen.predict_batch(dummy)), 0, 1))
 
     def postprocess(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
         post = self.post
@@ -642,8 +654,16 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[str, str], *,
                 key: str | None = None, columns: str | None = None, fmt: str | None = None,
                 header: bool | None = None, stdin: Any = None, drop: Sequence[str] = (),
-                target: str | None = None) -> list[RowSource]:
-    """One RowSource per model input (`specs`: the model's inputs), in the model's input order."""
+                target: str | None = None, images: ImageOptions | None = None) -> list[RowSource]:
+    """One RowSource per model input (`specs`: the model's inputs), in the model's input order (a folder:
+    its images, via Keras)."""
+    if positional is not None and positional != "-" and Path(positional).is_dir():
+        if len(specs) != 1:
+            raise UsageError(f"{positional}: a folder of images feeds a model with one input")
+        from wtool.graph.folders import ImageFolderSource, settings
+
+        size, mode = settings(images or ImageOptions(), specs[0].shape, positional)
+        return [ImageFolderSource(positional, size, mode)]
     names = [s.name for s in specs]
     if named:
         unknown = [n for n in named if n not in names]

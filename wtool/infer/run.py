@@ -18,6 +18,7 @@ from wtool.data.labels import load_labels
 from wtool.data.rows import OUTPUT_FORMATS, CollectWriter, Column, RowWriter, format_of, open_writer
 from wtool.errors import UsageError
 from wtool.fileio import atomic_output
+from wtool.graph.folders import ImageOptions
 from wtool.graph.model import saved_inputs
 from wtool.infer import predict as infer
 
@@ -48,6 +49,8 @@ class InferOptions:
     unsafe: bool = False
     drop: tuple[str, ...] = ()  # CSV columns left out (as train's --drop)
     target: str | None = None  # train's label column, left out when the CSV has it
+    image_size: str | None = None  # a folder of images: HxW (default: the model's input)
+    color_mode: str | None = None
 
 
 @dataclass
@@ -76,10 +79,30 @@ def _no_progress(_total: int) -> AbstractContextManager[None]:
     return nullcontext()
 
 
+def _labels(opts: InferOptions) -> tuple[str, ...] | None:
+    """--labels FILE; else the class names saved with the model (train on string labels or a folder),
+    used by --argmax/--top-k, and by a bare --labels."""
+    if opts.labels_path:
+        return load_labels(opts.labels_path)
+    if opts.labels_path is None and not (opts.argmax or opts.top_k):
+        return None
+    from wtool.store import open_model
+
+    names = None
+    for path in (opts.model, opts.arch):
+        if path is not None and names is None:
+            with open_model(path) as mf:
+                names = mf.class_names
+    if names is None and opts.labels_path == "":
+        raise UsageError(f"{opts.model}: no class names are saved with the model",
+                         "give them with --labels FILE (one per line, or a JSON list)")
+    return tuple(names) if names else None
+
+
 def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFactory = _no_progress) -> InferOutcome:
     """Check the options, load the model frozen, stream every row and report what happened."""
     t0 = time.perf_counter()
-    labels = load_labels(opts.labels_path) if opts.labels_path else None
+    labels = _labels(opts)
     post = infer.Postprocess.from_options(opts.argmax, opts.top_k, opts.threshold, labels)
     shard_k_n = infer.parse_shard(opts.shard)
     named = infer.parse_input_pairs(opts.named_inputs)
@@ -93,7 +116,8 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
     frozen = infer.load_frozen(opts.model, unsafe=opts.unsafe, arch=opts.arch)
     before = frozen.fingerprint()
     sources = infer.open_inputs(frozen.inputs, opts.input_path, named, key=opts.input_key, columns=opts.columns,
-                                fmt=opts.input_format, header=opts.header, drop=opts.drop, target=opts.target)
+                                fmt=opts.input_format, header=opts.header, drop=opts.drop, target=opts.target,
+                                images=ImageOptions(opts.image_size, opts.color_mode))
     made: list[RowWriter] = []
 
     def stdout_sink(cols: list[Column], n: int) -> RowWriter:
@@ -101,7 +125,7 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
         return made[-1]
 
     try:
-        plan = infer.InferPlan(frozen, sources, post, opts.batch_size, shard_k_n)
+        plan = infer.InferPlan(frozen, sources, post, opts.batch_size, shard_k_n, file_column=out_fmt != "npy")
         if out_fmt == "npy" and len(plan.column_names) != 1:
             raise UsageError(f"{opts.out_path}: an .npy file holds one array; this run gives "
                              f"{len(plan.column_names)} ({', '.join(plan.column_names)})",

@@ -50,7 +50,7 @@ class Summary:
     weight_bytes: int
     selected: bool = False
     warnings: list[str] = field(default_factory=list)
-    inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.ops.shapes)
+    inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.store.shapes)
     outputs: list[dict[str, Any]] | None = None  # [{"name", "shape"}]; a shape is None when not known
     shards: list[str] = field(default_factory=list)  # a sharded weights map: its shard files, in order
     preprocessing: list[dict[str, Any]] = field(default_factory=list)  # wtool.ops.preprocessing, per layer
@@ -95,7 +95,7 @@ def _preprocessing(mf: ModelFile, shown: set[str]) -> list[dict[str, Any]]:
 
 
 def _io(mf: ModelFile) -> dict[str, Any]:
-    from wtool.ops.shapes import io_shapes
+    from wtool.store.shapes import io_shapes
 
     shapes = io_shapes(mf.config)
     return {"inputs": shapes["inputs"], "outputs": shapes["outputs"]} if shapes else {}

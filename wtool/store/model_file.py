@@ -69,6 +69,16 @@ class ModelFile:
         self.model_name = root.name if root is not None else None
         self.model_class = root.class_name if root is not None else None
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names wtool saved with the model (wtool.store.class_names), or None."""
+        from wtool.store.class_names import KEY, parse
+
+        if self._source.kind == "zip":
+            meta = self._source.metadata if isinstance(self._source.metadata, dict) else {}
+            return parse(meta.get(KEY))
+        return parse(self.h5.attrs.get(KEY))
+
     # -- metadata ---------------------------------------------------------------------------
 
     def _read_zip_metadata(self) -> None:

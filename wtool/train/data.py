@@ -1,14 +1,17 @@
 """Labelled data for `wtool train`: load x/y, split off validation, check they fit a model.
 
 Sources: `.npz` (keys `x`/`y` or chosen ones), a pair of `.npy` files (memory-mapped, so
-data larger than memory trains), `.csv` with a target column. No TensorFlow here: the
-model side of the checks is described by plain shapes (`ModelIO`).
+data larger than memory trains), `.csv` with a target column (numbers or string labels), a
+folder of class subfolders of images (decoded by Keras in `wtool.graph.folders`, the one
+place TensorFlow runs here). The model side of the checks is described by plain shapes (`ModelIO`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import numpy as np
 from wtool.data.rows import is_number
 from wtool.errors import IncompatibleError, InputError, UsageError
 from wtool.fileio import check_input_file
+from wtool.graph.folders import ImageOptions
 
 # Bytes scanned per step when checking a (possibly memory-mapped) array for NaN/Inf.
 FINITE_CHUNK_BYTES = 64 * 1024 * 1024
@@ -32,6 +36,7 @@ class LabelledData:
     x: np.ndarray
     y: np.ndarray
     source: str
+    class_names: list[str] | None = None  # string labels' vocabulary (y holds indices into it)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -61,8 +66,21 @@ def fmt_shape(shape: tuple[int | None, ...]) -> str:
 
 
 def load_labelled(data: str | None = None, *, x: str | None = None, y: str | None = None,
-                  x_key: str = "x", y_key: str = "y", target: str | None = None) -> LabelledData:
-    """Load one labelled data set from `data` (.npz / .csv) or from `x` and `y` (.npy)."""
+                  x_key: str = "x", y_key: str = "y", target: str | None = None, drop: Sequence[str] = (),
+                  classes: Sequence[str] | None = None, model: str | None = None,
+                  images: ImageOptions | None = None) -> LabelledData:
+    """Load one labelled data set from `data` (.npz / .csv) or from `x` and `y` (.npy).
+
+    `classes` is the vocabulary saved with the model: string labels are encoded with it, so a
+    model trained on `cat`/`dog` keeps its class numbers when training continues. A folder of
+    class subfolders of images is read by Keras (wtool.graph.folders, sized for `model`).
+    """
+    if data is not None and Path(data).is_dir():
+        if target is not None or drop:
+            raise UsageError("--target/--drop are for .csv data; a folder's labels are its class subfolders")
+        return _image_folder(data, model, images, classes)
+    if drop and (data is None or Path(data).suffix.lower() != ".csv"):
+        raise UsageError("--drop is for .csv data")
     if data is not None and (x is not None or y is not None):
         raise UsageError("give either --data FILE or --x FILE.npy --y FILE.npy, not both")
     if data is None:
@@ -78,11 +96,32 @@ def load_labelled(data: str | None = None, *, x: str | None = None, y: str | Non
     if suffix == ".csv":
         if target is None:
             raise UsageError(f"{data}: a .csv needs --target COLUMN (the label column's name or 0-based index)")
-        return _csv(path, target)
+        return _csv(path, target, drop, classes)
     if suffix == ".npy":
         raise UsageError(f"{data}: a single .npy holds no labels", "pass --x FEATURES.npy --y LABELS.npy")
     raise InputError(f"{data}: unsupported data format '{suffix or path.name}'",
                      "use .npz (arrays x and y), .csv with --target, or --x/--y .npy files")
+
+
+def _image_folder(folder: str, model: str | None, images: ImageOptions | None,
+                  classes: Sequence[str] | None) -> LabelledData:
+    from wtool.graph.folders import load_labelled_images, settings
+
+    size, mode = settings(images or ImageOptions(), model_input_shape(model), folder)
+    x, y, names = load_labelled_images(folder, size, mode, classes)
+    return LabelledData(x, y, folder, names)
+
+
+def model_input_shape(model: str | None) -> list[int | None] | None:
+    """The first input's shape from the model file's config (no TensorFlow), or None."""
+    if model is None:
+        return None
+    from wtool.store import open_model
+    from wtool.store.shapes import io_shapes
+
+    with open_model(model) as mf:
+        shapes = io_shapes(mf.config)
+    return shapes["inputs"][0]["shape"] if shapes and shapes["inputs"] else None
 
 
 def _checked(arr: np.ndarray, what: str) -> np.ndarray:
@@ -133,7 +172,46 @@ def _npz(path: Path, x_key: str, y_key: str) -> LabelledData:
     return data
 
 
-def _csv(path: Path, target: str) -> LabelledData:
+def _csv(path: Path, target: str, drop: Sequence[str] = (), classes: Sequence[str] | None = None) -> LabelledData:
+    header, body, has_header = _csv_rows(path)
+    names = header if has_header else [str(i) for i in range(len(header))]
+    col = _column(path, names, target, "--target", "name the label column with --target (a header name or a "
+                  "0-based index)")
+    dropped = {_column(path, names, d, "--drop", "name the columns to leave out with --drop") for d in drop}
+    if col in dropped:
+        raise UsageError(f"--drop {target}: that is the --target column")
+    if len(names) < 2:
+        raise InputError(f"{path}: only one column; features and a target need at least two")
+    keep = [j for j in range(len(names)) if j != col and j not in dropped]
+    if not keep:
+        raise UsageError(f"{path}: --drop leaves no feature columns")
+    x = np.empty((len(body), len(keep)), dtype=np.float64)
+    labels: list[str] = []
+    for i, row in enumerate(body):
+        line = i + (2 if has_header else 1)
+        if len(row) != len(names):
+            raise InputError(f"{path}: line {line} has {len(row)} fields, the header has {len(names)}")
+        label = row[col].strip()
+        if not label:
+            raise InputError(f"{path}: line {line}, column '{names[col]}': the label is empty",
+                             "fill in or remove rows without a label")
+        labels.append(label)
+        for k, j in enumerate(keep):
+            cell = row[j]
+            if not cell.strip():
+                raise InputError(f"{path}: line {line}, column '{names[j]}': the cell is empty",
+                                 "fill in missing values (or leave the column out with --drop)")
+            try:
+                x[i, k] = float(cell)
+            except ValueError:
+                raise InputError(f"{path}: line {line}, column '{names[j]}': '{cell}' is not a number",
+                                 "features must be numbers: encode categories as numbers first, or leave the "
+                                 "column out with --drop") from None
+    y, vocabulary = _encode_labels(path, labels, classes)
+    return LabelledData(x.astype(np.float32), y, str(path), vocabulary)
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[list[str]], bool]:
     if path.stat().st_size > CSV_MAX_BYTES:
         raise InputError(f"{path}: larger than {CSV_MAX_BYTES // 1024**3} GB", "convert it to .npy and use --x/--y")
     with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -149,31 +227,34 @@ def _csv(path: Path, target: str) -> LabelledData:
     body = rows[1:] if has_header else rows
     if not body:
         raise InputError(f"{path}: a header but no rows")
-    names = header if has_header else [str(i) for i in range(len(header))]
-    if target in names:
-        col = names.index(target)
-    elif target.lstrip("-").isdigit() and -len(names) <= int(target) < len(names):
-        col = int(target) % len(names)
-    else:
-        raise InputError(f"{path}: no column '{target}' (columns: {', '.join(names)})",
-                         "name the label column with --target (a header name or a 0-based index)")
-    if len(names) < 2:
-        raise InputError(f"{path}: only one column; features and a target need at least two")
-    values = np.empty((len(body), len(names)), dtype=np.float64)
-    for i, row in enumerate(body):
-        line = i + (2 if has_header else 1)
-        if len(row) != len(names):
-            raise InputError(f"{path}: line {line} has {len(row)} fields, the header has {len(names)}")
-        for j, cell in enumerate(row):
-            try:
-                values[i, j] = float(cell)
-            except ValueError:
-                raise InputError(f"{path}: line {line}, column '{names[j]}': '{cell}' is not a number",
-                                 "train takes numeric columns; encode categories as numbers first") from None
-    y = values[:, col]
-    x = np.delete(values, col, axis=1).astype(np.float32)
-    y_out = y.astype(np.int64) if np.all(np.isfinite(y)) and np.all(y == np.round(y)) else y.astype(np.float32)
-    return LabelledData(x, y_out, str(path))
+    return header, body, has_header
+
+
+def _column(path: Path, names: list[str], wanted: str, option: str, hint: str) -> int:
+    if wanted in names:
+        return names.index(wanted)
+    if wanted.lstrip("-").isdigit() and -len(names) <= int(wanted) < len(names):
+        return int(wanted) % len(names)
+    raise InputError(f"{path}: no column '{wanted}' for {option} (columns: {', '.join(names)})", hint)
+
+
+def _encode_labels(path: Path, labels: list[str], classes: Sequence[str] | None) -> tuple[np.ndarray,
+                                                                                           list[str] | None]:
+    """Numbers stay numbers; string labels become indices into a sorted vocabulary (the saved one, if any)."""
+    if all(is_number(v) for v in labels):
+        y = np.array([float(v) for v in labels])
+        if np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            return y.astype(np.int64), None
+        return y.astype(np.float32), None
+    vocabulary = list(classes) if classes else sorted(set(labels))
+    index = {name: i for i, name in enumerate(vocabulary)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise IncompatibleError(f"{path}: labels {shown} are not among the model's classes "
+                                f"({', '.join(vocabulary[:10])}{', ...' if len(vocabulary) > 10 else ''})",
+                                "the classes were saved when the model was first trained on string labels")
+    return np.array([index[v] for v in labels], dtype=np.int64), vocabulary
 
 
 def _same_rows(data: LabelledData, x_name: str, y_name: str) -> None:
@@ -192,8 +273,16 @@ def split_validation(data: LabelledData, fraction: float) -> tuple[LabelledData,
         raise UsageError(f"--val-split {fraction} of {n} rows leaves {n - n_val} to train and {n_val} to validate",
                          "use a fraction that leaves at least one row on each side")
     cut = n - n_val
-    return (LabelledData(data.x[:cut], data.y[:cut], data.source),
-            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)"))
+    return (LabelledData(data.x[:cut], data.y[:cut], data.source, data.class_names),
+            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)", data.class_names))
+
+
+def saved_class_names(model: str) -> list[str] | None:
+    """The class names saved with a model file (wtool.store.class_names), or None."""
+    from wtool.store import open_model
+
+    with open_model(model) as mf:
+        return mf.class_names
 
 
 def check_finite(data: LabelledData) -> None:
@@ -215,8 +304,15 @@ def check_finite(data: LabelledData) -> None:
 
 
 def check_fits(data: LabelledData, io_: ModelIO, loss: str | None) -> None:
-    """Refuse (exit 4) features or labels that do not fit the model or the loss, naming both sides."""
+    """Refuse (exit 4) features or labels that do not fit the model or the loss, naming both sides.
+
+    Flat rows whose length is the product of the model's input shape (784 CSV columns for a
+    (28, 28, 1) image) are reshaped to it first, as `infer` does.
+    """
     want = io_.input_shape
+    dims = [int(w) for w in want if w is not None]
+    if data.x.ndim == 2 and len(want) > 1 and len(dims) == len(want) and math.prod(dims) == data.x.shape[1]:
+        data.x = data.x.reshape((data.x.shape[0], *dims))
     rows = tuple(data.x.shape[1:])
     if len(rows) != len(want) or any(w is not None and w != r for w, r in zip(want, rows, strict=False)):
         raise IncompatibleError(f"model expects {fmt_shape((None, *want))}; x has rows of shape {fmt_shape(rows)}",

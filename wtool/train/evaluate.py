@@ -13,13 +13,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
-from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled
+from wtool.graph.folders import ImageOptions
+from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled, saved_class_names
 from wtool.train.named_data import NamedData, load_named, parse_pairs
 
 DEFAULT_BATCH_SIZE = 256
@@ -49,6 +50,9 @@ class EvalOptions:
     x_cols: tuple[str, ...] = ()  # --x-cols: [NAME=]COLS, a CSV column group per model input
     y_cols: tuple[str, ...] = ()
     target: str | None = None
+    drop: tuple[str, ...] = ()
+    image_size: str | None = None  # a folder of images: HxW (default: the model's input)
+    color_mode: str | None = None
     arch: str | None = None
     unsafe: bool = False
     batch_size: int | None = None
@@ -417,9 +421,11 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
     if side is None:
         data = load_labelled(opts.data, x=opts.x_files[0] if opts.x_files else None,
                              y=opts.y_files[0] if opts.y_files else None, x_key=opts.x_keys[0] if opts.x_keys else "x",
-                             y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target)
+                             y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target, drop=opts.drop,
+                             classes=saved_class_names(opts.model), model=opts.arch or opts.model,
+                             images=ImageOptions(opts.image_size, opts.color_mode))
         check_finite(data)
-        return NamedData([data.x], [data.y], data.source)
+        return NamedData([data.x], [data.y], data.source, data.class_names)
     if opts.x_cols or opts.y_cols:
         x_items, y_items = opts.x_cols, opts.y_cols
     else:
@@ -464,6 +470,8 @@ def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = No
         model = load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch, compile=True)
     side = ModelSide.of(model)
     data = data or _load_data(opts, side)
+    if opts.labels is None and data.class_names:  # saved with the model (string labels, a folder per class)
+        opts = replace(opts, labels=tuple(data.class_names))
     shown_loss = compile_for_eval(model, side, opts.loss, opts.loss_weights, opts.metrics)
     _check_fit(data, side, model.loss)
     specs = [spec for i, name in enumerate(side.output_names)

@@ -23,6 +23,7 @@ import numpy as np
 
 from wtool.errors import DivergedError, InternalError, Interrupted, UsageError
 from wtool.fileio import check_input_file
+from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
 from wtool.train import distribute, steps
 from wtool.train.batches import CHUNK_BYTES, MAX_STEPS_PER_CALL, Batches, prefetch
@@ -35,7 +36,15 @@ from wtool.train.checkpoints import (
     read_checkpoint_meta,
     resume,
 )
-from wtool.train.data import LabelledData, check_finite, check_fits, load_labelled, model_io, split_validation
+from wtool.train.data import (
+    LabelledData,
+    check_finite,
+    check_fits,
+    load_labelled,
+    model_io,
+    saved_class_names,
+    split_validation,
+)
 from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree
 from wtool.train.history import RunState, steady_rate, write_history
 from wtool.train.objectives import monitor_mode, resolve_loss, resolve_metrics, y_dtype
@@ -78,14 +87,19 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
 
 
 def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
-    data = load_labelled(opts.data, x=opts.x, y=opts.y, x_key=opts.x_key, y_key=opts.y_key, target=opts.target)
+    saved_classes = saved_class_names(opts.model)  # string labels / class folders encode as first learnt
+    images = ImageOptions(opts.image_size, opts.color_mode)
+    data = load_labelled(opts.data, x=opts.x, y=opts.y, x_key=opts.x_key, y_key=opts.y_key, target=opts.target,
+                         drop=opts.drop, classes=saved_classes, model=opts.arch or opts.model, images=images)
+    data.class_names = data.class_names or saved_classes  # carried into OUT either way
     val: LabelledData | None = None
     if opts.val_data:
         vpath = Path(opts.val_data)
         if vpath.suffix.lower() == ".csv":
-            val = load_labelled(opts.val_data, target=opts.target)
+            val = load_labelled(opts.val_data, target=opts.target, drop=opts.drop, classes=data.class_names)
         else:
-            val = load_labelled(opts.val_data, x_key=opts.x_key, y_key=opts.y_key)
+            val = load_labelled(opts.val_data, x_key=opts.x_key, y_key=opts.y_key, classes=data.class_names,
+                                model=opts.arch or opts.model, images=images)
     elif opts.val_split:
         data, val = split_validation(data, opts.val_split)
     check_finite(data)
@@ -114,7 +128,7 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     run.run_epochs()
     restored_best = run.restore_best()
     _check_frozen_unchanged(m.frozen, snapshot)
-    _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history)
+    _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history, data.class_names)
     return TrainResult(run.summary(restored_best, out_path, t_start), state.history)
 
 
@@ -471,11 +485,11 @@ def _check_frozen_unchanged(frozen: list[tuple[str, Any]], snapshot: dict[str, n
 
 
 def _write_outputs(opts: TrainOptions, dist: distribute.Distribution, model: Any, out_path: Path, ckpt_dir: Path,
-                   history: list[dict[str, Any]]) -> None:
+                   history: list[dict[str, Any]], class_names: list[str] | None = None) -> None:
     from wtool.graph.model import save_model
 
     if dist.is_chief:  # OUT, the history and the checkpoint clean-up are the chief's alone
-        save_model(model, out_path)
+        save_model(model, out_path, class_names=class_names)
         write_history(opts.history, history)
         if opts.resume and not opts.checkpoint_dir and ckpt_dir.is_dir():
             shutil.rmtree(ckpt_dir, ignore_errors=True)

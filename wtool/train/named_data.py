@@ -25,6 +25,7 @@ class NamedData:
     xs: list[np.ndarray]
     ys: list[np.ndarray]
     source: str
+    class_names: list[str] | None = None  # one classifier output's names (string labels, class folders)
 
     def __len__(self) -> int:
         return int(self.xs[0].shape[0])

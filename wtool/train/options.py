@@ -45,6 +45,9 @@ class TrainOptions:
     x_key: str = "x"
     y_key: str = "y"
     target: str | None = None
+    drop: tuple[str, ...] = ()  # CSV columns that are not features (an id)
+    image_size: str | None = None  # a folder of images: HxW (default: the model's input)
+    color_mode: str | None = None
     val_data: str | None = None
     val_split: float | None = None
     epochs: int = 1

@@ -90,7 +90,8 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 
 @click.command(name="eval")
 @click.argument("model", type=InputPath)
-@click.option("--data", type=InputPath, help="Labelled data: .npz (arrays x, y) or .csv (with --target).")
+@click.option("--data", type=InputPath, help="Labelled data: .npz (arrays x, y), .csv (with --target), or a folder "
+              "of images with one subfolder per class.")
 @click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
               help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
 @click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
@@ -99,7 +100,13 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
               help="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.")
 @click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
               help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
-@click.option("--target", help="Label column of a .csv (header name or 0-based index); the rest are features.")
+@click.option("--target", help="Label column of a .csv (header name or 0-based index; numbers, or the string "
+              "labels the model was trained on); the rest are features.")
+@click.option("--drop", multiple=True, metavar="COLUMNS", help="CSV columns that are not features (as in train).")
+@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
+              "input shape).")
+@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
+              help="A folder of images: channels to decode (default: from the model's input shape).")
 @click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
               help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
               "per input.")
@@ -125,7 +132,8 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
               help="Draw the confusion matrix to FILE (.png, .svg, .pdf; needs matplotlib: wtool[plot]).")
 @common_options
 def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
-            x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, x_cols: tuple[str, ...],
+            x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, drop: tuple[str, ...],
+            image_size: str | None, color_mode: str | None, x_cols: tuple[str, ...],
             y_cols: tuple[str, ...], arch: str | None, unsafe: bool,
             batch_size: int | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
             fail_above: tuple[str, ...], plot_path: str | None) -> None:
@@ -157,7 +165,9 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
 
         labels = load_labels(labels_path)
     opts = EvalOptions(model=model, data=data, x_files=x_files, y_files=y_files, x_keys=x_keys, y_keys=y_keys,
-                       x_cols=x_cols, y_cols=y_cols, target=target, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
+                       x_cols=x_cols, y_cols=y_cols, target=target,
+                       drop=tuple(c for item in drop for c in item.split(",") if c.strip()), image_size=image_size,
+                       color_mode=color_mode, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
                        loss_weights=loss_weights, metrics=metrics, labels=labels)
     update, bar = _progress(out)
     if bar is not None:

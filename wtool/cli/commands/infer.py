@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover - numpy stays out of `wtool --help`
 
     from wtool.data.rows import Column, RowWriter
 
+SAVED_LABELS = "<saved with the model>"  # what a bare --labels stands for
 TABLE_ROWS = 20  # without -o, a terminal gets a table up to this many rows, JSON lines beyond
 INPUT_FORMATS = ("npy", "npz", "csv", "tsv", "jsonl", "json")  # = wtool.data.FORMAT_NAMES (a test keeps them equal)
 
@@ -97,6 +98,10 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @click.option("--target", metavar="COLUMN", help="The label column of a training CSV: left out when the file has it.")
 @click.option("--drop", multiple=True, metavar="COLUMNS",
               help="CSV columns to leave out (names or 0-based numbers, comma-separated; repeatable), as in train.")
+@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
+              "input shape).")
+@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
+              help="A folder of images: channels to decode (default: from the model's input shape).")
 @click.option("--header/--no-header", default=None, help="Whether the CSV has a header row (default: detected).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Rows per batch (default 1024, fewer for large rows).")
@@ -104,14 +109,17 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @click.option("--argmax", is_flag=True, help="Output the index of the largest value (the class).")
 @click.option("--top-k", type=int, metavar="K", help="Output the K largest values and their indices.")
 @click.option("--threshold", type=float, metavar="T", help="Binary output: class 1 where the value >= T, else 0.")
-@click.option("--labels", "labels_path", type=InputPath, metavar="FILE",
-              help="Class names (one per line, or a JSON list) printed beside the indices.")
+@click.option("--labels", "labels_path", type=InputPath, metavar="[FILE]", is_flag=False,
+              flag_value=SAVED_LABELS,
+              help="Class names (one per line, or a JSON list) printed beside the indices; a bare --labels uses "
+                   "the names saved with the model (train on string labels or class folders), as "
+                   "--argmax/--top-k do by default.")
 @click.option("--arch", type=InputPath, metavar="MODEL", help="Architecture for a weights-only .weights.h5 MODEL.")
 @unsafe_option
 @common_options
 def command(model: str, input_path: str | None, out_path: str | None, named_inputs: tuple[str, ...],
             input_key: str | None, input_format: str | None, columns: str | None, target: str | None,
-            drop: tuple[str, ...], header: bool | None,
+            drop: tuple[str, ...], image_size: str | None, color_mode: str | None, header: bool | None,
             batch_size: int | None, shard: str | None, argmax: bool, top_k: int | None,
             threshold: float | None, labels_path: str | None, arch: str | None, unsafe: bool,
             out: Output) -> None:
@@ -148,8 +156,10 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
         return JsonlWriter(sys.stdout, cols, owns=False)
 
     opts = InferOptions(model, input_path, out_path, named_inputs, input_key, input_format, columns, header,
-                        batch_size, shard, argmax, top_k, threshold, labels_path, arch, unsafe,
-                        drop=tuple(c for item in drop for c in item.split(",") if c.strip()), target=target)
+                        batch_size, shard, argmax, top_k, threshold,
+                        "" if labels_path == SAVED_LABELS else labels_path, arch, unsafe,
+                        drop=tuple(c for item in drop for c in item.split(",") if c.strip()), target=target,
+                        image_size=image_size, color_mode=color_mode)
     outcome = run_infer(opts, to_stdout, lambda total: _progress_shown(out, total))
     report = outcome.report
     if outcome.table is not None:

@@ -198,12 +198,21 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically) instead of writing -o OUT.")
 @click.option("--arch", type=InputPath, help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
-@click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y) or .csv (with --target).")
+@click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y), .csv (with --target), or a folder "
+              "of images with one subfolder per class (DIR/<class>/*.png|jpg).")
 @click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
 @click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
 @click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
 @click.option("--y-key", default="y", show_default=True, help="Label array name in a .npz.")
-@click.option("--target", help="Label column of a .csv (header name or 0-based index); the rest are features.")
+@click.option("--target", help="Label column of a .csv (header name or 0-based index; numbers, or strings such as "
+              "cat/dog, which are encoded and saved with the model); the rest are features.")
+@click.option("--drop", multiple=True, metavar="COLUMNS",
+              help="CSV columns that are not features, e.g. an id (names or 0-based numbers, comma-separated; "
+                   "repeatable).")
+@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
+              "input shape).")
+@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
+              help="A folder of images: channels to decode (default: from the model's input shape).")
 @click.option("--val-data", type=InputPath, help="Validation data, in the same form as --data.")
 @click.option("--val-split", type=float, help="Validate on the last FRACTION of the rows (before shuffling).")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Epochs to train (the total, when resuming).")
@@ -262,7 +271,7 @@ def _render(summary: dict[str, Any]) -> Any:
               "before stopping with exit 7.")
 @common_options
 def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
-            data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None,
+            data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None, drop: tuple[str, ...], image_size: str | None, color_mode: str | None,
             val_data: str | None, val_split: float | None, epochs: int, batch_size: int, shuffle: bool,
             seed: int | None, optimizer: str | None, lr: float | None, momentum: float | None,
             weight_decay: float | None, clip_norm: float | None, lr_schedule: str | None, decay_steps: int | None,
@@ -309,7 +318,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
     ctx = click.get_current_context()
     opts = TrainOptions(
         model=model, out=out_file, in_place=in_place, arch=arch, unsafe=unsafe, data=data, x=x_file, y=y_file,
-        x_key=x_key, y_key=y_key, target=target, val_data=val_data, val_split=val_split, epochs=epochs,
+        x_key=x_key, y_key=y_key, target=target, drop=tuple(c for item in drop for c in item.split(",") if c.strip()),
+        image_size=image_size, color_mode=color_mode, val_data=val_data, val_split=val_split, epochs=epochs,
         batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=loss, metrics=metrics,
         freeze=freeze, unfreeze=unfreeze, reset_optimizer=reset_optimizer, early_stopping=early_stopping,
