@@ -186,7 +186,8 @@ def test_numeric_preprocessing_equals_keras(tmp_path, built, fmt):
 
 @pytest.mark.parametrize(("source", "extra"), [
     ("texts.npy", []), ("texts_bytes.npy", []), ("rows.csv", ["--columns", "text"]),
-    ("rows.jsonl", ["--input-key", "text"]), ("bare.jsonl", [])])
+    ("rows.jsonl", ["--input-key", "text"]), ("bare.jsonl", []),
+    ("rows.csv", []), ("rows.jsonl", [])])  # no option: the column / field named after the input
 def test_string_input_from_every_format(tmp_path, built, source, extra):
     d, _, refs = built
     ok(d / "text.keras", d / source, *extra, "-o", tmp_path / "p.npy")

@@ -678,7 +678,9 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
         path = positional if positional is not None else named.get(names[0])
         if path is None:
             raise UsageError(f"no input for {shown(names[0])}")
-        return [open_rows(path, key, columns, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target,
+        plain = takes_strings(specs[0]) and key is None and columns is None and not drop and target is None
+        member, cols = _by_name(path, specs[0], fmt, plain, npz=False) or (key, columns)
+        return [open_rows(path, member, cols, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target,
                           strings=takes_strings(specs[0]))]
     # Several model inputs: --input NAME=FILE each, or one .npz holding an array per input name.
     paths: dict[str, str] = dict(named)
@@ -695,14 +697,10 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
         raise UsageError("stdin (-) can feed only one input")
     sources: list[RowSource] = []
     try:
+        plain = key is None and columns is None and not drop and target is None
         for spec in specs:
-            path, member, cols = paths[spec.name], key, columns
-            is_npz = fmt == "npz" or Path(path).suffix.lower() == ".npz"
-            if is_npz and _npz_has(path, spec.name):
-                member = spec.name
-            elif key is None and columns is None and not drop and target is None and has_field(path, spec.name, fmt):
-                # a CSV column or JSON field named after the input feeds it
-                member, cols = (spec.name, None) if (fmt or format_of(path)) == "jsonl" else (None, spec.name)
+            path = paths[spec.name]
+            member, cols = _by_name(path, spec, fmt, plain) or (key, columns)
             sources.append(open_rows(path, member, cols, fmt=fmt, header=header, stdin=stdin, drop=drop,
                                      target=target, strings=takes_strings(spec)))
     except BaseException:
@@ -732,6 +730,20 @@ def precheck_inputs(saved: Sequence[tuple[str, tuple[int | None, ...], str]], po
     finally:
         for src in sources:
             src.close()
+
+
+def _by_name(path: str, spec: InputSpec, fmt: str | None, plain: bool,
+             npz: bool = True) -> tuple[str | None, str | None] | None:
+    """(npz member or JSON field, CSV columns) named after the input, when the file has them.
+
+    An .npz array, a CSV column or a JSON-lines field called like the input feeds it, so
+    one file can feed several inputs; `plain` is whether no option picked the data already.
+    """
+    if npz and (fmt == "npz" or Path(path).suffix.lower() == ".npz") and _npz_has(path, spec.name):
+        return spec.name, None
+    if plain and has_field(path, spec.name, fmt):
+        return (spec.name, None) if (fmt or format_of(path)) == "jsonl" else (None, spec.name)
+    return None
 
 
 def _npz_has(path: str, name: str) -> bool:
