@@ -89,3 +89,18 @@ def test_bad_folders_exit_3_with_one_line(made, tmp_path, case):
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert res.exit_code == 3 and len(errors) == 1 and message in errors[0], (case, args, res)
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_checkpoints_are_named_not_misread(made, tmp_path):
+    import tensorflow as tf
+
+    prefix = tf.train.Checkpoint(v=tf.Variable([1.0, 2.0])).save(str(tmp_path / "tf" / "ckpt"))  # ckpt-1
+    orbax = tmp_path / "orbax"
+    (orbax / "3").mkdir(parents=True)
+    (orbax / "3" / "_CHECKPOINT_METADATA").write_text("{}")
+    for path, message in ((prefix, "a TensorFlow checkpoint"), (prefix + ".index", "a TensorFlow checkpoint"),
+                          (tmp_path / "tf", "a TensorFlow checkpoint"), (orbax, "an Orbax checkpoint folder")):
+        for args in (("inspect", path), ("diff", path, made["dir"] / "m.keras")):
+            res = run_cli(*args)
+            errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+            assert res.exit_code == 3 and len(errors) == 1 and message in errors[0], (args, res)

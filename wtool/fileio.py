@@ -73,12 +73,54 @@ def _refuse_remote(text: str) -> None:
         raise InputError(f"{text}: remote paths are not supported", "download the file first")
 
 
+ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "orbax.checkpoint", "_METADATA")
+
+
+def checkpoint_kind(path: str | os.PathLike[str]) -> str | None:
+    """'orbax' or 'tf' when the path is a checkpoint rather than a model file, from names alone."""
+    p = Path(os.fspath(path))
+    if p.is_dir() and not p.is_symlink():
+        try:
+            names = set(os.listdir(p))
+        except OSError:
+            return None
+        steps = [n for n in names if n.isdigit() and (p / n).is_dir()]
+        if names & set(ORBAX_MARKERS) or any(
+                set(os.listdir(p / s)) & set(ORBAX_MARKERS) for s in steps[:3] if os.access(p / s, os.R_OK)):
+            return "orbax"
+        if "checkpoint" in names and any(n.endswith(".index") for n in names):
+            return "tf"
+        return None
+    name = p.name
+    if name.endswith(".index") or ".data-" in name:
+        return "tf" if any(q.name.startswith(name.split(".index")[0].split(".data-")[0] + ".data-")
+                           for q in p.parent.glob("*")) else None
+    if not p.exists() and Path(f"{p}.index").is_file():
+        return "tf"
+    return None
+
+
+def refuse_checkpoint(path: str | os.PathLike[str]) -> None:
+    """One clear line for a checkpoint given where a model file was expected (exit 3)."""
+    kind = checkpoint_kind(path)
+    text = os.fspath(path)
+    if kind == "orbax":
+        raise InputError(f"{text}: an Orbax checkpoint folder (orbax.checkpoint / _CHECKPOINT_METADATA): wtool does "
+                         "not read Orbax checkpoints (the orbax-checkpoint package is not installed either)",
+                         "restore it where it was written (Keras/JAX) and save a .keras file")
+    if kind == "tf":
+        raise InputError(f"{text}: a TensorFlow checkpoint (.index + .data-* files): wtool does not read "
+                         "TensorFlow checkpoints yet",
+                         "restore it with tf.train.Checkpoint(...).restore(PREFIX) and save a .keras file")
+
+
 def check_model_input(path: str | os.PathLike[str]) -> Path:
     """As check_input_file, but a model folder (an unzipped .keras: a real directory with a config.json)
     passes too; the store checks its contents (wtool.store.container.open_folder)."""
     p = Path(os.fspath(path))
     if p.is_dir() and not p.is_symlink() and (p / "config.json").exists():
         return p
+    refuse_checkpoint(path)
     return check_input_file(path)
 
 

@@ -325,6 +325,9 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
         except BaseException:
             source.close()
             raise
+    from wtool.fileio import refuse_checkpoint
+
+    refuse_checkpoint(path)
     p = check_input_file(path)
     from wtool.store.safetensors_file import is_safetensors_name
 
