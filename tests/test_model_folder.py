@@ -104,3 +104,22 @@ def test_checkpoints_are_named_not_misread(made, tmp_path):
             res = run_cli(*args)
             errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
             assert res.exit_code == 3 and len(errors) == 1 and message in errors[0], (args, res)
+
+
+def test_a_keras_hub_preset_folder_shows_its_metadata(made, tmp_path):
+    import json
+
+    preset = tmp_path / "preset"  # built by hand: keras-hub is not installed for the tests
+    shutil.copytree(made["dir"] / "mdir", preset)
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta.update(keras_hub_version="0.22.0", parameter_count=99)
+    (preset / "metadata.json").write_text(json.dumps(meta))
+    shutil.copy(preset / "model.weights.h5", preset / "task.weights.h5")
+    res = run_cli("inspect", preset, "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert doc["keras_hub"] == {"keras_hub_version": "0.22.0", "parameter_count": 99, "task_weights": True}
+    assert doc["total_params"] == sum(v.size for v in made["keras"].values())
+    assert any("task.weights.h5" in w and "not read" in w for w in doc["warnings"])
+    text = run_cli("inspect", preset)
+    assert "keras-hub preset (keras-hub 0.22.0, 99 parameters declared)" in text.stdout

@@ -53,6 +53,7 @@ class Summary:
     inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}] from the config (wtool.store.shapes)
     outputs: list[dict[str, Any]] | None = None  # [{"name", "shape"}]; a shape is None when not known
     shards: list[str] = field(default_factory=list)  # a sharded weights map: its shard files, in order
+    preset: dict[str, Any] | None = None  # a keras-hub preset directory: metadata.json's keras-hub fields
     preprocessing: list[dict[str, Any]] = field(default_factory=list)  # wtool.ops.preprocessing, per layer
 
     @property
@@ -85,6 +86,7 @@ def summarize(mf: ModelFile, layer_globs: list[str] | None = None) -> Summary:
         total_params=mf.total_params, trainable_params=mf.trainable_params,
         non_trainable_params=mf.non_trainable_params, weight_bytes=mf.weight_bytes,
         selected=bool(layer_globs), warnings=list(mf.warnings), shards=list(getattr(mf, "shard_names", [])),
+        preset=getattr(mf, "preset", None),
         preprocessing=_preprocessing(mf, {layer.path for layer in layers}), **_io(mf))
 
 

@@ -43,6 +43,7 @@ class ModelFile:
         self.backend: str | None = None
         self.optimizer_weights = 0
         self.warnings: list[str] = []
+        self.preset: dict[str, Any] | None = None  # keras-hub preset: version, declared parameter count
         self.in_place = source.in_place
         where = str(path)
         if source.kind in ("zip", "folder"):
@@ -89,6 +90,14 @@ class ModelFile:
         meta = src.metadata if isinstance(src.metadata, dict) else {}
         self.keras_version = _str_or_none(meta.get("keras_version"))
         self.backend = _str_or_none(meta.get("backend"))
+        if src.kind == "folder" and meta.get("keras_hub_version") is not None:  # a keras-hub preset directory
+            count = meta.get("parameter_count")
+            self.preset = {"keras_hub_version": _str_or_none(meta.get("keras_hub_version")),
+                           "parameter_count": count if isinstance(count, int) and not isinstance(count, bool)
+                           else None,
+                           "task_weights": (self.path / "task.weights.h5").is_file()}
+            if self.preset["task_weights"]:
+                self.warnings.append("task.weights.h5 (the task's own weights) is not read: the backbone's are shown")
         self.optimizer_weights = _count_datasets(self.h5.get("optimizer"))
 
     def _read_h5_metadata(self, where: str) -> None:

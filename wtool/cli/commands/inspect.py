@@ -185,6 +185,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
     }
     if summary.shards:
         doc["shards"] = summary.shards
+    if getattr(summary, "preset", None):
+        doc["keras_hub"] = summary.preset
     if summary.selected:
         doc["selected_params"] = summary.selected_params
     if exported:
@@ -254,6 +256,11 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
                    code: list[str] | None = None) -> None:
     """What `wtool inspect` prints (also `wtool new`, for the model it wrote)."""
     fmt = FORMAT_NAMES.get((summary.format, summary.layout), summary.format)
+    preset = getattr(summary, "preset", None)
+    if preset:
+        declared = preset["parameter_count"]
+        fmt = (f"keras-hub preset (keras-hub {preset['keras_hub_version']}"
+               + (f", {declared:,} parameters declared" if declared is not None else "") + ")")
     if getattr(summary, "shards", None):
         fmt += f"; {len(summary.shards)} shards: {', '.join(summary.shards[:3])}{', ...' if len(summary.shards) > 3 else ''}"
     saved_by = f"Keras {summary.keras_version}" if summary.keras_version else "unknown Keras version"
