@@ -161,6 +161,43 @@ def two_inputs() -> None:
     np.savez(OUT / "two_inputs.npz", xa=xa, xb=xb, y_value=y_value, y_kind=y_kind)
 
 
+def images() -> None:
+    """images/<cat|dog>/*.png (16x16 rgb, 4 per class; dark cats, bright dogs) and images.keras, a tiny CNN
+    for them: `wtool train images.keras --data images/` (issue 15's folder data). Seeded on its own."""
+    import shutil
+
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    shutil.rmtree(OUT / "images", ignore_errors=True)
+    for name, base in (("cat", 60), ("dog", 190)):
+        (OUT / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(rng.normal(base, 40, size=(16, 16, 3)), 0, 255).astype("uint8")
+            (OUT / "images" / name / f"{name}{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    model = keras.Sequential([keras.Input((16, 16, 3), name="image"), keras.layers.Rescaling(1 / 255, name="scale"),
+                              keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                              keras.layers.GlobalAveragePooling2D(name="pool"),
+                              keras.layers.Dense(2, activation="softmax", name="out")], name="images")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_all(model, "images", ("keras",))
+
+
+def animals() -> None:
+    """animals.csv (an id, 4 features, a string label cat/dog/emu) and animals.keras, 3 classes. Seeded on its own."""
+    keras.utils.set_random_seed(8)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 4)).astype("float32")
+    names = np.array(["cat", "dog", "emu"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)]
+    lines = ["id,a,b,c,d,animal"] + [",".join([str(i), *(f"{v:.4f}" for v in x[i]), names[i]]) for i in range(len(x))]
+    (OUT / "animals.csv").write_text("\n".join(lines) + "\n")
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(8, activation="relu", name="hidden"),
+                              keras.layers.Dense(3, activation="softmax", name="out")], name="animals")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_all(model, "animals", ("keras",))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -171,6 +208,8 @@ def main() -> None:
     nested(rng)
     lstm(rng)
     two_inputs()
+    images()
+    animals()
     print(f"sample models written to {OUT}")
 
 
