@@ -84,6 +84,7 @@ class RunCheckpoints:
         import tensorflow as tf
 
         self.model = model
+        self.optimizer = optimizer
         self.dist = dist
         self.directory = directory
         self.out_path = out_path
@@ -93,12 +94,16 @@ class RunCheckpoints:
         metric_vars = [v for m in train_metrics for v in m.variables]
         self.best_vars = ([tf.Variable(w, trainable=False, name="best") for w in model.weights]
                           if early_stopping else [])
+        # The best epoch's optimizer state too: OUT gets weights and moments of the same epoch.
+        self.best_optimizer = ([tf.Variable(v, trainable=False, name="best_optimizer") for v in optimizer.variables]
+                               if early_stopping else [])
         self.meta_var = (distribute.host_string() if dist.workers > 1  # no string broadcasts between workers
                          else tf.Variable("", dtype=tf.string, trainable=False))
         items: dict[str, Any] = {"model": model, "optimizer": optimizer, "weights": list(model.weights),
                                  "rng": rng_vars, "metrics": metric_vars, "meta": self.meta_var}
         if self.best_vars:
             items["best"] = self.best_vars
+            items["best_optimizer"] = self.best_optimizer
         self.ckpt = tf.train.Checkpoint(**items)
         self.manager: Any = None
 
@@ -112,9 +117,9 @@ class RunCheckpoints:
             self.manager = tf.train.CheckpointManager(self.ckpt, str(directory), max_to_keep=max(1, self.keep))
         return self.manager
 
-    def save(self, meta_doc: dict[str, Any]) -> str:
+    def save(self, meta_doc: dict[str, Any], number: int) -> str:
         self.meta_var.assign(json.dumps(meta_doc))
-        saved_to = str(self._get_manager().save())
+        saved_to = str(self._get_manager().save(checkpoint_number=number))
         return saved_to if self.dist.is_chief else str(self.directory / Path(saved_to).name)  # the chief's is kept
 
     def kept(self) -> str | None:
@@ -125,10 +130,23 @@ class RunCheckpoints:
     def keep_best(self) -> None:
         for b, w in zip(self.best_vars, self.model.weights, strict=True):
             b.assign(w)
+        for b, v in zip(self.best_optimizer, self.optimizer.variables, strict=True):
+            b.assign(v)
 
     def restore_best(self) -> None:
         for w, b in zip(self.model.weights, self.best_vars, strict=False):
             w.assign(b)
+        for v, b in zip(self.optimizer.variables, self.best_optimizer, strict=True):
+            v.assign(b)
+
+
+def check_epochs_left(latest: str, meta: dict[str, Any], epochs: int) -> None:
+    """--epochs counts all epochs, those done included: a resume must leave some to run."""
+    done, step = int(meta["epoch"]), int(meta["step"])
+    if epochs < done or (epochs == done and step == 0):
+        raise UsageError(f"--resume: {latest} is at the end of epoch {done}; --epochs {epochs} leaves nothing to run",
+                         f"--epochs is the total count, the epochs done included: pass --epochs {done + 1} or more "
+                         f"(the interrupted run had --epochs {meta.get('epochs', '?')})")
 
 
 def resume(ckpts: RunCheckpoints, latest: str, meta: dict[str, Any], opts: TrainOptions, rows: int,

@@ -30,6 +30,7 @@ from wtool.train.batches import CHUNK_BYTES, MAX_STEPS_PER_CALL, Batches, prefet
 from wtool.train.checkpoints import (
     RunCheckpoints,
     SignalGuard,
+    check_epochs_left,
     default_checkpoint_dir,
     fmt_resume,
     latest_checkpoint,
@@ -48,7 +49,13 @@ from wtool.train.data import (
 from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree
 from wtool.train.history import RunState, steady_rate, write_history
 from wtool.train.objectives import monitor_mode, resolve_loss, resolve_metrics, y_dtype
-from wtool.train.optim import build_optimizer, current_lr, describe_optimizer, saved_optimizer
+from wtool.train.optim import (
+    build_optimizer,
+    check_learning_rate,
+    current_lr,
+    describe_optimizer,
+    saved_optimizer,
+)
 from wtool.train.options import (
     Reporter,
     RunPlan,
@@ -111,9 +118,11 @@ def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
 def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution, data: LabelledData,
                     val: LabelledData | None, out_path: Path, ckpt_dir: Path, t_start: float) -> TrainResult:
     latest, meta = read_checkpoint_meta(ckpt_dir) if opts.resume else (None, {})
+    if latest is not None:
+        check_epochs_left(latest, meta, opts.epochs)
     seed = _agree_on_seed(opts, dist, meta, data, val)
     m = _prepare_model(opts, data, val)
-    feed = _prepare_feed(opts, dist, m, data, val, seed, meta)
+    feed = _prepare_feed(opts, dist, m, data, val, seed)
     ckpts = RunCheckpoints(m.model, m.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
                            out_path, opts.keep_checkpoints)
     state = RunState()
@@ -128,7 +137,8 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     run.run_epochs()
     restored_best = run.restore_best()
     _check_frozen_unchanged(m.frozen, snapshot)
-    _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history, data.class_names)
+    _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history, data.class_names,
+                   automatic_dir=bool(meta.get("automatic_dir")))
     return TrainResult(run.summary(restored_best, out_path, t_start), state.history)
 
 
@@ -197,6 +207,7 @@ def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | N
     elif state is not None and state.iterations > 0 and opts.reset_optimizer:
         notes.append(f"--reset-optimizer: the saved optimizer state ({state.iterations} steps) is not used")
 
+    check_learning_rate(optimizer, opts.epochs * steps_per_epoch, restored_steps)
     model.compile(optimizer=optimizer, loss=loss_ident, metrics=metric_idents or None)
     return _Model(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
                   restored_steps, notes)
@@ -216,7 +227,7 @@ class _Feed:
 
 
 def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, data: LabelledData,
-                  val: LabelledData | None, seed: int, meta: dict[str, Any]) -> _Feed:
+                  val: LabelledData | None, seed: int) -> _Feed:
     n = len(data)
     batch = min(opts.batch_size, n)
     steps_per_epoch = -(-n // batch)
@@ -232,8 +243,7 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
     y_type = y_dtype(data.y, m.loss_name)
     batches: Any = Batches(data, batch, k, x_dtype, y_type, opts.shuffle, seed)
     val_batches: Any = Batches(val, min(batch, len(val)), k, x_dtype, y_type, False, seed) if val is not None else None
-    planned = (opts.epochs - (int(meta["epoch"]) if meta else 0)) * steps_per_epoch
-    jit = opts.jit == "on" or (opts.jit == "auto" and steps.auto_jit(m.nodes, planned))
+    jit = opts.jit == "on" or (opts.jit == "auto" and steps.auto_jit(m.nodes, steps_per_epoch))
     fns: Any
     if dist.distributed:  # the same global batches, each replica taking its slice of every one
         batches = distribute.ShardedBatches(batches, dist)
@@ -346,7 +356,7 @@ class _Run:
         if state.partial[1]:
             self.reporter.progress(epoch, steps_done, state.partial[0] / state.partial[1])
         if self._stop_requested():
-            path = self._save(epoch, steps_done)
+            path = self._save(epoch, steps_done, number=epoch + 1)
             raise Interrupted(
                 f"interrupted ({self.guard.name()}) at epoch {epoch + 1}, step {steps_done}; "
                 f"checkpoint saved to {path}; {self.opts.out or self.opts.model} was not written",
@@ -359,8 +369,12 @@ class _Run:
             write_history(opts.history, self.state.history)
         last = self.ckpts.kept()
         lr_now = current_lr(self.m.optimizer)
-        kept = (f"; the last good checkpoint is kept: {last}" if last else
-                "; no checkpoint was saved (pass --checkpoint-dir DIR to keep one every epoch)")
+        if last:
+            kept = f"; the last good checkpoint is kept: {last}"
+        elif opts.checkpoint_dir:
+            kept = f"; no checkpoint was saved in {opts.checkpoint_dir} yet (it diverged before the first one)"
+        else:
+            kept = "; no checkpoint was saved (pass --checkpoint-dir DIR to keep one every epoch)"
         again = (f"; to go on from the checkpoint, add --checkpoint-dir {self.ckpts.directory} --resume with a lower "
                  "--lr" if last else "")
         raise DivergedError(
@@ -398,9 +412,9 @@ class _Run:
             state.stopped_early = True
         every = opts.checkpoint_every or (1 if opts.checkpoint_dir else None)
         if every and ((epoch + 1) % every == 0 or state.stopped_early or epoch + 1 == opts.epochs):
-            self._save(epoch + 1, 0)
+            self._save(epoch + 1, 0, number=epoch + 1)
         if self._stop_requested() and epoch + 1 < opts.epochs and not state.stopped_early:
-            path = self._save(epoch + 1, 0)
+            path = self._save(epoch + 1, 0, number=epoch + 1)
             raise Interrupted(
                 f"interrupted ({self.guard.name()}) after epoch {epoch + 1}; checkpoint saved "
                 f"to {path}; {opts.out or opts.model} was not written",
@@ -420,12 +434,13 @@ class _Run:
             es["wait"] = int(es["wait"]) + 1
         return better
 
-    def _save(self, epoch: int, step: int) -> str:
+    def _save(self, epoch: int, step: int, number: int) -> str:
+        """Checkpoint `ckpt-<number>`: the epoch it belongs to (a mid-epoch one is replaced when that epoch ends)."""
         opts, state = self.opts, self.state
         return self.ckpts.save({"seed": self.seed, "rows": self.rows, "batch_size": self.feed.batch, "epoch": epoch,
                                 "step": step, "partial": state.partial, "history": state.history, "es": state.es,
                                 "early_stopping": opts.early_stopping is not None, "model": str(opts.model),
-                                "epochs": opts.epochs})
+                                "epochs": opts.epochs, "automatic_dir": not opts.checkpoint_dir}, number)
 
     def _stop_requested(self) -> bool:
         """A signal arrived (multi-worker: on any worker, so that all stop after the same step)."""
@@ -471,7 +486,8 @@ class _Run:
             "frozen": {"weights": len(m.frozen), "unchanged": True},
             "notes": m.notes,
             "history_file": opts.history,
-            "checkpoint": self.ckpts.kept() if self.ckpts.manager is not None else None,
+            "checkpoint": (self.ckpts.kept() if self.ckpts.manager is not None and self.ckpts.directory.is_dir()
+                           else None),
             "strategy": dist.summary(),
         }
 
@@ -485,13 +501,15 @@ def _check_frozen_unchanged(frozen: list[tuple[str, Any]], snapshot: dict[str, n
 
 
 def _write_outputs(opts: TrainOptions, dist: distribute.Distribution, model: Any, out_path: Path, ckpt_dir: Path,
-                   history: list[dict[str, Any]], class_names: list[str] | None = None) -> None:
+                   history: list[dict[str, Any]], class_names: list[str] | None = None,
+                   automatic_dir: bool = False) -> None:
+    """OUT and --history; after a resumed run, the automatic OUT.ckpt/ goes (named on resume or not)."""
     from wtool.graph.model import save_model
 
     if dist.is_chief:  # OUT, the history and the checkpoint clean-up are the chief's alone
         save_model(model, out_path, class_names=class_names)
         write_history(opts.history, history)
-        if opts.resume and not opts.checkpoint_dir and ckpt_dir.is_dir():
+        if opts.resume and (not opts.checkpoint_dir or automatic_dir) and ckpt_dir.is_dir():
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     else:  # saving may create replicated state (collectively): every worker saves, the others to scratch
         save_model(model, Path(dist.scratch_dir(out_path)) / out_path.name)

@@ -136,7 +136,7 @@ def build_optimizer(opts: TrainOptions, base: Any | None, total_steps: int, step
 def describe_optimizer(opt: Any) -> str:
     lr = opt._learning_rate
     if hasattr(lr, "get_config"):
-        lr_text = f"{type(lr).__name__}({_num(lr.get_config().get('initial_learning_rate', ''))})"
+        lr_text = _describe_schedule(lr)
     else:
         lr_text = _num(float(np.asarray(lr)))
     extra = ""
@@ -148,6 +148,35 @@ def describe_optimizer(opt: Any) -> str:
     if cfg.get("global_clipnorm"):
         extra += f", clip norm {_num(cfg['global_clipnorm'])}"
     return f"{type(opt).__name__.lower()} (lr {lr_text}{extra})"
+
+
+def _describe_schedule(schedule: Any) -> str:
+    """`CosineDecay(0.01) over 90 steps, warm-up 10`: the rate it starts from (after a warm-up), its period."""
+    cfg = schedule.get_config()
+    start = cfg.get("warmup_target") or cfg.get("initial_learning_rate")
+    if start is None and cfg.get("values"):
+        start = cfg["values"][0]
+    text = f"{type(schedule).__name__}({_num(start) if start is not None else '?'})"
+    steps = cfg.get("decay_steps") or cfg.get("first_decay_steps")
+    if steps:
+        text += f" over {_num(steps)} steps"
+    if cfg.get("warmup_steps"):
+        text += f", warm-up {_num(cfg['warmup_steps'])}"
+    return text
+
+
+def check_learning_rate(optimizer: Any, planned_steps: int, done_steps: int) -> None:
+    """Refuse a run whose learning rate is 0 throughout (a finished schedule continued): it would change nothing."""
+    rate = optimizer._learning_rate
+    points = [done_steps + planned_steps * i // 4 for i in range(5)]
+    values = [float(np.asarray(rate(step))) for step in points] if callable(rate) else [float(np.asarray(rate))]
+    if any(v > 0 for v in values):
+        return
+    where = (f"its {type(rate).__name__} schedule has ended (the saved optimizer is at step {done_steps})"
+             if callable(rate) and done_steps else "it is 0")
+    raise UsageError(f"the learning rate is 0 for the whole run: {where}; training would leave the weights unchanged",
+                     "pass --lr RATE for a new constant rate, or --reset-optimizer --lr-schedule cosine --lr RATE "
+                     "to start a new schedule")
 
 
 def _num(x: Any) -> str:

@@ -8,17 +8,18 @@ from typing import Any
 
 from wtool.train.freezing import LayerNode
 
-# --jit auto compiles with XLA only for runs of at least this many steps (see auto_jit).
-AUTO_JIT_MIN_STEPS = 5000
+# --jit auto compiles with XLA only for epochs of at least this many steps (see auto_jit).
+AUTO_JIT_MIN_STEPS_PER_EPOCH = 1000
 
 
-def auto_jit(nodes: dict[str, LayerNode], planned_steps: int) -> bool:
-    """XLA where it helps: no convolutions (XLA slows them on CPU) or recurrent layers, and a run long enough
-    to repay compiling each chunk shape (seconds, and some hundreds of MB at peak)."""
+def auto_jit(nodes: dict[str, LayerNode], steps_per_epoch: int) -> bool:
+    """XLA where it helps: no convolutions (XLA slows them on CPU) or recurrent layers, and epochs long enough
+    to repay compiling each chunk shape (seconds, and some hundreds of MB at peak). Never by --epochs: XLA
+    changes the float results, and a run must not change with its length (or with a resume)."""
     slow = ("Conv", "Pool", "LSTM", "GRU", "RNN", "Bidirectional", "TimeDistributed")
     if any(word in type(n.layer).__name__ for n in nodes.values() for word in slow):
         return False
-    return planned_steps >= AUTO_JIT_MIN_STEPS
+    return steps_per_epoch >= AUTO_JIT_MIN_STEPS_PER_EPOCH
 
 
 @dataclass

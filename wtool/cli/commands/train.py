@@ -51,7 +51,8 @@ class LineReporter:
         self.out.info(f"training {fmt_plural(plan.samples, 'sample')} ({fmt_plural(plan.steps_per_epoch, 'step')} of "
                       f"{plan.batch_size}{f', validating on {fmt_int(plan.val_samples)}' if plan.val_samples else ''})"
                       f" for {fmt_plural(plan.epochs, 'epoch')}: {plan.optimizer}, loss {plan.loss}; "
-                      f"{plan.trainable_weights} trainable and {plan.frozen_weights} frozen weights; seed {plan.seed}")
+                      f"{plan.trainable_weights} trainable and {plan.frozen_weights} frozen weights; seed {plan.seed}"
+                      + ("; compiled with XLA (--jit off to run without)" if plan.jit else ""))
 
     def epoch_begin(self, epoch: int) -> None:
         pass
@@ -213,15 +214,17 @@ def _render(summary: dict[str, Any]) -> Any:
               "input shape).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
               help="A folder of images: channels to decode (default: from the model's input shape).")
-@click.option("--val-data", type=InputPath, help="Validation data, in the same form as --data.")
-@click.option("--val-split", type=float, help="Validate on the last FRACTION of the rows (before shuffling).")
+@click.option("--val-data", "--validation-data", "val_data", type=InputPath,
+              help="Validation data, in the same form as --data.")
+@click.option("--val-split", "--validation-split", "val_split", type=float,
+              help="Validate on the last FRACTION of the rows (before shuffling).")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Epochs to train (the total, when resuming).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows every epoch.")
 @click.option("--seed", type=int, help="Seed everything: the same command twice gives bitwise-identical weights.")
 @click.option("--optimizer", help="sgd, adam, adamw, rmsprop, adagrad, nadam, ... (default: the model's saved "
               "optimizer, else adam).")
-@click.option("--lr", type=float, help="Learning rate (initial rate for a schedule).")
+@click.option("--lr", "--learning-rate", "lr", type=float, help="Learning rate (initial rate for a schedule).")
 @click.option("--momentum", type=float, help="Momentum (sgd, rmsprop).")
 @click.option("--weight-decay", type=float, help="Decoupled weight decay.")
 @click.option("--clip-norm", type=float, help="Clip gradients to this global norm.")
