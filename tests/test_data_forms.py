@@ -88,6 +88,11 @@ def test_string_labels_round_trip(animals):
         rows = [line.split(",") for line in (d / "labels.csv").read_text().splitlines()]
         assert rows[0] == ["class", "label"]
         assert [r[1] for r in rows[1:]] == list(expected)
+    # an .npy output holds the one array asked for: the class indices
+    res = run_cli("infer", d / "t3.keras", d / "animals.csv", "--target", "animal", "--drop", "id", "--argmax",
+                  "-o", d / "classes.npy")
+    assert res.exit_code == 0, res
+    np.testing.assert_array_equal(np.load(d / "classes.npy"), trained.predict(x, verbose=0).argmax(axis=1))
     # eval decodes the same way: its numbers equal Keras's evaluate on the encoded labels
     res = run_cli("eval", d / "t3.keras", "--data", d / "animals.csv", "--target", "animal", "--drop", "id", "--json")
     assert res.exit_code == 0, res

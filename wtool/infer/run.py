@@ -84,8 +84,9 @@ def _labels(opts: InferOptions) -> tuple[str, ...] | None:
     used by --argmax/--top-k, and by a bare --labels."""
     if opts.labels_path:
         return load_labels(opts.labels_path)
-    if opts.labels_path is None and not (opts.argmax or opts.top_k):
-        return None
+    if opts.labels_path is None and (not (opts.argmax or opts.top_k)
+                                     or str(opts.out_path or "").lower().endswith(".npy")):
+        return None  # an .npy holds the one array asked for: the class indices
     from wtool.store import open_model
 
     names = None
