@@ -233,6 +233,35 @@ def test_every_translated_class_is_on_the_allowlist():
                 assert obj["class_name"] in SAFE_LAYERS or obj["class_name"] == "Lambda"
 
 
+def _rnn_config(cell_class: str, registered: str | None = None) -> dict:
+    """A Keras 3 Functional config with RNN(CELL): the generic RNN wrapper, as Keras writes it."""
+    cell = {"module": "keras.layers" if registered is None else "my_cells", "class_name": cell_class,
+            "config": {"name": "cell", "units": 4}, "registered_name": registered}
+    rnn = {"module": "keras.layers", "class_name": "RNN", "name": "rnn",
+           "config": {"name": "rnn", "cell": cell, "return_sequences": False},
+           "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__",
+                                        "config": {"shape": [None, 5, 3], "dtype": "float32",
+                                                   "keras_history": ["x", 0, 0]}}], "kwargs": {}}]}
+    x = {"module": "keras.layers", "class_name": "InputLayer", "name": "x",
+         "config": {"batch_shape": [None, 5, 3], "dtype": "float32", "name": "x"}, "inbound_nodes": []}
+    return {"module": "keras", "class_name": "Functional", "config": {
+        "name": "m", "layers": [x, rnn], "input_layers": [["x", 0, 0]], "output_layers": [["rnn", 0, 0]]}}
+
+
+@pytest.mark.parametrize("cell", ["GRUCell", "LSTMCell", "SimpleRNNCell"])
+def test_generic_rnn_with_a_keras_cell_is_keras_own(cell):
+    """keras.layers.RNN(keras.layers.GRUCell(...)) is Keras's own layer: no refusal (it was `RNN` custom)."""
+    t = translate(_rnn_config(cell), "3.15.1")
+    assert not t.problems
+    assert by_name(t.config, "rnn")["config"]["cell"]["class_name"] == cell
+
+
+def test_generic_rnn_with_a_custom_cell_names_the_cell():
+    t = translate(_rnn_config("MinimalRNNCell", registered="my_cells>MinimalRNNCell"), "3.15.1")
+    assert [p.kind for p in t.problems] == ["code"]
+    assert "MinimalRNNCell" in str(t.problems[0])
+
+
 def test_translation_does_not_modify_its_input():
     config, version, _ = saved_config("keras1_list")
     before = json.dumps(config, sort_keys=True)

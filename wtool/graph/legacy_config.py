@@ -37,6 +37,7 @@ SAFE_LAYERS = frozenset(
     InputLayer IntegerLookup LSTM LayerNormalization LeakyReLU Masking MaxPooling1D MaxPooling2D
     MaxPooling3D Maximum Minimum MultiHeadAttention Multiply Normalization PReLU Permute ReLU
     RepeatVector Rescaling Reshape Resizing SeparableConv1D SeparableConv2D SimpleRNN Softmax
+    RNN SimpleRNNCell GRUCell LSTMCell StackedRNNCells
     SpatialDropout1D SpatialDropout2D SpatialDropout3D StringLookup Subtract TextVectorization TimeDistributed
     UnitNormalization UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D
     """.split()
@@ -678,6 +679,8 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
                 if "module" not in inner:
                     ctx.change(f"`{lname}`: inner layer config given its module")
                 config[key] = _layer(inner, ctx)
+    if cls in ("RNN", "StackedRNNCells"):
+        _translate_cells(config, ctx)
     if cls in CONV_CLASSES and config.get("data_format") == "channels_first":
         ctx.weight_conversions.setdefault(lname, {})["channels_first"] = True
     if cls in CONV_CLASSES | RNN_CLASSES and ctx.backend == "theano" and not cls.startswith("Depthwise"):
@@ -705,6 +708,17 @@ def _operation_module(entry: dict[str, Any], ctx: _Context) -> str | None:
     if cls in SAFE_LAYERS and "trainable" in config:
         return None
     return OP_MODULES[cls]
+
+
+def _translate_cells(config: dict[str, Any], ctx: _Context) -> None:
+    """An RNN's cell (or list of cells) and StackedRNNCells' cells are layers too: checked and
+    translated like any other, so a custom cell is refused by name."""
+    for key in ("cell", "cells"):
+        inner = config.get(key)
+        if isinstance(inner, dict):
+            config[key] = _layer(inner, ctx)
+        elif isinstance(inner, list):
+            config[key] = [_layer(c, ctx) if isinstance(c, dict) else c for c in inner]
 
 
 def _strip_input_args(config: dict[str, Any]) -> dict[str, Any]:
