@@ -54,7 +54,10 @@ CHECKS = ("inspect-keras", "inspect-h5", "infer-keras", "infer-h5", "diff-transf
 CASE_2 = "issue 13 case 2 (Keras operation nodes refused), fixed on h13a"
 LAYER_SCALE = ("ConvNeXt's LayerScale (keras.src.applications.convnext) is refused as a custom class and its "
                "unnamed variable is `vars/0` in .keras but `variable_N` in .h5: open, see issue 13")
+SCALE_LAYER = ("InceptionResNetV2's CustomScaleLayer (keras.src.applications.inception_resnet_v2) is refused "
+               "as a custom class: open, see issue 13")
 KNOWN: dict[tuple[str, str], str] = {
+    **{("InceptionResNetV2", check): SCALE_LAYER for check in CHECKS if check != "diff-transfer"},
     **{(name, check): CASE_2 for name in ("ops", "masking") for check in CHECKS if check != "diff-transfer"},
     **{(name, check): LAYER_SCALE for name in APPLICATIONS if name.startswith("ConvNeXt") for check in CHECKS},
 }
