@@ -227,6 +227,10 @@ def _outputs(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return {"output": np.asarray(result)}
 
 
+def _size(variables: list[Any]) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in variables))
+
+
 def save_with_keras(name: str, root: Path) -> Saved:
     """Build NAME, save it as .keras and .h5, record Keras's answers, and a zeroed copy for transfer."""
     from wtool.graph.model import import_keras
@@ -238,9 +242,8 @@ def save_with_keras(name: str, root: Path) -> Saved:
     d.mkdir()
     model.save(d / "model.keras")
     model.save(d / "model.h5")
-    size = lambda vs: int(sum(int(np.prod(v.shape)) for v in vs))  # noqa: E731
-    counts = {"total_params": int(model.count_params()), "trainable_params": size(model.trainable_weights),
-              "non_trainable_params": size(model.non_trainable_weights)}
+    counts = {"total_params": int(model.count_params()), "trainable_params": _size(model.trainable_weights),
+              "non_trainable_params": _size(model.non_trainable_weights)}
     digests = []
     for var in model.weights:
         value = np.asarray(var.numpy())
