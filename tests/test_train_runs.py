@@ -156,3 +156,34 @@ def test_divergence_with_a_checkpoint_dir_does_not_ask_for_one(wtool, lin, tmp_p
     assert "diverged at epoch 1" in res.stderr
     assert f"no checkpoint was saved in {tmp_path / 'ck'} yet" in res.stderr
     assert "pass --checkpoint-dir" not in res.stderr
+
+
+def test_terminal_progress_keeps_every_epoch_line_and_ends_before_an_interrupt(wtool, lin, tmp_path, monkeypatch):
+    """On a terminal (rich's TTY_COMPATIBLE=1): run and epoch bars with an ETA, every epoch's line printed, and
+    the interrupt message on a line of its own after the bars are gone."""
+    import wtool.train.loop as loop
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "160")
+    ok = _train(wtool, lin, "--data", lin / "lin.npz", "-o", tmp_path / "p.keras", "--batch-size", "16",
+                "--epochs", "30")
+    assert ok.exit_code == 0, ok
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", ok.stderr)
+    for epoch in range(1, 31):
+        assert f"epoch {epoch}/30  loss" in plain, plain[-3000:]
+
+    real = loop._Run._end_epoch
+
+    def end_then_interrupt(self, epoch, record):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, epoch, record)
+
+    monkeypatch.setattr(loop._Run, "_end_epoch", end_then_interrupt)
+    res = _train(wtool, lin, "--data", lin / "lin.npz", "-o", tmp_path / "q.keras", "--batch-size", "16",
+                 "--epochs", "5")
+    assert res.exit_code == 130, res
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", res.stderr)
+    assert "epoch 2/5  loss" in plain
+    assert "run 1/5 epochs" in plain and "eta" in plain
+    assert re.search(r"(^|[\r\n])error: interrupted", plain), plain[-2000:]  # \r: the bars' line is erased first

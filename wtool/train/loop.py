@@ -306,13 +306,15 @@ class _Run:
             self.tb.set_model(self.m.model)
             self.tb.on_train_begin()
         self.reporter.begin(self.plan())
-        with self.guard:
-            for epoch in range(self.state.start_epoch, opts.epochs):
-                record, seconds = self._train_epoch(epoch)
-                self._validate(record, seconds)
-                if self._end_epoch(epoch, record):
-                    break
-        self.reporter.end()
+        try:
+            with self.guard:
+                for epoch in range(self.state.start_epoch, opts.epochs):
+                    record, seconds = self._train_epoch(epoch)
+                    self._validate(record, seconds)
+                    if self._end_epoch(epoch, record):
+                        break
+        finally:  # also on an interrupt or divergence: the progress display ends before the message
+            self.reporter.end()
         if self.tb is not None:
             self.tb.on_train_end()
 

@@ -15,6 +15,8 @@ from wtool.errors import UsageError
 
 # Non-terminal progress: one line per epoch, but no more than one per this many seconds (plus the last).
 LINE_INTERVAL_S = 1.0
+# Terminal progress: bars redrawn (and finished epochs' lines printed) at most this many times a second.
+REFRESH_PER_S = 4
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -81,43 +83,70 @@ class LineReporter:
 
 
 class RichReporter(LineReporter):
-    """A rich progress bar on a terminal: steps of the running epoch, loss and rate; one line per finished epoch."""
+    """On a terminal: a bar for the running epoch and one for the whole run, each with an ETA (rich Progress,
+    redrawn a few times a second), above them every finished epoch's line, kept in the scrollback."""
 
     def __init__(self, out: Output) -> None:
         super().__init__(out)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress_bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                     console=out.stderr, transient=True)
-        self.task: Any = None
+        self.progress_bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[stats]}"), TextColumn("eta"), TimeRemainingColumn(),
+                                     console=out.stderr, transient=True, refresh_per_second=REFRESH_PER_S,
+                                     redirect_stdout=False, redirect_stderr=False)
+        self.run_task: Any = None
+        self.epoch_task: Any = None
         self.t0 = 0.0
+        self.shown = 0.0  # when the bars were last updated
+        self.steps_before = 0  # this run's steps in finished epochs
+        self.lines: list[str] = []  # finished epochs' lines not printed yet
 
     def begin(self, plan: Any) -> None:
         super().begin(plan)
         self.progress_bar.start()
-        self.task = self.progress_bar.add_task("train", total=plan.steps_per_epoch, epoch="", stats="")
+        steps = (plan.epochs - plan.start_epoch) * plan.steps_per_epoch
+        self.run_task = self.progress_bar.add_task("run", total=steps, stats="")
+        self.epoch_task = self.progress_bar.add_task("epoch", total=plan.steps_per_epoch, stats="")
 
     def epoch_begin(self, epoch: int) -> None:
         self.t0 = time.perf_counter()
-        self.progress_bar.update(self.task, completed=0, epoch=f"{epoch + 1}/{self.plan.epochs}", stats="")
+        self.progress_bar.reset(self.epoch_task, total=self.plan.steps_per_epoch,
+                                description=f"epoch {epoch + 1}/{self.plan.epochs}", stats="")
 
     def progress(self, epoch: int, steps_done: int, loss: float) -> None:
-        seconds = max(1e-9, time.perf_counter() - self.t0)
-        rate = min(steps_done * self.plan.batch_size, self.plan.samples) / seconds
-        self.progress_bar.update(self.task, completed=steps_done,
+        now = time.perf_counter()
+        if now - self.shown < 1 / REFRESH_PER_S:
+            return
+        self.shown = now
+        rate = min(steps_done * self.plan.batch_size, self.plan.samples) / max(1e-9, now - self.t0)
+        self.progress_bar.update(self.epoch_task, completed=steps_done,
                                  stats=f"loss {fmt_float(loss)}  {fmt_int(int(rate))} samples/s")
+        self._run_done(epoch, steps_done)
+
+    def _run_done(self, epoch: int, steps_done: int) -> None:
+        first = self.plan.start_epoch
+        done = (epoch - first) * self.plan.steps_per_epoch + steps_done
+        self.progress_bar.update(self.run_task, completed=done, description=f"run {epoch + 1 - first}/"
+                                 f"{self.plan.epochs - first} epochs")
 
     def epoch_end(self, record: dict[str, Any]) -> None:
+        rate = self.plan.samples / record["seconds"] if record.get("seconds") else 0
+        self.lines.append(one_line(f"epoch {record['epoch']}/{self.plan.epochs}  {_metrics_text(record)}  "
+                                   f"{record['seconds']:.2f}s  {fmt_int(int(rate))} samples/s"))
         now = time.monotonic()
-        if now - self.last >= 0.2 or record["epoch"] == self.plan.epochs:
-            rate = self.plan.samples / record["seconds"] if record.get("seconds") else 0
-            self.progress_bar.console.print(one_line(
-                f"epoch {record['epoch']}/{self.plan.epochs}  {_metrics_text(record)}  {record['seconds']:.2f}s  "
-                f"{fmt_int(int(rate))} samples/s"), highlight=False, markup=False)
+        if now - self.last >= 1 / REFRESH_PER_S or record["epoch"] == self.plan.epochs:
+            self._flush()
+            self._run_done(record["epoch"] - 1, self.plan.steps_per_epoch)
             self.last = now
 
+    def _flush(self) -> None:
+        """Print the pending epoch lines at once: one redraw of the bars for many lines."""
+        if self.lines:
+            self.progress_bar.console.print("\n".join(self.lines), highlight=False, markup=False)
+            self.lines = []
+
     def end(self) -> None:
+        self._flush()
         self.progress_bar.stop()
 
 
