@@ -54,8 +54,11 @@ class ModelIO:
 def model_io(model: Any) -> ModelIO:
     """The shapes of a live keras.Model's one input and one output, for the checks here."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise IncompatibleError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                                "train handles models with one input and one output")
+        n_in, n_out = len(model.inputs), len(model.outputs)
+        raise IncompatibleError(f"the model has {n_in} input{'s' * (n_in != 1)} and {n_out} output{'s' * (n_out != 1)}; "
+                                "train handles models with one input and one output for now",
+                                "`wtool eval` and `wtool infer` take several inputs and outputs (--x-key NAME=KEY, "
+                                "--input NAME=FILE)")
     inp = model.inputs[0]
     outp = model.outputs[0]
     return ModelIO(tuple(inp.shape[1:]), str(inp.dtype), tuple(outp.shape[1:]))

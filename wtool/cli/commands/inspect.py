@@ -124,7 +124,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
         if hashed is not None:
             _render_hash(writer, hashed, show_weights)
 
-    out.result_text(doc, human)
+    if exported and out.quiet and not out.json_mode:
+        pass  # -q with --export: the file is the result; nothing on stdout
+    else:
+        out.result_text(doc, human)
     if exported and not out.json_mode:
         out.info(f"exported {fmt_plural(exported['weights'], 'weight')} to {export} ({fmt_bytes(exported['bytes'])})")
     if check_result is not None and check_result.exit_code:

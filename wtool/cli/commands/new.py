@@ -99,6 +99,15 @@ def summarize(model: Any) -> dict[str, Any]:
             "layers": layers, "params": {"total": total, "trainable": trainable, "non_trainable": total - trainable}}
 
 
+def _quiet_line(doc: dict[str, Any]) -> Any:
+    """-q: the one line a script wants (what was written, and the seed to repeat it)."""
+
+    def render(writer: TextWriter) -> None:
+        writer.line(f"wrote {doc['output']}; seed {doc['seed']}")
+
+    return render
+
+
 def _human(doc: dict[str, Any]) -> Any:
     """The summary `wtool inspect OUT` prints, read back from the written file, then seed and compile settings."""
 
@@ -191,7 +200,8 @@ def _compile(keras: Any, model: Any, out_file: str, optimizer: str | None, lr: f
 @click.option("--config", "config_file", type=InputPath,
               help="A Keras model config (model.to_json(), a .keras config.json, or a .keras file).")
 @click.option("--name", "model_name", default="model", show_default=True, help="Model name.")
-@click.option("--seed", type=int, help="Seed the initializers: the same command twice writes identical weights.")
+@click.option("--seed", type=int,
+              help="Seed the initializers: the same command twice writes identical weights (default: drawn and shown).")
 @click.option("--optimizer", help="Compile with this optimizer (sgd, adam, ...; saved as train's default).")
 @click.option("--lr", type=float, help="Learning rate for --optimizer.")
 @click.option("--loss", help="Compile with this loss (mse, sparse_categorical_crossentropy, ...).")
@@ -222,8 +232,11 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
     from wtool.graph.model import import_keras, save_model
 
     keras = import_keras()
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    if seed is None:  # draw one and record it, so the run can be repeated with --seed
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+    keras.utils.set_random_seed(seed)
     if config is not None:
         if no_compile:
             config.pop("compile_config", None)
@@ -236,5 +249,5 @@ def command(out: Output, out_file: str, input_shape: str | None, input_dtype: st
         compiled = f"{type(model.optimizer).__name__.lower()}, loss {model.loss}"  # from --config's compile_config
     save_model(model, Path(out_file))
     doc = {"output": str(Path(out_file)), "seed": seed, "compiled": compiled, "model": summarize(model)}
-    out.result_text(doc, _human(doc))
+    out.result_text(doc, _quiet_line(doc) if out.quiet else _human(doc))
 

@@ -47,11 +47,14 @@ def print_wide(console: Console, table: Any) -> None:
     console.file.write(_TRAILING.sub(r"\1", captured.get()))
 
 
-def render_plan(console: Console, plan: Any) -> None:
-    """The assignment table: path, shape, source, old stats -> new stats; then a one-line summary."""
+def render_plan(console: Console, plan: Any, summary_only: bool = False) -> None:
+    """The assignment table: path, shape, source, old stats -> new stats; then a one-line summary (alone with -q)."""
     from rich.table import Table
 
     doc = plan.to_json()
+    if summary_only:
+        _print_summary(console, plan, doc)
+        return
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("weight", no_wrap=True)
     table.add_column("shape", no_wrap=True)
@@ -63,6 +66,10 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_row(cell(a.path), fmt_shape(a.shape), cell(a.source), cell(_stats(a.old, pm)),
                       cell(_stats(a.new, pm)))
     print_wide(console, table)
+    _print_summary(console, plan, doc)
+
+
+def _print_summary(console: Console, plan: Any, doc: dict[str, Any]) -> None:
     counts = doc["counts"]
     if plan.dry_run:
         where = "dry run: nothing written"
@@ -129,4 +136,4 @@ def command(out: Output, model: str, output: str | None, in_place: bool, npz: tu
     surgery.apply_set_weights(plan)
     for note in plan.to_json()["notes"]:
         out.info(f"note: {note}")
-    out.result(plan.to_json(), lambda console: render_plan(console, plan))
+    out.result(plan.to_json(), lambda console: render_plan(console, plan, summary_only=out.quiet))

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def render_plan(console: Console, plan: Any) -> None:
-    """Matched and mismatched pairs in one table, then what had no partner, then the counts.
+def render_plan(console: Console, plan: Any, summary_only: bool = False) -> None:
+    """Matched and mismatched pairs in one table, then what had no partner, then the counts (alone with -q).
 
     The words say whether anything moved: `transferred` / `skipped` only when OUT was
     written; `would transfer` / `would skip` for --dry-run; `matched` / `mismatch` when the
@@ -56,7 +56,7 @@ def render_plan(console: Console, plan: Any) -> None:
         table.add_row("[dim]unused from source[/]", cell(path), "", "-", "")
     for path in plan.ignored_from_source:
         table.add_row("[dim]ignored[/]", cell(path), "", "-", "PyTorch bookkeeping")
-    if table.row_count:
+    if table.row_count and not summary_only:
         print_wide(console, table)
     n_left = counts["skipped"] if plan.skip_mismatch else counts["mismatched"]
     left_word = {"skipped": "skipped", "would skip": "would skip", "mismatch": "mismatched"}[left]
@@ -180,4 +180,4 @@ def command(out: Output, source: str, target: str | None, output: str | None, by
     surgery.apply_transfer(plan)
     for note in plan.to_json()["notes"]:
         out.info(f"note: {note}")
-    out.result(plan.to_json(), lambda console: render_plan(console, plan))
+    out.result(plan.to_json(), lambda console: render_plan(console, plan, summary_only=out.quiet))
