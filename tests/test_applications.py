@@ -7,9 +7,9 @@ trainable / non-trainable split, `inspect --export` holds every `model.weights` 
 under its path, `inspect --check` is ok, `infer` equals `model(x, training=False)` within 1e-5;
 `diff` finds the two files equal and `transfer` of the `.h5` into a zeroed copy gives back the
 weights. Each file is built and saved once and read by as few commands as possible; what Keras
-knows (counts, weight digests, outputs) is kept on disk, not in memory. The heavy tier (the
-largest and slowest to build: minutes on two cores, over the suite's time budget) is marked
-`slow` and runs only with WTOOL_TEST_HEAVY=1.
+knows (counts, weight digests, outputs) is kept on disk, not in memory. The light tier (one model
+per family, ~20 s each) runs always; the heavy tier (the rest: ~30 s to minutes each, over the
+suite's time budget) is marked `slow` and runs only with WTOOL_TEST_HEAVY=1.
 """
 
 from __future__ import annotations
@@ -34,18 +34,15 @@ pytestmark = [pytest.mark.tf]
 LIGHT, HEAVY = "light", "heavy"
 APPLICATIONS: dict[str, str] = {
     "ConvNeXtTiny": LIGHT, "ConvNeXtSmall": HEAVY, "ConvNeXtBase": HEAVY, "ConvNeXtLarge": HEAVY,
-    "ConvNeXtXLarge": HEAVY,
-    "DenseNet121": LIGHT, "DenseNet169": LIGHT, "DenseNet201": LIGHT,
-    "EfficientNetB0": LIGHT, "EfficientNetB1": LIGHT, "EfficientNetB2": LIGHT, "EfficientNetB3": LIGHT,
-    "EfficientNetB4": LIGHT, "EfficientNetB5": HEAVY, "EfficientNetB6": HEAVY, "EfficientNetB7": HEAVY,
-    "EfficientNetV2B0": LIGHT, "EfficientNetV2B1": LIGHT, "EfficientNetV2B2": LIGHT, "EfficientNetV2B3": LIGHT,
-    "EfficientNetV2S": HEAVY, "EfficientNetV2M": HEAVY, "EfficientNetV2L": HEAVY,
-    "InceptionV3": LIGHT, "InceptionResNetV2": HEAVY, "Xception": LIGHT,
-    "MobileNet": LIGHT, "MobileNetV2": LIGHT, "MobileNetV3Small": LIGHT, "MobileNetV3Large": LIGHT,
-    "NASNetMobile": LIGHT, "NASNetLarge": HEAVY,
-    "ResNet50": LIGHT, "ResNet101": HEAVY, "ResNet152": HEAVY,
-    "ResNet50V2": LIGHT, "ResNet101V2": HEAVY, "ResNet152V2": HEAVY,
-    "VGG16": HEAVY, "VGG19": HEAVY,
+    "ConvNeXtXLarge": HEAVY, "DenseNet121": LIGHT, "DenseNet169": HEAVY, "DenseNet201": HEAVY,
+    "EfficientNetB0": LIGHT, "EfficientNetB1": HEAVY, "EfficientNetB2": HEAVY, "EfficientNetB3": HEAVY,
+    "EfficientNetB4": HEAVY, "EfficientNetB5": HEAVY, "EfficientNetB6": HEAVY, "EfficientNetB7": HEAVY,
+    "EfficientNetV2B0": LIGHT, "EfficientNetV2B1": HEAVY, "EfficientNetV2B2": HEAVY,
+    "EfficientNetV2B3": HEAVY, "EfficientNetV2S": HEAVY, "EfficientNetV2M": HEAVY, "EfficientNetV2L": HEAVY,
+    "InceptionV3": LIGHT, "InceptionResNetV2": HEAVY, "Xception": HEAVY, "MobileNet": LIGHT,
+    "MobileNetV2": LIGHT, "MobileNetV3Small": LIGHT, "MobileNetV3Large": HEAVY, "NASNetMobile": HEAVY,
+    "NASNetLarge": HEAVY, "ResNet50": LIGHT, "ResNet101": HEAVY, "ResNet152": HEAVY, "ResNet50V2": HEAVY,
+    "ResNet101V2": HEAVY, "ResNet152V2": HEAVY, "VGG16": HEAVY, "VGG19": HEAVY,
 }
 HEAVY_ENV = "WTOOL_TEST_HEAVY"
 INPUT_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
