@@ -32,3 +32,26 @@ def test_new_without_seed_records_the_seed_it_drew(tmp_path):
     assert res.exit_code == 0, res
     assert res.stdout.strip() == f"wrote {tmp_path / 'b.keras'}; seed {seed}"
     assert run_cli("diff", tmp_path / "a.keras", tmp_path / "b.keras").exit_code == 0
+
+
+def test_optimizer_notes_say_what_happened(tmp_path):
+    """No "moments belong to the old values" for an optimizer that never stepped; no "kept" when a format change drops it."""
+    import pytest
+
+    pytest.importorskip("tensorflow")
+    res = run_cli("new", tmp_path / "n.keras", "--input-shape", "3", "--layers", "dense:2", "--optimizer", "adam",
+                  "--loss", "mse", "--seed", "0", "-q")
+    assert res.exit_code == 0, res
+    res = run_cli("set-weights", tmp_path / "n.keras", "--init", "dense/bias=ones", "-o", tmp_path / "n2.keras")
+    assert res.exit_code == 0, res
+    assert "moments" not in res.stderr
+    res = run_cli("transfer", SAMPLES / "nested.keras", SAMPLES / "nested.keras", "-o", tmp_path / "t.h5", "--json")
+    assert res.exit_code == 0, res
+    notes = " | ".join(res.json()["notes"])
+    assert "not carried over" in notes and "TARGET kept" not in notes
+    res = run_cli("train", SAMPLES / "mlp.keras", "--data", SAMPLES / "mlp.npz", "-o", tmp_path / "x.keras",
+                  "--epochs", "1", "-q")  # adam: per-weight moments are saved
+    assert res.exit_code == 0, res
+    res = run_cli("set-weights", tmp_path / "x.keras", "--init", "*=zeros", "-o", tmp_path / "x2.keras")
+    assert res.exit_code == 0, res
+    assert "moments belong to the old values" in res.stderr

@@ -112,7 +112,8 @@ def test_changes_exactly_the_named_weights(tmp_path, fmt, source, other_mlp):
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
     assert doc["optimizer"] == "kept"
-    assert "saved moments belong to the old values" in res.stderr
+    # mlp's optimizer never stepped (iterations 0, no per-weight slots): nothing of it belongs to old values
+    assert "moments belong to the old values" not in res.stderr
     if fmt == "keras":
         with zipfile.ZipFile(out) as zf, zipfile.ZipFile(model) as zin:
             assert zf.testzip() is None  # CRC patched correctly

@@ -226,6 +226,14 @@ def parse_assignment(text: str, option: str) -> tuple[str, str]:
     return left.strip(), right.strip()
 
 
+def notes_after_write(notes: list[str], result: Any) -> list[str]:
+    """The plan's notes, less "optimizer state kept" when the write dropped it (a format change), then the write's."""
+    if result is None:
+        return list(notes)
+    kept = [n for n in notes if result.optimizer == "kept" or not n.startswith("optimizer state")]
+    return kept + list(result.notes)
+
+
 def shape_text(shape: Sequence[int] | None) -> str:
     if shape is None:
         return "?"

@@ -19,6 +19,7 @@ from wtool.ops.planning import (
     dtype_problem,
     glob_hits,
     model_chunks,
+    notes_after_write,
     open_checked,
     parse_assignment,
     problems_error,
@@ -89,7 +90,7 @@ class SetWeightsPlan:
             "optimizer": optimizer,
             "verified": bool(self.result and self.result.verified == len(self.assignments)),
             "method": self.result.method if self.result else None,
-            "notes": self.notes + (self.result.notes if self.result else []),
+            "notes": notes_after_write(self.notes, self.result),
         }
 
 
@@ -209,7 +210,7 @@ def plan_set_weights(
         plan.assignments.sort(key=lambda a: order.get(a.path, 0))
         for a in plan.assignments:
             a.old = Stats.of(model_chunks(model, a.path))
-    if plan.has_optimizer and not reset_optimizer and plan.assignments:
+    if plan.has_optimizer and getattr(model, "optimizer_moments", 1) > 0 and not reset_optimizer and plan.assignments:
         plan.notes.append("optimizer state kept: its saved moments belong to the old values "
                           "(use --reset-optimizer to drop it)")
     return plan

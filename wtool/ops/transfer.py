@@ -18,6 +18,7 @@ from wtool.ops.planning import (
     closest,
     dtype_problem,
     glob_hits,
+    notes_after_write,
     open_checked,
     parse_assignment,
     problems_error,
@@ -127,7 +128,7 @@ class TransferPlan:
             "optimizer": optimizer,
             "verified": bool(self.result and self.result.verified == len(self.transferred)),
             "method": self.result.method if self.result else None,
-            "notes": self.notes + (self.result.notes if self.result else []),
+            "notes": notes_after_write(self.notes, self.result),
         }
 
 
@@ -275,7 +276,7 @@ def plan_transfer(
                               f"(num_batches_tracked): Keras has no such weight")
         if freeze:
             plan.freeze = list(dict.fromkeys(p.target_layer for p in plan.transferred))
-        if plan.has_optimizer and not reset_optimizer and plan.transferred:
+        if plan.has_optimizer and getattr(dst, "optimizer_moments", 1) > 0 and not reset_optimizer and plan.transferred:
             plan.notes.append("optimizer state of TARGET kept: its saved moments belong to the old values "
                               "(use --reset-optimizer to drop it)")
     return plan

@@ -42,6 +42,7 @@ class ModelFile:
         self.keras_version: str | None = None
         self.backend: str | None = None
         self.optimizer_weights = 0
+        self.optimizer_moments = 0  # non-scalar optimizer arrays: per-weight slots, there once it has stepped
         self.warnings: list[str] = []
         self.preset: dict[str, Any] | None = None  # keras-hub preset: version, declared parameter count
         self.in_place = source.in_place
@@ -99,6 +100,7 @@ class ModelFile:
             if self.preset["task_weights"]:
                 self.warnings.append("task.weights.h5 (the task's own weights) is not read: the backbone's are shown")
         self.optimizer_weights = _count_datasets(self.h5.get("optimizer"))
+        self.optimizer_moments = _count_datasets(self.h5.get("optimizer"), slots_only=True)
 
     def _read_h5_metadata(self, where: str) -> None:
         h5 = self.h5
@@ -126,6 +128,7 @@ class ModelFile:
             self.backend = self.backend or read_text_attr(group, "backend", where)
         opt = "optimizer_weights" if self.layout == "legacy" else "optimizer"
         self.optimizer_weights = _count_datasets(h5.get(opt))
+        self.optimizer_moments = _count_datasets(h5.get(opt), slots_only=True)
 
     @property
     def has_optimizer(self) -> bool:
@@ -239,7 +242,8 @@ def _parse_json(text: str, where: str, name: str, strict: bool = True) -> dict[s
     return value if isinstance(value, dict) else None
 
 
-def _count_datasets(group: Any) -> int:
+def _count_datasets(group: Any, slots_only: bool = False) -> int:
+    """Datasets under `group`; with `slots_only`, those with a shape (not iteration counts or learning rates)."""
     if group is None or not hasattr(group, "visititems"):
         return 0
     import h5py
@@ -248,7 +252,7 @@ def _count_datasets(group: Any) -> int:
 
     def visit(_name: str, obj: Any) -> None:
         nonlocal count
-        if isinstance(obj, h5py.Dataset):
+        if isinstance(obj, h5py.Dataset) and not (slots_only and obj.shape == ()):
             count += 1
 
     group.visititems(visit)
