@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,15 +51,9 @@ INPUT_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 # The checks, in the order they run on one model (the model is built by the first to need it).
 CHECKS = ("inspect-keras", "inspect-h5", "infer-keras", "infer-h5", "diff-transfer")
 
-# issue 13's cases that h13a fixes: the exact (model, check) pairs, strict so the mark goes when they pass.
-LAYER_SCALE = ("ConvNeXt's LayerScale (keras.src.applications.convnext) is refused as a custom class and its "
-               "unnamed variable is `vars/0` in .keras but `variable_N` in .h5: open, see issue 13")
-SCALE_LAYER = ("InceptionResNetV2's CustomScaleLayer (keras.src.applications.inception_resnet_v2) is refused "
-               "as a custom class: open, see issue 13")
-KNOWN: dict[tuple[str, str], str] = {
-    **{("InceptionResNetV2", check): SCALE_LAYER for check in CHECKS if check != "diff-transfer"},
-    **{(name, check): LAYER_SCALE for name in APPLICATIONS if name.startswith("ConvNeXt") for check in CHECKS},
-}
+# Known gaps, as exact (model, check) pairs marked strict xfail so a mark goes when its check passes.
+# (ConvNeXt's LayerScale and InceptionResNetV2's CustomScaleLayer, keras.applications' own layers, load now.)
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +281,8 @@ def _same_path(store_path: str, keras_path: str) -> bool:
     cell and TimeDistributed's inner layer; Keras drops the outer models of a layer built on its
     own): the same variable name, and the shorter path's layers in order in the longer's."""
     mine, theirs = store_path.split("/"), keras_path.split("/")
+    # Keras numbers the weights it names itself (`variable_12`, a session-wide counter); wtool calls them `variable`
+    theirs[-1] = re.sub(r"^variable_\d+$", "variable", theirs[-1])
     if mine[-1] != theirs[-1]:
         return False
     short, long = sorted((mine[:-1], theirs[:-1]), key=len)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wtool.errors import WtoolError
-from wtool.safety.keras_ops import OP_MODULES
+from wtool.safety.keras_ops import APPLICATION_LAYERS, OP_MODULES
 
 # Keras's own layer classes that rebuild from their config alone (no code from the file).
 SAFE_LAYERS = frozenset(
@@ -643,6 +643,11 @@ def _layer(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         if entry.get("module") != op_module:
             ctx.change(f"`{lname}`: Keras operation {old_class} given its module {op_module}")
         return {"module": op_module, "class_name": old_class, "config": config, "registered_name": old_class}
+    app_module = APPLICATION_LAYERS.get(old_class)
+    if app_module is not None and entry.get("module") in (None, app_module):  # keras.applications' own layers
+        if entry.get("module") != app_module:
+            ctx.change(f"`{lname}`: keras.applications layer {old_class} given its module {app_module}")
+        return {"module": app_module, "class_name": old_class, "config": config, "registered_name": old_class}
     if entry.get("module") and entry.get("registered_name"):
         # Keras 3 style entry of a registered (custom) object
         ctx.custom_classes.append(str(entry.get("registered_name")))

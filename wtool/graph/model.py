@@ -300,7 +300,7 @@ def saved_inputs(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int | No
     is not an InputLayer) or where loading may refuse the graph (that answer comes first): the
     model itself is the judge then.
     """
-    from wtool.safety.config_check import code_findings
+    from wtool.safety.config_check import check_config, code_findings
 
     try:
         p = check_input_file(path)
@@ -311,6 +311,7 @@ def saved_inputs(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int | No
             if t.problems or code_findings(mf.config):
                 return None
             config = t.config
+            check_config(config, str(p))  # over a limit (exit 3) or needing code: loading says so, first
     except WtoolError:
         return None
     cfg = config.get("config") if isinstance(config, dict) else None
@@ -352,6 +353,8 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     """
     folder = Path(os.fspath(path))
     if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").exists():
+        with _open_store(folder):  # a folder that is not even readable (links, no weights) says so first: exit 3
+            pass
         raise IncompatibleError(f"{folder}: a model folder (an unzipped .keras or a keras-hub preset): graph "
                                 "commands take a .keras file", f"wtool convert {folder} model.keras makes one "
                                 "(a keras-hub preset needs keras_hub itself: keras_hub.models.Backbone.from_preset)")

@@ -30,7 +30,7 @@ from typing import Any
 
 from wtool.errors import InputError, UnsafeError
 from wtool.safety import limits as _limits
-from wtool.safety.keras_ops import OP_MODULES
+from wtool.safety.keras_ops import APPLICATION_LAYERS, OP_MODULES
 from wtool.safety.limits import Limits, fmt_count, shown
 from wtool.safety.safejson import check_json_shape, parse_config_json
 
@@ -225,6 +225,8 @@ def _findings(config: Any, report: ConfigReport) -> list[Finding]:
             continue
         if isinstance(cls, str) and cls.startswith("Custom>") and cls[len("Custom>"):] in OTHER_CLASSES:
             continue  # tf.keras 2 wrote built-in optimizers as 'Custom>Adam'
+        if cls in APPLICATION_LAYERS and module in (None, APPLICATION_LAYERS[cls]):
+            continue  # ConvNeXt's LayerScale and the like: keras.applications' own layers
         if cls in OP_MODULES and module in (None, OP_MODULES[cls]):
             continue  # a Keras operation node (`x + a`, `ops.mean(x)`; .h5 drops the module), as safe mode allows
         if not (cls in LAYER_CLASSES or cls in MODEL_CLASSES or cls in LEGACY_LAYER_CLASSES

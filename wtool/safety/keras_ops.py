@@ -59,3 +59,11 @@ KERAS_OPS: dict[str, frozenset[str]] = {
 }
 # class name -> its module (no class name is in two of these modules)
 OP_MODULES: dict[str, str] = {name: module for module, names in KERAS_OPS.items() for name in names}
+
+# Layers that keras.applications defines in its own modules (not keras.layers): Keras's safe mode
+# loads them from a .keras config, and the .h5 writer drops their module. Class -> module.
+APPLICATION_LAYERS: dict[str, str] = {
+    "LayerScale": "keras.src.applications.convnext",
+    "StochasticDepth": "keras.src.applications.convnext",
+    "CustomScaleLayer": "keras.src.applications.inception_resnet_v2",
+}

@@ -282,10 +282,7 @@ def open_folder(path: Path) -> Source:
         raise InputError(f"{where}: cannot read the folder ({exc.strerror or exc})") from None
     if len(entries) > FOLDER_MAX_ENTRIES:
         raise InputError(f"{where}: refused: more than {FOLDER_MAX_ENTRIES:,} entries in a model folder")
-    for entry in entries:
-        if entry.is_symlink():
-            raise InputError(f"{where}: refused: {entry.name} is a symbolic link (a model folder holds plain files)",
-                             "copy the files themselves into the folder")
+    _refuse_links(path, where)
     weights = path / WEIGHTS_MEMBER
     if not weights.is_file():
         names = ", ".join(sorted(e.name for e in entries)[:6]) or "nothing"
@@ -299,6 +296,21 @@ def open_folder(path: Path) -> Source:
     return Source(kind="folder", h5=h5, config=config if isinstance(config, dict) else None,
                   metadata=metadata if isinstance(metadata, dict) else {},
                   zip_members=sorted(e.name for e in entries), in_place=False)
+
+
+def _refuse_links(path: Path, where: str) -> None:
+    """No symbolic link anywhere in the folder (assets/ included), as in zips; the walk is bounded."""
+    seen = 0
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in [*dirs, *files]:
+            seen += 1
+            if seen > FOLDER_MAX_ENTRIES:
+                raise InputError(f"{where}: refused: more than {FOLDER_MAX_ENTRIES:,} entries in a model folder")
+            entry = Path(root) / name
+            if entry.is_symlink():
+                rel = entry.relative_to(path)
+                raise InputError(f"{where}: refused: {rel} is a symbolic link (a model folder holds plain files)",
+                                 "copy the files themselves into the folder")
 
 
 def _read_folder_json(path: Path, name: str) -> Any:

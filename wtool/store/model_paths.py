@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wtool.store.naming import stable_var_name
+
 _RNN_WRAPPERS = ("RNN",)
 
 
@@ -55,7 +57,7 @@ def weight_paths(model: Any) -> list[tuple[str, Any]]:
 
     def collect(layer: Any, path: str, rel: str) -> None:
         for var in _own_variables(layer):
-            out.append((f"{path}/{rel}{var.name}", var))
+            out.append((f"{path}/{rel}{stable_var_name(var.name, type(layer).__name__)}", var))
         for sub in _sublayers(layer):
             if id(sub) in seen:
                 continue

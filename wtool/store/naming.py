@@ -83,6 +83,7 @@ VAR_RULES: dict[str, Callable[[dict[str, Any] | None], list[list[str]]]] = {
     "ConvLSTMCell": _RNN_CELL,
     "Attention": _attention,
     "AdditiveAttention": _rule(("use_scale", True, "scale")),
+    "LayerScale": _rule("variable"),  # keras.applications.convnext: one unnamed weight, Keras calls it `variable`
 }
 
 def _reversible_embedding(config: dict[str, Any] | None) -> list[list[str]]:
@@ -281,7 +282,23 @@ def clean_relative(rel: str, class_name: str | None = None) -> str:
     renames = LEGACY_RENAMES.get(class_name or "", {})
     if parts and parts[-1] in renames:
         parts[-1] = renames[parts[-1]]
+    if parts:
+        parts[-1] = stable_var_name(parts[-1], class_name)
     return "/".join(parts)
+
+
+_AUTO_NUMBERED = re.compile(r"variable_\d+")
+
+
+def stable_var_name(name: str, class_name: str | None) -> str:
+    """A variable Keras names itself (`variable_12`: a session-wide counter) as `variable`, so a path
+    is the same in every file and session. Only for layers known to own one such unnamed weight."""
+    if class_name in AUTO_NAMED_CLASSES and _AUTO_NUMBERED.fullmatch(name):
+        return "variable"
+    return name
+
+
+AUTO_NAMED_CLASSES = frozenset({"LayerScale"})
 
 
 # ---- names inside a layer, whatever wrote them -----------------------------------------------
