@@ -23,7 +23,7 @@ step "Set weights directly: every value checked first, read back after" \
 step "A 5-class variant of the MLP, made from a compact layer spec" \
   "$WTOOL" new "$OUT/mlp5.keras" --input-shape 784 --layers "dense:64:relu:name=hidden,dense:5:softmax:name=out" --seed 0 -q
 step "Transfer the 10-class MLP into it: what moved, what was skipped and why" \
-  "$WTOOL" transfer $S/mlp.h5 "$OUT/mlp5.keras" --skip-mismatch -o "$OUT/mlp5-warm.keras" -q
+  "$WTOOL" transfer $S/mlp.h5 "$OUT/mlp5.keras" --skip-mismatch -o "$OUT/mlp5-warm.keras"
 step "Fine-tuning in three commands, 1/3: a new 4-class head on the nested model, feature extractor frozen" \
   "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze --seed 0 -o "$OUT/ft.keras"
 step "Convert between formats: what the target keeps and drops (HDF5 level, no TensorFlow)" \
