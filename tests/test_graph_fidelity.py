@@ -320,14 +320,41 @@ def test_keras2_nested_sequentials_take_the_input_shape_from_the_first_kernel(tm
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), h @ w["dense_3"][0] + w["dense_3"][1], atol=TOL, rtol=1e-6)
 
 
-def test_a_first_convolution_without_input_shape_stays_exit_4(tmp_path):
-    conv = {"class_name": "Conv2D", "config": {"name": "conv2d_1", "filters": 2, "kernel_size": [3, 3],
+def _conv_file(path, extra_layers):
+    rng = np.random.default_rng(1)
+    kernel, bias = rng.standard_normal((3, 3, 2, 4)).astype("float32"), rng.standard_normal(4).astype("float32")
+    conv = {"class_name": "Conv2D", "config": {"name": "conv2d_1", "filters": 4, "kernel_size": [3, 3],
                                                "strides": [1, 1], "padding": "valid", "activation": "relu"}}
-    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [conv]}}
-    _write_keras2(tmp_path / "conv.h5", config, {"conv2d_1": {"conv2d_1/kernel:0": np.zeros((3, 3, 1, 2), "float32"),
-                                                             "conv2d_1/bias:0": np.zeros(2, "float32")}})
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [conv, *extra_layers]}}
+    _write_keras2(path, config, {"conv2d_1": {"conv2d_1/kernel:0": kernel, "conv2d_1/bias:0": bias}})
+    return kernel, bias
+
+
+def test_a_first_convolution_without_input_shape_stays_exit_4_when_the_size_matters(tmp_path):
+    _conv_file(tmp_path / "conv.h5", [{"class_name": "Flatten", "config": {"name": "flatten_1"}}])
     res = run_cli("inspect", tmp_path / "conv.h5", "--check")
     assert res.exit_code == 4 and "does not record the model's input shape" in res.stdout, res
+
+
+def test_a_fully_convolutional_keras2_model_takes_its_channels_from_the_first_kernel(tmp_path):
+    import keras
+
+    pool = {"class_name": "GlobalAveragePooling2D", "config": {"name": "gap"}}
+    kernel, bias = _conv_file(tmp_path / "fcn.h5", [pool])
+    check = run_cli("inspect", tmp_path / "fcn.h5", "--check", "--json")
+    assert check.exit_code == 0, check
+    assert any("(None, None, None, 2) of `s` taken from the stored kernel of its first Conv2D" in c
+               for c in check.json()["check"]["changes"]), check.json()["check"]
+    for size in (5, 9):  # any spatial size runs, and equals the same convolution in Keras
+        x = np.random.default_rng(size).standard_normal((3, size, size, 2)).astype("float32")
+        np.save(tmp_path / "x.npy", x)
+        res = run_cli("infer", tmp_path / "fcn.h5", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+        assert res.exit_code == 0, res
+        conv = keras.layers.Conv2D(4, 3, activation="relu")
+        conv.build((None, size, size, 2))
+        conv.set_weights([kernel, bias])
+        want = np.asarray(conv(x)).mean(axis=(1, 2))
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=TOL, rtol=1e-5)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])

@@ -309,7 +309,7 @@ def _sequential(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         if shape is None and raw.get("build_input_shape") is not None:
             shape = list(raw["build_input_shape"])
         if shape is None:
-            shape, dtype = _input_from_kernel(first, name, ctx), None
+            shape, dtype = _input_from_kernel(first, name, ctx, old_layers), None
         if shape is not None:
             first_name = _layer_name(first)
             layers.append(_input_layer(f"{first_name}_input", shape, dtype or "float32"))
@@ -327,31 +327,67 @@ def _sequential(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
     return {"module": "keras", "class_name": "Sequential", "config": config, "registered_name": None}
 
 
-def _input_from_kernel(first: dict[str, Any], model_name: str, ctx: _Context) -> list[Any] | None:
-    """(None, n_in) from the stored kernel (n_in, units) of the Dense a Sequential starts with.
+_CONV_RANKS = {"Conv1D": 1, "Conv2D": 2, "Conv3D": 3}
+_NEEDS_SPATIAL_SIZE = frozenset({"Flatten", "Reshape"})  # a None spatial size cannot go through these
+
+
+def _input_from_kernel(first: dict[str, Any], model_name: str, ctx: _Context,
+                       layers: list[Any] | None = None) -> list[Any] | None:
+    """The input shape a Sequential's first stored kernel settles, when the file records none.
 
     Keras 2 wrote no input shape for a Sequential built on data (`model.fit` first), nested ones
-    included. Only a Dense settles it (it is taken to see rows of n_in values); a convolution's
-    kernel gives the channels but not the spatial size, so anything else stays unrecorded.
+    included. A first Dense's kernel (n_in, units) gives (None, n_in). A first convolution's
+    kernel gives the channels but not the spatial size: (None, None, ..., channels) is taken
+    only when nothing in the model needs that size (no Flatten or Reshape), so the model runs on
+    any size, as a fully convolutional one does; otherwise it stays unrecorded.
     """
     leaf = first
     while leaf.get("class_name") == "Sequential":
         cfg = leaf.get("config")
-        layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
-        if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        inner = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+        if not isinstance(inner, list) or not inner or not isinstance(inner[0], dict):
             return None
-        leaf = layers[0]
+        leaf = inner[0]
     declared, _dtype = _input_of(leaf)
-    if declared is not None or leaf.get("class_name") != "Dense":
+    cls = leaf.get("class_name")
+    if declared is not None or cls not in ("Dense", *_CONV_RANKS):
         return declared
     leaf_name = _layer_name(leaf)
     kernels = [shape for path, shape in ctx.weight_shapes.items() if path.split("/")[-2:] == [leaf_name, "kernel"]]
-    if len(kernels) != 1 or len(kernels[0]) != 2:
+    if len(kernels) != 1:
         return None
-    shape = [None, int(kernels[0][0])]
+    kernel = list(kernels[0])
+    if cls == "Dense":
+        if len(kernel) != 2:
+            return None
+        shape: list[Any] = [None, int(kernel[0])]
+        what = "Dense"
+    else:
+        rank = _CONV_RANKS[str(cls)]
+        raw_cfg = leaf.get("config")
+        conv_cfg: dict[str, Any] = raw_cfg if isinstance(raw_cfg, dict) else {}
+        if len(kernel) != rank + 2 or conv_cfg.get("data_format") not in (None, "channels_last") \
+                or _holds_class(layers or [], _NEEDS_SPATIAL_SIZE):
+            return None
+        shape = [None] * (rank + 1) + [int(kernel[-2])]
+        what = f"{cls} (any spatial size: the model is fully convolutional)"
     ctx.change(f"input shape {_fmt_shape(shape)} of `{model_name}` taken from the stored kernel of its first "
-               f"Dense `{leaf_name}` {_fmt_shape(list(kernels[0]))} (the file records none)")
+               f"{what} `{leaf_name}` {_fmt_shape(kernel)} (the file records none)")
     return shape
+
+
+def _holds_class(item: Any, classes: frozenset[str]) -> bool:
+    """Whether any serialized layer in `item` (nested models and wrappers included) is of one of `classes`."""
+    stack = [item]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            if x.get("class_name") in classes:
+                return True
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 def _functional(entry: dict[str, Any], ctx: _Context) -> dict[str, Any]:
