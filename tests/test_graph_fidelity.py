@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import SAMPLES, run_cli
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 TOL = 1e-5
 
 

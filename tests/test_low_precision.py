@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 DTYPES = {"d1/kernel": "bfloat16", "d1/bias": "bfloat16", "d2/kernel": "float16", "d2/bias": "float16",
           "d3/kernel": "float32", "d3/bias": "float32"}
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):

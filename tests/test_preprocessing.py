@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 BIG = 2**40  # int64 ids that float32 cannot tell apart: a cast would send every id to one bucket
 WORDS = ["red", "green", "blue", "red", "pink", "blue", "green", "red"]
 TEXTS = ["the cat sat", "a dog ran far", "the dog sat", "cats and dogs", "a cat", "red dog", "the end", "far"]

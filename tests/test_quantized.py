@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 MODES = ("int8", "int4", "float8")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import SAMPLES, run_cli
+
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
 
 
 def test_quiet_write_commands_print_one_line(tmp_path):
@@ -36,7 +39,6 @@ def test_new_without_seed_records_the_seed_it_drew(tmp_path):
 
 def test_optimizer_notes_say_what_happened(tmp_path):
     """No "moments belong to the old values" for an optimizer that never stepped; no "kept" when a format change drops it."""
-    import pytest
 
     pytest.importorskip("tensorflow")
     res = run_cli("new", tmp_path / "n.keras", "--input-shape", "3", "--layers", "dense:2", "--optimizer", "adam",

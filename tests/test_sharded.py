@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.tf  # builds models with Keras / runs graph commands
+
 # Bytes per shard: d1's kernel (8x16 float32 = 512 B) fits, its bias then overflows into the next
 # shard, so the group /layers/dense/vars is split over two shards.
 SHARD_BYTES = 520
