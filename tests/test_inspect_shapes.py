@@ -63,3 +63,25 @@ def test_text_output_and_weights_only():
     res = run_cli("inspect", SAMPLES / "cnn.weights.h5", "--json")
     doc = res.json()
     assert doc["inputs"] is None and doc["outputs"] is None
+
+
+def test_a_deep_functional_model_needs_no_deep_stack(tmp_path):
+    """Shapes are worked out in config order, not by recursion: EfficientNetB7-deep chains (and hostile
+    configs) must not end in RecursionError (exit 70). Checked with a stack far shorter than the model."""
+    import subprocess
+    import sys
+
+    import keras
+
+    x = inp = keras.Input((3,), name="x")
+    for i in range(300):
+        x = keras.layers.Activation("relu", name=f"a{i}")(x)
+    keras.Model(inp, x).save(tmp_path / "deep.keras")
+    code = ("import sys; sys.setrecursionlimit(200)\n"
+            "from wtool.cli import cli\n"
+            f"cli(['inspect', {str(tmp_path / 'deep.keras')!r}, '--json'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["outputs"][0]["shape"] == [None, 3]

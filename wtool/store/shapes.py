@@ -100,16 +100,17 @@ def _inbound(layer: dict[str, Any]) -> list[str]:
 def _functional(cfg: dict[str, Any], layers: list[Any]) -> dict[str, list[dict[str, Any]]]:
     by_name = {layer.get("name") or layer["config"]["name"]: layer for layer in layers}
     memo: dict[str, Shape] = {}
+    # In the config's order, which Keras writes topologically, and without recursion: a deep model
+    # (EfficientNetB7 has ~800 layers in a chain) or a hostile config must not exhaust the stack.
+    # A layer whose input comes later (a malformed config, a cycle) gets an unknown shape.
+    for name, layer in by_name.items():
+        if layer.get("class_name") == "InputLayer":
+            memo[name] = _declared(layer)
+        else:
+            memo[name] = layer_output(layer, [memo.get(n) for n in _inbound(layer)])
 
     def shape_of(name: str) -> Shape:
-        if name not in memo:
-            memo[name] = None  # a cycle in a malformed config ends as unknown
-            layer = by_name[name]
-            if layer.get("class_name") == "InputLayer":
-                memo[name] = _declared(layer)
-            else:
-                memo[name] = layer_output(layer, [shape_of(n) for n in _inbound(layer)])
-        return memo[name]
+        return memo.get(name)
 
     inputs = [{"name": n, "shape": _declared(by_name[n]), "dtype": _dtype(by_name[n])}
               for n in _endpoints(cfg.get("input_layers"))]
