@@ -28,23 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_infer import make_model  # noqa: E402 - the same MLP, compiled here
+
 ROWS = 60_000
 RUNS = int(os.environ.get("BENCH_EVAL_RUNS", "5"))
-
-
-def make_model(path: Path) -> None:
-    from wtool.graph.model import import_keras
-
-    keras = import_keras()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((784,), name="pixels"),
-        keras.layers.Dense(256, activation="relu", name="h1"),
-        keras.layers.Dense(128, activation="relu", name="h2"),
-        keras.layers.Dense(10, activation="softmax", name="out"),
-    ], name="mlp_784_256_128_10")
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.save(path)
 
 
 def run() -> list[dict]:
@@ -54,7 +42,7 @@ def run() -> list[dict]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         model_path = tmp / "mlp.keras"
-        make_model(model_path)
+        make_model(model_path, compile=True)
         rng = np.random.default_rng(0)
         np.save(tmp / "x.npy", rng.random((ROWS, 784), dtype=np.float32))
         np.save(tmp / "y.npy", rng.integers(0, 10, ROWS))

@@ -38,7 +38,8 @@ BUDGET_MB = 200
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_model(path: Path) -> None:
+def make_model(path: Path, compile: bool = False) -> None:
+    """The benchmarks' MLP (784-256-128-10); compiled (adam, sparse CE, accuracy) for eval."""
     from wtool.graph.model import import_keras
 
     keras = import_keras()
@@ -49,6 +50,8 @@ def make_model(path: Path) -> None:
         keras.layers.Dense(128, activation="relu", name="h2"),
         keras.layers.Dense(10, activation="softmax", name="out"),
     ], name="mlp_784_256_128_10")
+    if compile:
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(path)
 
 

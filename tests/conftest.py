@@ -58,3 +58,11 @@ def corpus_files() -> list[Path]:
     if not CORPUS.is_dir():
         return []
     return sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name not in ("MANIFEST.tsv", "README.md"))
+
+
+def stored_weights(path: str | os.PathLike) -> dict:
+    """Every weight of a model file by path, read by wtool's store (no TensorFlow)."""
+    from wtool.store import open_model
+
+    with open_model(path) as mf:
+        return {w.path: mf.read(w.path) for w in mf.weights}

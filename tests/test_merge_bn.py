@@ -5,17 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import run_cli
+from conftest import stored_weights as _weights
 
 pytestmark = pytest.mark.tf
 
 EPS = 1e-3  # Keras BatchNormalization's default epsilon
-
-
-def _weights(path):
-    from wtool.store import open_model
-
-    with open_model(path) as mf:
-        return {w.path: mf.read(w.path) for w in mf.weights}
 
 
 @pytest.fixture(scope="module")

@@ -329,15 +329,7 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
 
     if is_model_folder(Path(os.fspath(path))):
         folder = Path(os.fspath(path))
-        source = open_folder(folder)
-        try:
-            return ModelFile(folder, source, arch_config=arch_config)
-        except CORRUPT_HDF5 as exc:
-            source.close()
-            raise corrupt(folder, exc) from None
-        except BaseException:
-            source.close()
-            raise
+        return _model_file(folder, open_folder(folder), arch_config)
     from wtool.fileio import refuse_checkpoint
 
     refuse_checkpoint(path)
@@ -355,18 +347,26 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
             return ShardedModelFile(p, arch_config=arch_config)
         except CORRUPT_HDF5 as exc:
             raise corrupt(p, exc) from None
-    source = open_source(p)
+    mf = _model_file(p, open_source(p), arch_config)
     try:
-        mf = ModelFile(p, source, arch_config=arch_config)
         whole = shard_of(p)
-        if whole is not None:
-            map_path, index, count = whole
-            mf.warnings.append(f"this is shard {index + 1} of {count} of {map_path.name}: it holds part of the "
-                               f"model; `wtool inspect {map_path}` reads the whole set")
-        return mf
+    except BaseException:
+        mf.close()
+        raise
+    if whole is not None:
+        map_path, index, count = whole
+        mf.warnings.append(f"this is shard {index + 1} of {count} of {map_path.name}: it holds part of the "
+                           f"model; `wtool inspect {map_path}` reads the whole set")
+    return mf
+
+
+def _model_file(path: Path, source: Any, arch_config: dict[str, Any] | None) -> ModelFile:
+    """A ModelFile over an opened source; the source is closed if reading its metadata fails."""
+    try:
+        return ModelFile(path, source, arch_config=arch_config)
     except CORRUPT_HDF5 as exc:
         source.close()
-        raise corrupt(p, exc) from None
+        raise corrupt(path, exc) from None
     except BaseException:
         source.close()
         raise
