@@ -135,3 +135,14 @@ def test_recompute_bn_refusals_write_nothing(soup_inputs, tmp_path):
     res = run_cli("merge", mlp, tmp_path / "m2.keras", "--recompute-bn", "--data", tmp_path / "mx.npy", "-o", out)
     assert res.exit_code == 4 and "no BatchNormalization layer" in res.stderr, res
     assert not out.exists()
+
+
+def test_recompute_bn_reads_the_named_npz_array(soup_inputs, tmp_path):
+    d, paths, x = soup_inputs
+    np.savez(tmp_path / "rows.npz", other=np.zeros((3, 9), "float32"), rows=x)
+    res = run_cli("merge", *paths, "--recompute-bn", "--data", tmp_path / "rows.npz", "--x-key", "rows",
+                  "-o", tmp_path / "o.keras", "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["batch_norm"]["rows"] == 80
+    res = run_cli("merge", *paths, "--x-key", "rows", "-o", tmp_path / "p.keras")
+    assert res.exit_code == 2 and "--x-key goes with --recompute-bn" in res.stderr, res

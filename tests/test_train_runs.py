@@ -187,3 +187,18 @@ def test_terminal_progress_keeps_every_epoch_line_and_ends_before_an_interrupt(w
     assert "epoch 2/5  loss" in plain
     assert "run 1/5 epochs" in plain and "eta" in plain
     assert re.search(r"(^|[\r\n])error: interrupted", plain), plain[-2000:]  # \r: the bars' line is erased first
+
+
+def test_keras_style_validation_option_names_are_aliases(tmp_path):
+    """--validation-split / --validation-data (model.fit's names) do what --val-split / --val-data do."""
+    from tests.conftest import SAMPLES, run_cli
+
+    common = ["--data", SAMPLES / "nested.npz", "--epochs", "1", "--seed", "2", "--json", "-q"]
+    runs = {}
+    for name, opt, val in (("short", "--val-split", "0.25"), ("keras", "--validation-split", "0.25"),
+                           ("data", "--validation-data", SAMPLES / "nested.npz")):
+        res = run_cli("train", SAMPLES / "nested.keras", *common, opt, val, "-o", tmp_path / f"{name}.keras")
+        assert res.exit_code == 0, res
+        runs[name] = res.json()["history"][-1]
+    assert runs["short"]["val_loss"] == runs["keras"]["val_loss"]
+    assert "val_loss" in runs["data"]
