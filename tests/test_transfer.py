@@ -14,6 +14,7 @@ from tests.conftest import CORPUS, SAMPLES, run_cli
 
 BOSTON = CORPUS / "lyhue1991__keras_tutorial" / "boston_housing_model.h5"
 KERAS1 = CORPUS / "pplonski__keras2cpp" / "example__my_nn_weights.h5"
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
 
 
 def weights_of(path) -> dict[str, np.ndarray]:
@@ -200,6 +201,7 @@ def test_freeze_marks_receiving_layers(tmp_path):
 # --------------------------------------------------------------------------- legacy names and files
 
 
+@needs_corpus
 def test_keras1_names_match_modern_layers(tmp_path, models):
     out = tmp_path / "o.keras"
     res = run_cli("transfer", KERAS1, models["k1.keras"], "-o", out, "--json")
@@ -218,6 +220,7 @@ def test_keras1_names_match_modern_layers(tmp_path, models):
     np.testing.assert_array_equal(got["dense_2/bias"], b)
 
 
+@needs_corpus
 def test_legacy_corpus_file_into_keras3_model(tmp_path, models):
     out = tmp_path / "boston.keras"
     res = run_cli("transfer", BOSTON, models["boston3.keras"], "-o", out)
@@ -235,6 +238,7 @@ def test_legacy_corpus_file_into_keras3_model(tmp_path, models):
 
 
 @pytest.mark.tf
+@needs_corpus
 def test_legacy_corpus_transfer_predicts_like_keras(tmp_path, models):
     """The Keras 3 model with the transferred weights predicts what Keras's own loader of the old file does."""
     from wtool.graph.model import import_keras, load_model
