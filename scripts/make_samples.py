@@ -198,6 +198,33 @@ def animals() -> None:
     save_all(model, "animals", ("keras",))
 
 
+POSITIVE = ("a great film, I loved it", "wonderful acting and a good story", "good fun, great music",
+            "I loved the story", "a wonderful, happy ending", "great cast and good jokes")
+NEGATIVE = ("a boring film, I hated it", "awful acting and a bad story", "bad jokes, dull music",
+            "I hated the ending", "a dull, boring plot", "awful cast and bad sound")
+
+
+def texts() -> None:
+    """texts/<neg|pos>/*.txt (6 short reviews per class) and texts.keras, a tiny text classifier taking strings:
+    TextVectorization (vocabulary adapted on the texts) -> Embedding -> average -> softmax. Seeded on its own."""
+    import shutil
+
+    keras.utils.set_random_seed(9)
+    shutil.rmtree(OUT / "texts", ignore_errors=True)
+    for name, lines in (("neg", NEGATIVE), ("pos", POSITIVE)):
+        (OUT / "texts" / name).mkdir(parents=True)
+        for i, line in enumerate(lines):
+            (OUT / "texts" / name / f"{name}{i}.txt").write_text(line + "\n", encoding="utf-8")
+    vectorize = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=8, name="vectorize")
+    vectorize.adapt(list(NEGATIVE + POSITIVE))
+    model = keras.Sequential([keras.Input((1,), dtype="string", name="text"), vectorize,
+                              keras.layers.Embedding(40, 8, name="embed"),
+                              keras.layers.GlobalAveragePooling1D(name="pool"),
+                              keras.layers.Dense(2, activation="softmax", name="out")], name="texts")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    save_all(model, "texts", ("keras",))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -210,6 +237,7 @@ def main() -> None:
     two_inputs()
     images()
     animals()
+    texts()
     print(f"sample models written to {OUT}")
 
 

@@ -25,10 +25,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """--image-size HxW and --color-mode, as given (None: from the model's input shape)."""
+    """--image-size HxW and --color-mode, as given (None: from the model's input shape); for a folder of
+    text files (wtool.graph.text_folders), --max-length (Keras's max_length: characters kept per file)."""
 
     image_size: str | None = None
     color_mode: str | None = None
+    max_length: int | None = None
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -659,9 +659,14 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
     its images, via Keras)."""
     if positional is not None and positional != "-" and Path(positional).is_dir():
         if len(specs) != 1:
-            raise UsageError(f"{positional}: a folder of images feeds a model with one input")
+            raise UsageError(f"{positional}: a folder of images or texts feeds a model with one input")
+        from wtool.graph import text_folders
         from wtool.graph.folders import ImageFolderSource, settings
 
+        if takes_strings(specs[0]):
+            shape = text_folders.row_shape(specs[0].shape, positional)
+            return [text_folders.TextFolderSource(positional, shape, (images or ImageOptions()).max_length)]
+        text_folders.check_not_text(positional, specs[0].dtype)
         size, mode = settings(images or ImageOptions(), specs[0].shape, positional)
         return [ImageFolderSource(positional, size, mode)]
     names = [s.name for s in specs]

@@ -51,6 +51,7 @@ class InferOptions:
     target: str | None = None  # train's label column, left out when the CSV has it
     image_size: str | None = None  # a folder of images: HxW (default: the model's input)
     color_mode: str | None = None
+    max_length: int | None = None  # a folder of text files: characters kept per file (Keras's max_length)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
     before = frozen.fingerprint()
     sources = infer.open_inputs(frozen.inputs, opts.input_path, named, key=opts.input_key, columns=opts.columns,
                                 fmt=opts.input_format, header=opts.header, drop=opts.drop, target=opts.target,
-                                images=ImageOptions(opts.image_size, opts.color_mode))
+                                images=ImageOptions(opts.image_size, opts.color_mode, opts.max_length))
     made: list[RowWriter] = []
 
     def stdout_sink(cols: list[Column], n: int) -> RowWriter:

@@ -27,7 +27,7 @@ class Batches:
         self.n = len(data)
         self.b = batch_size
         self.k = steps_per_call
-        self.x_dtype = np.dtype(x_dtype)
+        self.x_dtype = np.dtype(object) if x_dtype == "string" else np.dtype(x_dtype)  # texts: Python bytes
         self.y_dtype = np.dtype(y_dtype)
         self.shuffle = shuffle
         self.seed = seed

@@ -81,7 +81,7 @@ def load_labelled(data: str | None = None, *, x: str | None = None, y: str | Non
     if data is not None and Path(data).is_dir():
         if target is not None or drop:
             raise UsageError("--target/--drop are for .csv data; a folder's labels are its class subfolders")
-        return _image_folder(data, model, images, classes)
+        return _folder(data, model, images, classes)
     if drop and (data is None or Path(data).suffix.lower() != ".csv"):
         raise UsageError("--drop is for .csv data")
     if data is not None and (x is not None or y is not None):
@@ -106,25 +106,42 @@ def load_labelled(data: str | None = None, *, x: str | None = None, y: str | Non
                      "use .npz (arrays x and y), .csv with --target, or --x/--y .npy files")
 
 
-def _image_folder(folder: str, model: str | None, images: ImageOptions | None,
-                  classes: Sequence[str] | None) -> LabelledData:
+def _folder(folder: str, model: str | None, images: ImageOptions | None,
+            classes: Sequence[str] | None) -> LabelledData:
+    """Class subfolders of images, or of text files for a model that takes strings (both read by Keras)."""
+    from wtool.graph import text_folders
     from wtool.graph.folders import load_labelled_images, settings
 
-    size, mode = settings(images or ImageOptions(), model_input_shape(model), folder)
+    shape, dtype = model_input(model)
+    options = images or ImageOptions()
+    if text_folders.takes_text(dtype):
+        x, y, names = text_folders.load_labelled_texts(folder, text_folders.row_shape(shape, folder), classes,
+                                                       options.max_length)
+        return LabelledData(x, y, folder, names)
+    if dtype is not None:
+        text_folders.check_not_text(folder, dtype)
+    size, mode = settings(options, shape, folder)
     x, y, names = load_labelled_images(folder, size, mode, classes)
     return LabelledData(x, y, folder, names)
 
 
 def model_input_shape(model: str | None) -> list[int | None] | None:
     """The first input's shape from the model file's config (no TensorFlow), or None."""
+    return model_input(model)[0]
+
+
+def model_input(model: str | None) -> tuple[list[int | None] | None, str | None]:
+    """The first input's shape and dtype from the model file's config (no TensorFlow), or Nones."""
     if model is None:
-        return None
+        return None, None
     from wtool.store import open_model
     from wtool.store.shapes import io_shapes
 
     with open_model(model) as mf:
         shapes = io_shapes(mf.config)
-    return shapes["inputs"][0]["shape"] if shapes and shapes["inputs"] else None
+    if not shapes or not shapes["inputs"]:
+        return None, None
+    return shapes["inputs"][0]["shape"], shapes["inputs"][0]["dtype"]
 
 
 def _checked(arr: np.ndarray, what: str) -> np.ndarray:

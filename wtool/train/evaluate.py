@@ -20,6 +20,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
 from wtool.graph.folders import ImageOptions
+from wtool.graph.text_folders import numpy_dtype
 from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled, saved_class_names
 from wtool.train.named_data import NamedData, load_named, parse_pairs
 
@@ -53,6 +54,7 @@ class EvalOptions:
     drop: tuple[str, ...] = ()
     image_size: str | None = None  # a folder of images: HxW (default: the model's input)
     color_mode: str | None = None
+    max_length: int | None = None  # a folder of text files: characters kept per file (Keras's max_length)
     arch: str | None = None
     unsafe: bool = False
     batch_size: int | None = None
@@ -423,7 +425,7 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
                              y=opts.y_files[0] if opts.y_files else None, x_key=opts.x_keys[0] if opts.x_keys else "x",
                              y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target, drop=opts.drop,
                              classes=saved_class_names(opts.model), model=opts.arch or opts.model,
-                             images=ImageOptions(opts.image_size, opts.color_mode))
+                             images=ImageOptions(opts.image_size, opts.color_mode, opts.max_length))
         check_finite(data)
         return NamedData([data.x], [data.y], data.source, data.class_names)
     if opts.x_cols or opts.y_cols:
@@ -484,7 +486,7 @@ def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = No
 
     n = len(data)
     batch = min(opts.batch_size or DEFAULT_BATCH_SIZE, n)
-    x_dtypes = [np.dtype(d if d != "float64" else "float32") for d in side.input_dtypes]
+    x_dtypes = [numpy_dtype(d if d != "float64" else "float32") for d in side.input_dtypes]  # strings: bytes
     sparse = {s.output for s in specs if s.kind == "sparse"}
     y_dtypes = [np.dtype("int32" if i in sparse and y.dtype.kind in "iu" else "float32") for i, y in enumerate(data.ys)]
     row_bytes = sum(int(np.prod(x.shape[1:], dtype=np.int64)) * d.itemsize for x, d in zip(data.xs, x_dtypes,

@@ -23,6 +23,7 @@ import numpy as np
 
 from wtool.errors import DivergedError, InternalError, Interrupted, UsageError
 from wtool.fileio import check_input_file
+from wtool.graph import text_folders
 from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
 from wtool.train import distribute, steps
@@ -95,7 +96,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
 
 def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
     saved_classes = saved_class_names(opts.model)  # string labels / class folders encode as first learnt
-    images = ImageOptions(opts.image_size, opts.color_mode)
+    images = ImageOptions(opts.image_size, opts.color_mode, opts.max_length)
     data = load_labelled(opts.data, x=opts.x, y=opts.y, x_key=opts.x_key, y_key=opts.y_key, target=opts.target,
                          drop=opts.drop, classes=saved_classes, model=opts.arch or opts.model, images=images)
     data.class_names = data.class_names or saved_classes  # carried into OUT either way
@@ -233,7 +234,7 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
     steps_per_epoch = -(-n // batch)
     io_ = model_io(m.model)
     # Steps per call: whole epoch for small data, capped by rows in memory per call.
-    x_row = int(np.prod(data.x.shape[1:], dtype=np.int64)) * np.dtype(io_.input_dtype).itemsize
+    x_row = int(np.prod(data.x.shape[1:], dtype=np.int64)) * text_folders.numpy_dtype(io_.input_dtype).itemsize
     if opts.steps_per_execution:
         k = opts.steps_per_execution
     else:
@@ -244,6 +245,10 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
     batches: Any = Batches(data, batch, k, x_dtype, y_type, opts.shuffle, seed)
     val_batches: Any = Batches(val, min(batch, len(val)), k, x_dtype, y_type, False, seed) if val is not None else None
     jit = opts.jit == "on" or (opts.jit == "auto" and steps.auto_jit(m.nodes, steps_per_epoch))
+    if jit and text_folders.takes_text(io_.input_dtype):  # XLA compiles no string ops (TextVectorization)
+        if opts.jit == "on":
+            raise UsageError("--jit on: XLA cannot compile the string ops of a text model", "leave --jit at auto")
+        jit = False
     fns: Any
     if dist.distributed:  # the same global batches, each replica taking its slice of every one
         batches = distribute.ShardedBatches(batches, dist)

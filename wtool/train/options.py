@@ -48,6 +48,7 @@ class TrainOptions:
     drop: tuple[str, ...] = ()  # CSV columns that are not features (an id)
     image_size: str | None = None  # a folder of images: HxW (default: the model's input)
     color_mode: str | None = None
+    max_length: int | None = None  # a folder of text files: characters kept per file (Keras's max_length)
     val_data: str | None = None
     val_split: float | None = None
     epochs: int = 1

@@ -91,7 +91,7 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.command(name="eval")
 @click.argument("model", type=InputPath)
 @click.option("--data", type=InputPath, help="Labelled data: .npz (arrays x, y), .csv (with --target), or a folder "
-              "of images with one subfolder per class.")
+              "with one subfolder per class of images, or of text files (.txt) for a model that takes strings.")
 @click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
               help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
 @click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
@@ -107,6 +107,8 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
               "input shape).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
               help="A folder of images: channels to decode (default: from the model's input shape).")
+@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
+              "of each file (Keras's max_length; default: all).")
 @click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
               help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
               "per input.")
@@ -133,7 +135,7 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @common_options
 def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
             x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, drop: tuple[str, ...],
-            image_size: str | None, color_mode: str | None, x_cols: tuple[str, ...],
+            image_size: str | None, color_mode: str | None, max_length: int | None, x_cols: tuple[str, ...],
             y_cols: tuple[str, ...], arch: str | None, unsafe: bool,
             batch_size: int | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
             fail_above: tuple[str, ...], plot_path: str | None) -> None:
@@ -167,7 +169,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
     opts = EvalOptions(model=model, data=data, x_files=x_files, y_files=y_files, x_keys=x_keys, y_keys=y_keys,
                        x_cols=x_cols, y_cols=y_cols, target=target,
                        drop=tuple(c for item in drop for c in item.split(",") if c.strip()), image_size=image_size,
-                       color_mode=color_mode, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
+                       color_mode=color_mode, max_length=max_length, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
                        loss_weights=loss_weights, metrics=metrics, labels=labels)
     update, bar = _progress(out)
     if bar is not None:

@@ -102,6 +102,8 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
               "input shape).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
               help="A folder of images: channels to decode (default: from the model's input shape).")
+@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
+              "of each file (Keras's max_length; default: all).")
 @click.option("--header/--no-header", default=None, help="Whether the CSV has a header row (default: detected).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Rows per batch (default 1024, fewer for large rows).")
@@ -119,7 +121,8 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @common_options
 def command(model: str, input_path: str | None, out_path: str | None, named_inputs: tuple[str, ...],
             input_key: str | None, input_format: str | None, columns: str | None, target: str | None,
-            drop: tuple[str, ...], image_size: str | None, color_mode: str | None, header: bool | None,
+            drop: tuple[str, ...], image_size: str | None, color_mode: str | None, max_length: int | None,
+            header: bool | None,
             batch_size: int | None, shard: str | None, argmax: bool, top_k: int | None,
             threshold: float | None, labels_path: str | None, arch: str | None, unsafe: bool,
             out: Output) -> None:
@@ -146,6 +149,8 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
       wtool infer model.keras big.npy --shard 2/4 -o part2.npy
 
       wtool infer two_inputs.keras --input image=img.npy --input meta=meta.csv -o out.npz
+
+      wtool infer sample_models/texts.keras sample_models/texts --argmax
     """
     from wtool.data.rows import CollectWriter, JsonlWriter
     from wtool.infer.run import InferOptions, run_infer
@@ -159,7 +164,7 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
                         batch_size, shard, argmax, top_k, threshold,
                         "" if labels_path == SAVED_LABELS else labels_path, arch, unsafe,
                         drop=tuple(c for item in drop for c in item.split(",") if c.strip()), target=target,
-                        image_size=image_size, color_mode=color_mode)
+                        image_size=image_size, color_mode=color_mode, max_length=max_length)
     outcome = run_infer(opts, to_stdout, lambda total: _progress_shown(out, total))
     report = outcome.report
     if outcome.table is not None:

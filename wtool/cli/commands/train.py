@@ -229,7 +229,8 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--arch", type=InputPath, help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
 @click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y), .csv (with --target), or a folder "
-              "of images with one subfolder per class (DIR/<class>/*.png|jpg).")
+              "with one subfolder per class of images (DIR/<class>/*.png|jpg) or, for a model that takes strings, "
+              "of text files (DIR/<class>/*.txt).")
 @click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
 @click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
 @click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
@@ -243,6 +244,8 @@ def _render(summary: dict[str, Any]) -> Any:
               "input shape).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
               help="A folder of images: channels to decode (default: from the model's input shape).")
+@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
+              "of each file (Keras's max_length; default: all).")
 @click.option("--val-data", "--validation-data", "val_data", type=InputPath,
               help="Validation data, in the same form as --data.")
 @click.option("--val-split", "--validation-split", "val_split", type=float,
@@ -304,7 +307,7 @@ def _render(summary: dict[str, Any]) -> Any:
 @common_options
 def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
             data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None, drop: tuple[str, ...], image_size: str | None, color_mode: str | None,
-            val_data: str | None, val_split: float | None, epochs: int, batch_size: int, shuffle: bool,
+            max_length: int | None, val_data: str | None, val_split: float | None, epochs: int, batch_size: int, shuffle: bool,
             seed: int | None, optimizer: str | None, lr: float | None, momentum: float | None,
             weight_decay: float | None, clip_norm: float | None, lr_schedule: str | None, decay_steps: int | None,
             decay_rate: float | None, warmup_steps: int, min_lr: float, boundaries: str | None,
@@ -351,7 +354,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
     opts = TrainOptions(
         model=model, out=out_file, in_place=in_place, arch=arch, unsafe=unsafe, data=data, x=x_file, y=y_file,
         x_key=x_key, y_key=y_key, target=target, drop=tuple(c for item in drop for c in item.split(",") if c.strip()),
-        image_size=image_size, color_mode=color_mode, val_data=val_data, val_split=val_split, epochs=epochs,
+        image_size=image_size, color_mode=color_mode, max_length=max_length,
+        val_data=val_data, val_split=val_split, epochs=epochs,
         batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=loss, metrics=metrics,
         freeze=freeze, unfreeze=unfreeze, reset_optimizer=reset_optimizer, early_stopping=early_stopping,
