@@ -94,18 +94,22 @@ def test_bad_folders_exit_3_with_one_line(made, tmp_path, case):
 
 
 def test_checkpoints_are_named_not_misread(made, tmp_path):
+    """A TensorFlow checkpoint reads as weights (tests/test_tf_checkpoint.py); an Orbax folder is named, exit 3."""
     import tensorflow as tf
 
     prefix = tf.train.Checkpoint(v=tf.Variable([1.0, 2.0])).save(str(tmp_path / "tf" / "ckpt"))  # ckpt-1
+    for path in (prefix, prefix + ".index", tmp_path / "tf"):
+        res = run_cli("inspect", path, "--weights", "--json")
+        assert res.exit_code == 0, res
+        assert [w["path"] for w in res.json()["weights"]] == ["v"]  # save_counter is the Checkpoint's, not listed
+        assert run_cli("diff", path, made["dir"] / "m.keras").exit_code == 1
     orbax = tmp_path / "orbax"
     (orbax / "3").mkdir(parents=True)
     (orbax / "3" / "_CHECKPOINT_METADATA").write_text("{}")
-    for path, message in ((prefix, "a TensorFlow checkpoint"), (prefix + ".index", "a TensorFlow checkpoint"),
-                          (tmp_path / "tf", "a TensorFlow checkpoint"), (orbax, "an Orbax checkpoint folder")):
-        for args in (("inspect", path), ("diff", path, made["dir"] / "m.keras")):
-            res = run_cli(*args)
-            errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-            assert res.exit_code == 3 and len(errors) == 1 and message in errors[0], (args, res)
+    for args in (("inspect", orbax), ("diff", orbax, made["dir"] / "m.keras")):
+        res = run_cli(*args)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 3 and len(errors) == 1 and "an Orbax checkpoint folder" in errors[0], (args, res)
 
 
 def test_a_keras_hub_preset_folder_shows_its_metadata(made, tmp_path):

@@ -54,6 +54,8 @@ def _probe(args: list[str] | None, tmp_path: Path) -> dict:
     ["inspect", str(SAMPLES / "lstm.weights.h5"), "--export", "out.npz"],
     ["diff", str(SAMPLES / "mlp.keras"), str(SAMPLES / "mlp.h5")],
     ["diff", str(SAMPLES / "mlp.keras"), str(SAMPLES / "cnn.keras"), "--json"],
+    ["inspect", str(SAMPLES / "tf_keras2"), "--weights", "--stats", "--export", "out.npz"],  # a TF checkpoint
+    ["diff", str(SAMPLES / "tf_keras2" / "nested"), str(SAMPLES / "tf_keras2" / "nested.index")],
 ], ids=lambda a: "import" if a is None else " ".join(Path(x).name for x in a))
 def test_stays_tensorflow_free(args, tmp_path):
     """...and free of rich too: inspect and diff print plain text, and importing rich is a tenth of their time."""

@@ -109,9 +109,9 @@ def refuse_checkpoint(path: str | os.PathLike[str]) -> None:
                          "not read Orbax checkpoints (the orbax-checkpoint package is not installed either)",
                          "restore it where it was written (Keras/JAX) and save a .keras file")
     if kind == "tf":
-        raise InputError(f"{text}: a TensorFlow checkpoint (.index + .data-* files): wtool does not read "
-                         "TensorFlow checkpoints yet",
-                         "restore it with tf.train.Checkpoint(...).restore(PREFIX) and save a .keras file")
+        raise InputError(f"{text}: a TensorFlow checkpoint (.index + .data-* files) where a model file is needed",
+                         f"`wtool inspect {text}` and `wtool diff` read it; `wtool set-weights MODEL "
+                         f"--from-checkpoint {text} -o OUT` turns it into a model file")
 
 
 def check_model_input(path: str | os.PathLike[str]) -> Path:

@@ -320,7 +320,7 @@ def corrupt(path: Path, exc: BaseException, what: str = "the HDF5 structure") ->
 
 def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | None = None) -> ModelFile:
     """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name),
-    or a .safetensors file / sharded .safetensors.index.json (by name).
+    a .safetensors file / sharded .safetensors.index.json (by name), or a TensorFlow checkpoint.
 
     `arch_config` (a model config, e.g. another ModelFile's `.config`) names the layers and
     variables of a weights-only file that has no config of its own.
@@ -330,8 +330,12 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
     if is_model_folder(Path(os.fspath(path))):
         folder = Path(os.fspath(path))
         return _model_file(folder, open_folder(folder), arch_config)
-    from wtool.fileio import refuse_checkpoint
+    from wtool.fileio import checkpoint_kind, refuse_checkpoint
 
+    if checkpoint_kind(path) == "tf":  # read without TensorFlow (wtool.store.tf_checkpoint)
+        from wtool.store.tf_checkpoint import open_tf_checkpoint
+
+        return open_tf_checkpoint(path)  # type: ignore[return-value]
     refuse_checkpoint(path)
     p = check_input_file(path)
     from wtool.store.safetensors_file import is_safetensors_name

@@ -67,8 +67,11 @@ class NpzWeights:
 
 def open_weights(path: str | os.PathLike[str]) -> Any:
     """A model/weights file (`open_model`), or an .npz keyed by weight path (`NpzWeights`)."""
+    from wtool.fileio import checkpoint_kind
     from wtool.store.model_file import open_model
 
+    if checkpoint_kind(path) == "tf":  # a TensorFlow checkpoint, read as a weights file
+        return open_model(path)
     p = check_model_input(path)  # before any open: no FIFO/device/URL (a model folder passes)
     if p.is_dir():
         return open_model(p)

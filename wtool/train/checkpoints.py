@@ -89,6 +89,11 @@ class RunCheckpoints:
         self.directory = directory
         self.out_path = out_path
         self.keep = keep
+        from wtool.store.model_paths import weight_paths
+
+        names = {id(v): path for path, v in weight_paths(model)}
+        # In the run metadata: `wtool inspect DIR` names the `weights` list by these paths (wtool.store.tf_checkpoint).
+        self.weight_paths = [names.get(id(w), "") for w in model.weights]
         weight_ids = {id(w) for w in model.weights}
         rng_vars = [v for v in model.variables if id(v) not in weight_ids]
         metric_vars = [v for m in train_metrics for v in m.variables]
@@ -118,7 +123,7 @@ class RunCheckpoints:
         return self.manager
 
     def save(self, meta_doc: dict[str, Any], number: int) -> str:
-        self.meta_var.assign(json.dumps(meta_doc))
+        self.meta_var.assign(json.dumps({**meta_doc, "weight_paths": self.weight_paths}))
         saved_to = str(self._get_manager().save(checkpoint_number=number))
         return saved_to if self.dist.is_chief else str(self.directory / Path(saved_to).name)  # the chief's is kept
 

@@ -33,6 +33,7 @@ FORMAT_NAMES = {
     ("weights.h5", "legacy"): "weights only (legacy layout)",
     ("weights.json", "keras3"): "sharded weights (Keras 3 layout)",
     ("safetensors", "safetensors"): "safetensors (tensors only)",
+    ("tf-checkpoint", "tf-checkpoint"): "TensorFlow checkpoint (.index + .data-*)",
 }
 SPARK = " ▁▂▃▄▅▆▇█"
 SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters

@@ -1,0 +1,310 @@
+"""TensorFlow checkpoints read without TensorFlow: inspect / diff / --export on tf.train.Checkpoint,
+`wtool train --checkpoint-dir` and tf.keras 2 `save_weights` prefixes, every value checked against
+TensorFlow's own reader; damaged and hostile bundles are one line, exit 3.
+
+The TF-free part (the committed tf.keras 2 samples and the crafted bundles) runs without TensorFlow;
+the differential tests import it to write checkpoints and to read them back.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from conftest import SAMPLES, run_cli
+
+from wtool.store import tf_bundle
+
+K2 = SAMPLES / "tf_keras2"
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _wtool_values(path):
+    from wtool.store import open_model
+
+    with open_model(path) as mf:
+        return mf, {w.path: (mf.key_of(w.path), mf.read(w.path)) for w in mf.weights}
+
+
+def _assert_equal_to_tf(path, prefix):
+    """Every variable wtool lists equals TensorFlow's value under the same key, bit for bit, and every key
+    TensorFlow lists is either a wtool weight or counted as optimizer/other state."""
+    tf = _tf()
+    reader = tf.train.load_checkpoint(str(prefix))
+    mf, got = _wtool_values(path)
+    assert got
+    for wpath, (key, value) in got.items():
+        want = reader.get_tensor(key)
+        assert value.dtype == want.dtype and value.shape == want.shape, wpath
+        assert np.array_equal(value, want, equal_nan=True), wpath
+    listed = {key for key, _ in got.values()}
+    every = set(reader.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert listed <= every
+    return mf, got, every - listed
+
+
+# ------------------------------------------------------------------------- made by TensorFlow
+
+
+@pytest.fixture(scope="module")
+def keras_checkpoint(tmp_path_factory):
+    """A Keras 3 Sequential and its Adam optimizer after one fit, kept by a CheckpointManager (two saves),
+    and the same model saved as .keras."""
+    tf = _tf()
+    import keras
+
+    root = tmp_path_factory.mktemp("kc")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, name="out")],
+                             name="seq")
+    model.compile(keras.optimizers.Adam(), "mse")
+    x, y = np.random.rand(16, 5).astype("float32"), np.random.rand(16, 3).astype("float32")
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+                                         str(root / "ck"), max_to_keep=3)
+    model.fit(x, y, epochs=1, verbose=0)
+    manager.save()
+    model.fit(x, y, epochs=1, verbose=0)
+    latest = manager.save()
+    model.save(root / "model.keras")
+    return root, latest
+
+
+@pytest.fixture(scope="module")
+def train_checkpoint(tmp_path_factory):
+    """`wtool train --checkpoint-dir` on the nested sample (a Sequential inside a Functional)."""
+    root = tmp_path_factory.mktemp("tc")
+    res = run_cli("train", SAMPLES / "nested.keras", "--data", SAMPLES / "nested.npz", "-o", root / "out.keras",
+                  "--epochs", "2", "--seed", "1", "--checkpoint-dir", root / "ck", "-q")
+    assert res.exit_code == 0, res
+    return root
+
+
+@pytest.mark.tf
+def test_keras_checkpoint_values_equal_tensorflow(keras_checkpoint):
+    root, latest = keras_checkpoint
+    mf, got, rest = _assert_equal_to_tf(root / "ck", latest)
+    assert str(mf.path) == latest  # the folder resolves to the latest of the manager's two saves
+    assert list(got) == ["d1/kernel", "d1/bias", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance",
+                         "out/kernel", "out/bias"]
+    assert {w.path for w in mf.weights if not w.trainable} == {"bn/moving_mean", "bn/moving_variance"}
+    assert all(k.startswith("optimizer/") or k.startswith("save_counter") for k in rest)
+    assert mf.optimizer_weights == sum(1 for k in rest if k.startswith("optimizer/"))
+
+
+@pytest.mark.tf
+def test_keras_checkpoint_diffs_equal_to_the_saved_model(keras_checkpoint):
+    root, latest = keras_checkpoint
+    for given in (root / "ck", latest, f"{latest}.index", f"{latest}.data-00000-of-00001"):
+        res = run_cli("diff", given, root / "model.keras")
+        assert res.exit_code == 0, res
+        assert res.stdout.startswith("equal: 8 weights, 8 same"), res.stdout
+
+
+@pytest.mark.tf
+def test_wtool_train_checkpoint_values_paths_and_export(train_checkpoint, tmp_path):
+    tf = _tf()
+    ck = train_checkpoint / "ck"
+    latest = tf.train.latest_checkpoint(str(ck))
+    mf, got, _ = _assert_equal_to_tf(ck, latest)
+    from wtool.store import open_model
+
+    with open_model(train_checkpoint / "out.keras") as out:  # the run metadata names the nested paths
+        assert list(got) == [w.path for w in out.weights]
+    res = run_cli("diff", ck, train_checkpoint / "out.keras")
+    assert res.exit_code == 0 and res.stdout.startswith("equal: 10 weights"), res
+    npz = tmp_path / "w.npz"
+    res = run_cli("inspect", ck, "--export", npz)
+    assert res.exit_code == 0, res
+    with np.load(npz) as arrays:
+        assert sorted(arrays.files) == sorted(got)
+        reader = tf.train.load_checkpoint(latest)
+        for wpath, (key, _) in got.items():
+            assert np.array_equal(arrays[wpath], reader.get_tensor(key))
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", ["flat", "nested"])
+def test_tf_keras2_save_weights_values_equal_tensorflow(name):
+    mf, got, rest = _assert_equal_to_tf(K2 / name, K2 / name)
+    if name == "flat":  # Keras names: unique, one level of layers
+        assert list(got) == ["dense_a/kernel", "dense_a/bias", "dense_b/kernel", "dense_b/bias"]
+    else:  # a nested model's Keras names lack the model's own name: the checkpoint's keys, readably
+        assert list(got)[0] == "layer_with_weights-0/layer_with_weights-0/kernel"
+        assert len(got) == 8 and all(k.startswith("optimizer/") for k in rest)
+
+
+# ------------------------------------------------------------------------- without TensorFlow
+
+
+def test_inspect_tf_keras2_folder_names_the_latest():
+    res = run_cli("inspect", K2, "--weights", "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert doc["file"].endswith("flat") and doc["format"] == "tf-checkpoint" and doc["total_params"] == 21
+    res = run_cli("inspect", K2, "--weights")
+    assert "dense_a/kernel" in res.stdout and "(3, 4)" in res.stdout
+    assert "TensorFlow checkpoint (.index + .data-*)" in res.stdout
+
+
+def test_sample_and_stats_read_values():
+    res = run_cli("inspect", K2 / "flat.index", "--sample", "2", "--layer", "dense_a/kernel")
+    assert res.exit_code == 0, res
+    from wtool.store import open_model
+
+    with open_model(K2 / "flat") as mf:
+        kernel = mf.read("dense_a/kernel")
+    assert f"{kernel[0, 0]:.4g}"[:5] in res.stdout
+
+
+def test_a_checkpoint_is_still_refused_where_a_model_file_is_needed(tmp_path):
+    res = run_cli("set-weights", K2 / "flat", "--init", "*=zeros", "-o", tmp_path / "x.keras")
+    assert res.exit_code == 3 and "a TensorFlow checkpoint" in res.stderr and "--from-checkpoint" in res.stderr
+
+
+# ------------------------------------------------------------------------- damaged and hostile bundles
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, value: int | bytes) -> bytes:
+    tag = _varint(number << 3 | wire)
+    if wire == 0:
+        return tag + _varint(int(value))  # type: ignore[arg-type]
+    if wire == 5:
+        return tag + struct.pack("<I", value)
+    return tag + _varint(len(value)) + value  # type: ignore[arg-type]
+
+
+def _mask(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _block(entries: list[tuple[bytes, bytes]], kind: int = 0) -> bytes:
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    body += struct.pack("<II", 0, 1)  # one restart point, at 0
+    return body + bytes([kind]) + struct.pack("<I", _mask(tf_bundle.crc32c(body + bytes([kind]))))
+
+
+def _bundle(tmp_path, entries, *, shards=1, data=b"", kind=0, magic=tf_bundle.MAGIC):
+    """A checkpoint `tmp_path/ck` with a crafted index: header, then (key, BundleEntryProto bytes)."""
+    header = _field(1, 0, shards) + _field(2, 0, 0)
+    data_block = _block([(b"", header)] + [(k.encode(), v) for k, v in entries], kind)
+    index_block = _block([(b"\xff", _varint(0) + _varint(len(data_block) - 5))])
+    footer = _varint(0) + _varint(0) + _varint(len(data_block)) + _varint(len(index_block) - 5)
+    footer = footer.ljust(40, b"\0") + struct.pack("<Q", magic)
+    (tmp_path / "ck.index").write_bytes(data_block + index_block + footer)
+    for i in range(min(shards, 1)):
+        (tmp_path / f"ck.data-{i:05d}-of-{shards:05d}").write_bytes(data)
+    return tmp_path / "ck"
+
+
+def _entry(dtype=1, shape=(2,), offset=0, size=8, crc=None, shard=0) -> bytes:
+    dims = b"".join(_field(2, 2, _field(1, 0, d)) for d in shape)
+    out = _field(1, 0, dtype) + _field(2, 2, dims) + _field(3, 0, shard) + _field(4, 0, offset) + _field(5, 0, size)
+    return out + (_field(6, 5, crc) if crc is not None else b"")
+
+
+def _refused(path, *extra, words=()):
+    res = run_cli("inspect", path, "--stats", *extra)
+    assert res.exit_code == 3, res
+    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_crafted_bundle_reads_and_its_checksum_is_checked(tmp_path):
+    data = np.array([1.5, -2.0], "<f4").tobytes()
+    good = _bundle(tmp_path, [("v/.ATTRIBUTES/VARIABLE_VALUE", _entry(crc=_mask(tf_bundle.crc32c(data))))],
+                   data=data)
+    res = run_cli("inspect", good, "--sample", "2")
+    assert res.exit_code == 0 and "-2" in res.stdout, res
+    bad = _bundle(tmp_path, [("v/.ATTRIBUTES/VARIABLE_VALUE", _entry(crc=_mask(tf_bundle.crc32c(data)) ^ 1))],
+                  data=data)
+    _refused(bad, words=("CRC-32C",))
+
+
+@pytest.mark.parametrize("case", ["truncated", "magic", "past_eof", "huge", "missing_shard", "shard_id",
+                                  "compressed", "string", "variant", "size_mismatch", "empty"])
+def test_damaged_bundles_are_one_line_exit_3(tmp_path, case):
+    data = bytes(8)
+    entry = _entry()
+    kw: dict = {}
+    words: tuple[str, ...] = ()
+    if case == "past_eof":
+        entry, words = _entry(offset=4), ("past the end",)
+    elif case == "huge":
+        entry, words = _entry(shape=(1 << 40, 1 << 20), size=1 << 62), ("past the end",)
+    elif case == "missing_shard":
+        kw, words = {"shards": 2}, ("missing",)
+    elif case == "shard_id":
+        entry, words = _entry(shard=5), ("shard 5",)
+    elif case == "compressed":
+        kw, words = {"kind": 1}, ("compressed",)
+    elif case == "string":
+        entry, words = _entry(dtype=7, shape=(3,), size=8), ("string",)
+    elif case == "variant":
+        entry, words = _entry(dtype=21, shape=(), size=8), ("variant",)
+    elif case == "size_mismatch":
+        entry, words = _entry(shape=(3,), size=8), ("needs 12 bytes",)
+    elif case == "magic":
+        kw, words = {"magic": 0x1234}, ("magic",)
+    path = _bundle(tmp_path, [("v/.ATTRIBUTES/VARIABLE_VALUE", entry)], data=data, **kw)
+    if case == "truncated":
+        raw = (tmp_path / "ck.index").read_bytes()
+        (tmp_path / "ck.index").write_bytes(raw[:-10])
+        words = ("magic",)
+    if case == "empty":
+        (tmp_path / "ck.index").write_bytes(b"\0" * 20)
+        words = ("footer",)
+    if case in ("string", "variant"):  # listed as not readable; reading its values is refused
+        res = run_cli("inspect", path, "--weights")
+        assert res.exit_code == 0 and "not read" in res.stderr, res
+        return
+    _refused(path, words=words)
+
+
+def test_random_damage_to_a_real_index_never_leaks_a_traceback(tmp_path):
+    """Flip bytes, cut and splice the nested tf.keras 2 sample: exit 0 (harmless damage) or 3, one line."""
+    rng = random.Random(7)
+    original = (K2 / "nested.index").read_bytes()
+    shutil.copy(K2 / "nested.data-00000-of-00001", tmp_path / "nested.data-00000-of-00001")
+    for trial in range(60):
+        raw = bytearray(original)
+        if trial % 3 == 0:
+            raw = raw[: rng.randrange(len(raw))]
+        else:
+            for _ in range(rng.randint(1, 4)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+        (tmp_path / "nested.index").write_bytes(bytes(raw))
+        res = run_cli("inspect", tmp_path / "nested", "--stats")
+        assert res.exit_code in (0, 3), (trial, res)
+        assert "Traceback" not in res.stderr and res.exception is None or isinstance(res.exception, SystemExit)
+        if res.exit_code == 3:
+            assert len([x for x in res.stderr.splitlines() if x.startswith("error:")]) == 1
+
+
+def test_a_truncated_data_file_is_refused(tmp_path):
+    for f in K2.glob("nested.*"):
+        shutil.copy(f, tmp_path / f.name)
+    data = tmp_path / "nested.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+    _refused(tmp_path / "nested", words=("past the end",))
