@@ -118,3 +118,6 @@ def _weight_names(model: Any) -> dict[int, str]:
         return {id(v): p for p, v in weight_paths(model)}
     except Exception:  # noqa: BLE001 - naming only; never let it stop training
         return {id(v): v.path for v in model.weights}
+
+
+weight_names = _weight_names  # for wtool.train.lora: the same canonical paths the frozen check names

@@ -47,8 +47,9 @@ from wtool.train.data import (
     saved_class_names,
     split_validation,
 )
-from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree
+from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree, weight_names
 from wtool.train.history import RunState, steady_rate, write_history
+from wtool.train.lora import LoraRun, before_save, train_saved_lora_as_plain
 from wtool.train.objectives import monitor_mode, resolve_loss, resolve_metrics, y_dtype
 from wtool.train.optim import (
     build_optimizer,
@@ -122,7 +123,7 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     if latest is not None:
         check_epochs_left(latest, meta, opts.epochs)
     seed = _agree_on_seed(opts, dist, meta, data, val)
-    m = _prepare_model(opts, data, val)
+    m = _prepare_model(opts, data, val, seed)
     feed = _prepare_feed(opts, dist, m, data, val, seed)
     ckpts = RunCheckpoints(m.model, m.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
                            out_path, opts.keep_checkpoints)
@@ -138,6 +139,8 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     run.run_epochs()
     restored_best = run.restore_best()
     _check_frozen_unchanged(m.frozen, snapshot)
+    if m.lora is not None:
+        before_save(m.model, m.lora)
     _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history, data.class_names,
                    automatic_dir=bool(meta.get("automatic_dir")))
     return TrainResult(run.summary(restored_best, out_path, t_start), state.history)
@@ -169,20 +172,22 @@ class _Model:
     val_metrics: list[Any]
     restored_steps: int
     notes: list[str]
+    lora: LoraRun | None = None
 
 
-def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | None) -> _Model:
-    """Load, freeze, resolve loss and metrics, build the optimizer (continuing the saved state), compile."""
+def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | None, seed: int) -> _Model:
+    """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
+    state), compile."""
     from wtool.graph.model import load_model
 
     model = load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch)
     saved = read_saved_training(opts.model, arch=opts.arch)
+    notes = train_saved_lora_as_plain(model) if opts.lora is None else []
+    saved_trainable = list(model.trainable_variables)  # the saved optimizer state's order
+    model, nodes, lora_run = _freeze_or_adapt(opts, model, seed, notes)
     io_ = model_io(model)
-    nodes = layer_tree(model)
-    saved_trainable = list(model.trainable_variables)
-    apply_freezing(nodes, opts.freeze, opts.unfreeze)
     trainable = list(model.trainable_variables)
-    frozen = frozen_weights(model, nodes)
+    frozen = lora_run.frozen if lora_run is not None else frozen_weights(model, nodes)
 
     batch = min(opts.batch_size, len(data))
     steps_per_epoch = -(-len(data) // batch)
@@ -198,10 +203,11 @@ def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | N
     optimizer = build_optimizer(opts, base, opts.epochs * steps_per_epoch, steps_per_epoch)
     with import_keras().name_scope(optimizer.name, caller=optimizer):
         optimizer.build(trainable)
-    notes: list[str] = []
     state = saved.optimizer_state
     restored_steps = 0
-    if state is not None and state.iterations > 0 and not opts.reset_optimizer and not opts.resume:
+    if state is not None and state.iterations > 0 and lora_run is not None:
+        notes.append(f"--lora: the saved optimizer state ({state.iterations} steps) is not used (new adapters)")
+    elif state is not None and state.iterations > 0 and not opts.reset_optimizer and not opts.resume:
         notes += restore_optimizer_state(optimizer, state, base, saved_trainable, trainable)
         restored_steps = int(optimizer.iterations.numpy())
         notes.insert(0, f"continuing the saved optimizer state ({restored_steps} steps done)")
@@ -211,7 +217,24 @@ def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | N
     check_learning_rate(optimizer, opts.epochs * steps_per_epoch, restored_steps)
     model.compile(optimizer=optimizer, loss=loss_ident, metrics=metric_idents or None)
     return _Model(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
-                  restored_steps, notes)
+                  restored_steps, notes, lora_run)
+
+
+def _freeze_or_adapt(opts: TrainOptions, model: Any, seed: int,
+                     notes: list[str]) -> tuple[Any, dict[str, LayerNode], LoraRun | None]:
+    """--lora: adapters on the chosen layers, the rest frozen (wtool.train.lora); else --freeze/--unfreeze."""
+    from wtool.train import lora
+
+    if opts.lora is None:
+        nodes = layer_tree(model)
+        apply_freezing(nodes, opts.freeze, opts.unfreeze)
+        train_saved_lora_as_plain(model)  # again: a layer's trainable flag re-sets its variables'
+        return model, nodes, None
+    model = lora.rebuild_without_lora(model, opts.unsafe)
+    nodes = layer_tree(model)
+    run = lora.enable(model, nodes, opts.lora, seed, weight_names(model))
+    notes.append(run.note())
+    return model, nodes, run
 
 
 @dataclass
@@ -490,6 +513,7 @@ class _Run:
             "loss": m.loss_name,
             "seed": self.seed,
             "trainable_weights": len(m.trainable),
+            "lora": m.lora.summary() if m.lora is not None else None,
             "frozen": {"weights": len(m.frozen), "unchanged": True},
             "notes": m.notes,
             "history_file": opts.history,

@@ -83,6 +83,7 @@ class TrainOptions:
     task_index: int | None = None
     replicas: int | None = None
     collective_timeout: float = 120.0
+    lora: Any = None  # wtool.train.lora.LoraOptions: --lora RANK [--lora-layers GLOB] [--lora-alpha A]
 
 
 @dataclass

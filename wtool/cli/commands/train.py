@@ -204,6 +204,12 @@ def _render(summary: dict[str, Any]) -> Any:
         if summary["restored_optimizer_steps"]:
             steps += f" ({fmt_int(summary['restored_optimizer_steps'])} before this run)"
         rows.append(("optimizer", steps))
+        lora = summary.get("lora")
+        if lora:
+            rows.append(("lora", (f"rank {lora['rank']} (alpha {lora['alpha']:g}) on {len(lora['layers'])} "
+                         f"layer{'s' if len(lora['layers']) != 1 else ''}; trainable parameters "
+                         f"{fmt_int(lora['trainable_params_before'])} -> {fmt_int(lora['trainable_params'])} "
+                         "(adapters only), merged into OUT")))
         frozen = summary["frozen"]["weights"]
         rows.append(("frozen", f"{frozen} frozen weights unchanged" if frozen else "no frozen weights"))
         rows.append(("seed", str(summary["seed"])))
@@ -274,6 +280,14 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--metric", "metrics", multiple=True, help="A Keras metric by name (repeatable; default: saved ones).")
 @click.option("--freeze", multiple=True, help="Freeze layers whose path matches GLOB (repeatable).")
 @click.option("--unfreeze", multiple=True, help="Unfreeze layers whose path matches GLOB (repeatable; after --freeze).")
+@click.option("--lora", "lora_rank", type=int, metavar="RANK",
+              help="Fine-tune only LoRA adapters of this rank (Keras's enable_lora); everything else is frozen and "
+              "OUT holds the merged kernels.")
+@click.option("--lora-layers", multiple=True, metavar="GLOB",
+              help="With --lora: the layers to adapt, by path (repeatable; default: every Dense, EinsumDense, "
+              "Embedding and convolution layer).")
+@click.option("--lora-alpha", type=float, metavar="A", help="With --lora: scale the adapters by A / RANK "
+              "(default: RANK).")
 @click.option("--reset-optimizer", is_flag=True, help="Start the optimizer fresh instead of continuing its saved state.")
 @click.option("--early-stopping", type=int, metavar="PATIENCE",
               help="Stop after PATIENCE epochs without improvement; the best epoch's weights are written.")
@@ -316,7 +330,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
             min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
             resume: bool, history_file: str | None, plot_path: str | None, tensorboard: str | None, steps_per_execution: int | None,
             jit: str, strategy: str, workers: str | None, task_index: int | None, replicas: int | None,
-            collective_timeout: float) -> None:
+            collective_timeout: float, lora_rank: int | None, lora_layers: tuple[str, ...],
+            lora_alpha: float | None) -> None:
     """Train MODEL on labelled data with a tf.GradientTape loop and write the result to -o OUT.
 
     Optimizer, loss and metrics default to the model's saved compile config; a model that was
@@ -331,9 +346,11 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train sample_models/nested.keras --data sample_models/nested.npz -o tuned.keras --freeze features --epochs 5
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
+      wtool train sample_models/mlp.keras --data sample_models/mlp.npz --lora 4 -o mlp-lora.keras  # adapters only
     """
     from wtool.train.distribute import check_options, parse_workers
     from wtool.train.loop import train
+    from wtool.train.lora import make_options as lora_options
     from wtool.train.options import ScheduleOptions, TrainOptions
 
     worker_list = tuple(parse_workers(workers)) if workers is not None else ()
@@ -362,7 +379,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         monitor=monitor, min_delta=min_delta, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, history=history_file, tensorboard=tensorboard,
         steps_per_execution=steps_per_execution, jit=jit, resume_command=_resume_command(ctx), strategy=strategy,
-        workers=worker_list, task_index=task_index, replicas=replicas, collective_timeout=collective_timeout)
+        workers=worker_list, task_index=task_index, replicas=replicas, collective_timeout=collective_timeout,
+        lora=lora_options(lora_rank, lora_layers, lora_alpha, freeze, unfreeze))
     reporter: Any = None
     if out.show_progress:
         reporter = RichReporter(out)
