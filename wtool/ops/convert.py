@@ -7,7 +7,11 @@ What moves, by target:
 | same format as IN | byte copy, read back | yes |
 | `.keras` -> `.weights.h5` | the archive's weights file, extracted | yes |
 | any -> `.safetensors` / `.npz` | every weight, keyed by path, dtypes kept | yes |
-| `.keras` <-> `.h5` | Keras loads IN and saves OUT (needs the graph) | no |
+| `.keras` -> `.h5`, plain models | the legacy layout written with h5py, bytes copied (`wtool.store.legacy_h5`) | yes |
+| `.keras` -> `.h5`, the rest; `.h5` -> `.keras` | Keras loads IN and saves OUT (needs the graph) | no |
+
+"The rest" is what `legacy_h5` cannot map with certainty (nested models, wrappers, attention,
+custom or quantized layers, bfloat16): the report's notes say why Keras was used.
 
 The report lists what the target keeps and what it drops (architecture, training
 config, optimizer state, trainable flags). A weights-only input (`.weights.h5`,
@@ -49,7 +53,7 @@ class ConvertReport:
     output: str
     source_format: str
     target_format: str
-    method: str  # copy | extract | export | keras
+    method: str  # copy | extract | export | hdf5 | keras
     weights: int = 0
     bytes: int = 0
     kept: list[str] = field(default_factory=list)
@@ -98,6 +102,15 @@ def convert(inp: str, out: str, *, unsafe: bool = False, max_shard_bytes: int | 
                 report.method = "copy"
             report.verified = _same_values(mf, out)
             return report
+        if mf.format == "keras" and fmt == "h5":
+            from wtool.store.legacy_h5 import NeedsGraph, plan_legacy_h5
+
+            try:
+                plan = plan_legacy_h5(mf)
+            except NeedsGraph as exc:
+                report.notes.append(f"through Keras (TensorFlow): {exc}")
+            else:
+                return _write_legacy(mf, out, plan, report, held)
         if mf.format == "safetensors":
             raise IncompatibleError(f"{inp}: a .safetensors file holds tensors only, no architecture to write "
                                     f".{fmt} from",
@@ -132,6 +145,33 @@ def _convert_h5(inp: str, out: str, fmt: str, report: ConvertReport, held: dict[
         from wtool.errors import InternalError
 
         raise InternalError(f"{out}: the converted weights differ from {inp}")
+    return report
+
+
+def _write_legacy(mf: Any, out: str, plan: Any, report: ConvertReport, held: dict[str, bool]) -> ConvertReport:
+    """.keras -> legacy .h5 at the HDF5 level (wtool.store.legacy_h5): byte copies, checked, no TensorFlow."""
+    from wtool.fileio import atomic_output
+    from wtool.store import open_model
+    from wtool.store.legacy_h5 import write_legacy_h5
+
+    with atomic_output(out) as tmp:
+        write_legacy_h5(mf.path, plan, tmp)
+        with open_model(tmp) as b:
+            by_path = {w.path: w for w in b.weights}
+            if [w.path for w in mf.weights] != [w.path for w in b.weights] or any(
+                    (by_path[w.path].shape, by_path[w.path].dtype) != (w.shape, w.dtype) for w in mf.weights):
+                from wtool.errors import InternalError
+
+                raise InternalError(f"{out}: the written file does not name the weights as {mf.path} does")
+    report.method = "hdf5"
+    report.notes += plan.notes
+    optimizer_kept = plan.optimizer is not None
+    can_hold = {"architecture": True, "training config": "training_config" in plan.attrs,
+                "optimizer state": optimizer_kept, "trainable flags": True}
+    report.kept = ["weights"] + [k for k, v in held.items() if v and can_hold[k]]
+    report.dropped = [k for k, v in held.items() if v and not can_hold[k]]
+    report.bytes = os.path.getsize(out)
+    report.verified = True
     return report
 
 

@@ -24,10 +24,12 @@ def command(out: Output, source: str, output: str, unsafe: bool, max_shard_bytes
     """Convert IN to the format OUT's name asks for, listing what the target drops.
 
     OUT may be .keras, .h5, .weights.h5, .weights.json (sharded, --max-shard-size),
-    .safetensors or .npz. The same format,
-    .keras -> .weights.h5, and anything -> .safetensors / .npz run at the HDF5
-    level without TensorFlow; .keras <-> .h5 goes through Keras (the graph is
-    rebuilt, the optimizer state is not carried over). A weights-only IN has no
+    .safetensors or .npz. The same format, .keras -> .weights.h5 / .weights.json,
+    anything -> .safetensors / .npz, and .keras -> .h5 for plain Sequential and
+    Functional models (built-in layers, RNNs included; the optimizer state kept
+    for Adam, AdamW and SGD) run at the HDF5 level without TensorFlow. Nested
+    models, wrappers, attention, custom or quantized layers, and .h5 -> .keras go
+    through Keras (a note says why). A weights-only IN has no
     architecture to write a .keras or .h5 from (exit 4; `wtool transfer` does
     that). The written weights are compared with IN's.
 
