@@ -67,6 +67,7 @@ def keras_checkpoint(tmp_path_factory):
                               keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, name="out")],
                              name="seq")
     model.compile(keras.optimizers.Adam(), "mse")
+    model.save(root / "untrained.keras")
     x, y = np.random.rand(16, 5).astype("float32"), np.random.rand(16, 3).astype("float32")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
                                          str(root / "ck"), max_to_keep=3)
@@ -140,6 +141,75 @@ def test_tf_keras2_save_weights_values_equal_tensorflow(name):
     else:  # a nested model's Keras names lack the model's own name: the checkpoint's keys, readably
         assert list(got)[0] == "layer_with_weights-0/layer_with_weights-0/kernel"
         assert len(got) == 8 and all(k.startswith("optimizer/") for k in rest)
+
+
+# ------------------------------------------------------------------------- set-weights --from-checkpoint
+
+
+@pytest.mark.tf
+def test_from_checkpoint_into_the_untrained_file_gives_the_trained_weights(train_checkpoint, tmp_path):
+    """wtool train's checkpoint into the untrained nested sample: equal to the trained model, and to what
+    tf.train.Checkpoint(model=...).restore(...).expect_partial() gives the same Keras model."""
+    tf = _tf()
+    from conftest import stored_weights
+
+    from wtool.graph.model import load_model
+    from wtool.store.model_paths import weight_paths
+
+    out = tmp_path / "restored.keras"
+    res = run_cli("set-weights", SAMPLES / "nested.keras", "--from-checkpoint", train_checkpoint / "ck", "-o", out,
+                  "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert doc["counts"] == {"assigned": 10, "kept": 0, "total": 10, "problems": 0}
+    assert any("optimizer variable(s) of the checkpoint ignored" in n for n in doc["notes"])
+    got, trained = stored_weights(out), stored_weights(train_checkpoint / "out.keras")
+    assert got.keys() == trained.keys() and all(np.array_equal(got[k], trained[k]) for k in got)
+    reference = load_model(SAMPLES / "nested.keras")
+    tf.train.Checkpoint(model=reference).restore(tf.train.latest_checkpoint(str(train_checkpoint / "ck"))) \
+        .expect_partial()
+    for path, var in weight_paths(reference):
+        assert np.array_equal(got[path], np.asarray(var)), path
+
+
+@pytest.mark.tf
+def test_from_checkpoint_reports_what_it_does_not_hold_and_refuses_wrong_shapes(keras_checkpoint, tmp_path):
+    import keras
+
+    root, latest = keras_checkpoint
+    res = run_cli("set-weights", root / "untrained.keras", "--from-checkpoint", latest, "-o", tmp_path / "a.keras")
+    assert res.exit_code == 0, res
+    assert run_cli("diff", tmp_path / "a.keras", root / "model.keras").exit_code == 0
+    wider = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, name="out"),
+                              keras.layers.Dense(2, name="extra")], name="seq")
+    wider.save(tmp_path / "wider.keras")
+    res = run_cli("set-weights", tmp_path / "wider.keras", "--from-checkpoint", root / "ck", "-o",
+                  tmp_path / "w.keras", "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert doc["counts"]["assigned"] == 8 and doc["counts"]["kept"] == 2
+    assert any("not in the checkpoint, kept as they were: extra/kernel, extra/bias" in n for n in doc["notes"])
+    narrow = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, name="d1"),
+                               keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, name="out")])
+    narrow.save(tmp_path / "narrow.keras")
+    res = run_cli("set-weights", tmp_path / "narrow.keras", "--from-checkpoint", root / "ck", "-o",
+                  tmp_path / "n.keras")
+    assert res.exit_code == 4 and "d1/kernel" in res.stderr and not (tmp_path / "n.keras").exists(), res
+
+
+@pytest.mark.tf
+def test_from_checkpoint_refusals(keras_checkpoint, tmp_path):
+    root, _ = keras_checkpoint
+    res = run_cli("set-weights", root / "untrained.keras", "--from-checkpoint", K2, "-o", tmp_path / "x.keras")
+    assert res.exit_code == 4 and "none of its variables matches" in res.stderr, res  # tf.keras 2 vs Keras 3
+    for f in K2.glob("nested.*"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "nested.data-00000-of-00001").unlink()
+    res = run_cli("set-weights", root / "untrained.keras", "--from-checkpoint", tmp_path / "nested", "-o",
+                  tmp_path / "y.keras")
+    assert res.exit_code == 3 and "missing" in res.stderr and "Traceback" not in res.stderr, res
+    assert not (tmp_path / "x.keras").exists() and not (tmp_path / "y.keras").exists()
 
 
 # ------------------------------------------------------------------------- without TensorFlow

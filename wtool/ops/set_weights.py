@@ -173,6 +173,7 @@ def plan_set_weights(
     weights: Sequence[str] = (),
     from_model: str | None = None,
     from_layers: Sequence[str] = (),
+    from_checkpoint: str | None = None,
     inits: Sequence[str] = (),
     seed: int | None = None,
     allow_nonfinite: bool = False,
@@ -182,8 +183,9 @@ def plan_set_weights(
     max_shard_bytes: int | None = None,
 ) -> SetWeightsPlan:
     """Gather every assignment, check them all, and return the plan (nothing written)."""
-    if not (npz or weights or from_model or inits):
-        raise UsageError("nothing to assign", "give at least one of --npz, --weight, --from-model, --init")
+    if not (npz or weights or from_model or from_checkpoint or inits):
+        raise UsageError("nothing to assign",
+                         "give at least one of --npz, --weight, --from-model, --from-checkpoint, --init")
     if from_layers and not from_model:
         raise UsageError("--layer selects weights of --from-model; give --from-model SRC")
     out = None if dry_run and output is None and not in_place else check_output(output, in_place, [model_path])
@@ -202,6 +204,13 @@ def plan_set_weights(
             gather.add_value(path, _load_npy(npy), npy)
         if from_model:
             _add_from_model(plan, from_model, from_layers, gather.by_path, gather.unknown, gather.claim)
+        if from_checkpoint:
+            from wtool.ops.from_checkpoint import checkpoint_values
+
+            found = checkpoint_values(model_path, from_checkpoint)
+            for path, (value, source) in found.values.items():
+                gather.add_value(path, value, source)
+            plan.notes.extend(found.notes)
         for glob, name, init in parsed_inits:
             gather.add_init(glob, name, init)
         _check_quantized(plan, model, from_model)

@@ -251,8 +251,9 @@ class TFCheckpointFile:
 
     def _name_weights(self, where: str) -> None:
         graph = self.entries.get(GRAPH_KEY)
+        self.graph: list[Node] = []
         if graph is not None:
-            nodes = parse_graph(bundle.read_scalar_string(self._files[graph.shard], graph, where), where)
+            nodes = self.graph = parse_graph(bundle.read_scalar_string(self._files[graph.shard], graph, where), where)
             graph_paths, sequential = model_variables(nodes)
             named = wtool_names(nodes, self._meta(where)) or name_variables(
                 nodes, {k: p for k, p in graph_paths.items() if k in self.entries}, sequential)
@@ -316,6 +317,14 @@ class TFCheckpointFile:
     @property
     def weight_bytes(self) -> int:
         return sum(w.nbytes for w in self.weights)
+
+    @property
+    def root_is_model(self) -> bool:
+        """The root is the model itself (tf.keras `save_weights`), not a Checkpoint with a `model` child."""
+        return bool(self.graph) and all(name != "model" for _, name in self.graph[0].children)
+
+    def data_file(self, entry: bundle.Entry) -> Path:
+        return self._files[entry.shard]
 
     def key_of(self, path: str) -> str:
         """The checkpoint key of a weight (`model/.../.ATTRIBUTES/VARIABLE_VALUE`)."""

@@ -91,6 +91,10 @@ def _print_summary(console: Console, plan: Any, doc: dict[str, Any]) -> None:
               help="Take the same weight paths from another model file.")
 @click.option("--layer", "from_layers", multiple=True, metavar="GLOB",
               help="With --from-model: only the weights under these layers/paths. Repeatable.")
+@click.option("--from-checkpoint", metavar="DIR|PREFIX",
+              help="Take MODEL's weights from a TensorFlow checkpoint (a prefix, its .index, or the folder of "
+                   "its `checkpoint` file), matched through its object graph as tf.train.Checkpoint restores "
+                   "do; optimizer slots are ignored. Needs TensorFlow.")
 @click.option("--init", "inits", multiple=True, metavar="GLOB=INIT",
               help="Re-initialise: zeros, ones, constant:V, glorot_uniform, glorot_normal, he_normal, he_uniform, "
                    "lecun_normal, lecun_uniform, variance_scaling, random_normal, random_uniform, "
@@ -105,15 +109,16 @@ def _print_summary(console: Console, plan: Any, doc: dict[str, Any]) -> None:
 @common_options
 def command(out: Output, model: str, output: str | None, in_place: bool, npz: tuple[str, ...],
             weights: tuple[str, ...], from_model: str | None, from_layers: tuple[str, ...],
-            inits: tuple[str, ...], seed: int | None, allow_nonfinite: bool, reset_optimizer: bool,
+            from_checkpoint: str | None, inits: tuple[str, ...], seed: int | None, allow_nonfinite: bool, reset_optimizer: bool,
             dry_run: bool, max_shard_bytes: int | None) -> None:
     """Assign weights of MODEL directly and write the result to OUT.
 
     Sources can be combined; each weight may be assigned once. Every path, shape,
     dtype and value is checked first: any problem (all are listed) exits 4 and
     writes nothing. Everything not assigned is kept as it was, optimizer state
-    included (unless --reset-optimizer). Runs at the HDF5 level, without TensorFlow;
-    the written values are read back and compared.
+    included (unless --reset-optimizer). Runs at the HDF5 level, without TensorFlow
+    (--from-checkpoint alone builds MODEL with Keras to match the checkpoint's object
+    graph); the written values are read back and compared.
 
     Examples:
 
@@ -123,12 +128,13 @@ def command(out: Output, model: str, output: str | None, in_place: bool, npz: tu
       wtool set-weights model.h5 --weight out/bias=bias.npy -o fixed.h5
       wtool set-weights model.keras --init 'out/*=zeros' --seed 1 --in-place
       wtool set-weights model.keras --from-model other.keras --layer features -o mixed.keras
+      wtool set-weights model.keras --from-checkpoint run.ckpt -o restored.keras
     """
     from wtool.ops import surgery
 
     plan = surgery.plan_set_weights(
         model, output=output, npz=npz, weights=weights, from_model=from_model, from_layers=from_layers,
-        inits=inits, seed=seed, allow_nonfinite=allow_nonfinite, reset_optimizer=reset_optimizer,
+        from_checkpoint=from_checkpoint, inits=inits, seed=seed, allow_nonfinite=allow_nonfinite, reset_optimizer=reset_optimizer,
         in_place=in_place, dry_run=dry_run, max_shard_bytes=max_shard_bytes)
     if plan.problems:
         out.result(plan.to_json())  # --json: the whole plan with its problems, then the error
