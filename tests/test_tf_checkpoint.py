@@ -45,6 +45,9 @@ def _assert_equal_to_tf(path, prefix):
         want = reader.get_tensor(key)
         assert value.dtype == want.dtype and value.shape == want.shape, wpath
         assert np.array_equal(value, want, equal_nan=True), wpath
+    res = run_cli("inspect", path, "--weights", "--json")  # what the user sees: paths and their keys
+    assert res.exit_code == 0, res
+    assert [(w["path"], w["checkpoint_key"]) for w in res.json()["weights"]] == [(p, k) for p, (k, _) in got.items()]
     listed = {key for key, _ in got.values()}
     every = set(reader.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
     assert listed <= every
@@ -122,6 +125,10 @@ def test_wtool_train_checkpoint_values_paths_and_export(train_checkpoint, tmp_pa
         assert list(got) == [w.path for w in out.weights]
     res = run_cli("diff", ck, train_checkpoint / "out.keras")
     assert res.exit_code == 0 and res.stdout.startswith("equal: 10 weights"), res
+    hashes = [run_cli("inspect", f, "--hash", "--json").json()["hash"] for f in (ck, train_checkpoint / "out.keras")]
+    assert hashes[0] == hashes[1]  # "is this the same model?": the checkpoint and OUT say yes
+    res = run_cli("inspect", ck, "--check")
+    assert res.exit_code == 4 and "holds variables, not an architecture" in res.stdout + res.stderr, res
     npz = tmp_path / "w.npz"
     res = run_cli("inspect", ck, "--export", npz)
     assert res.exit_code == 0, res

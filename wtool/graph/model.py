@@ -184,6 +184,12 @@ def _translation(mf: ModelFile, path: Path) -> Translation:
 
 def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResult:
     """Can the graph of PATH be rebuilt (with or without --unsafe)? Never imports TensorFlow."""
+    from wtool.fileio import checkpoint_kind
+
+    if checkpoint_kind(path) == "tf":
+        reason = ("a TensorFlow checkpoint holds variables, not an architecture: `wtool set-weights MODEL "
+                  "--from-checkpoint` puts them into a model file")
+        return CheckResult(str(path), 4, "no-graph", [reason])
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is None:

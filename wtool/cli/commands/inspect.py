@@ -153,6 +153,8 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
     for w in summary.weights:
         row: dict[str, Any] = {"path": w.path, "layer": w.layer, "name": w.name, "shape": list(w.shape),
                                "dtype": w.dtype, "params": w.params, "trainable": w.trainable}
+        if summary.format == "tf-checkpoint":  # its key, for tf.train.load_checkpoint(...).get_tensor(key)
+            row["checkpoint_key"] = w.h5_name
         entry = details[w.path]
         if "stats" in entry:
             row["stats"] = None if entry["stats"] is None else dict(entry["stats"].__dict__)
@@ -370,6 +372,9 @@ def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[st
     columns = ["weight", "shape", "dtype", "params", "trainable"]
     if stats:
         columns += ["min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
+    checkpoint = summary.format == "tf-checkpoint"
+    if checkpoint:
+        columns.append("checkpoint key")
     from wtool.store.quantized import stored_as
 
     rows = []
@@ -381,6 +386,8 @@ def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[st
                _yes(w.trainable)]
         if stats:
             row += _stat_cells(details[w.path].get("stats"))
+        if checkpoint:
+            row.append(w.h5_name)
         rows.append(row)
         if stats and "dequantized" in details[w.path]:
             shape, deq = details[w.path]["dequantized"]
