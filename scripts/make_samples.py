@@ -50,6 +50,9 @@ def xor() -> None:
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype="float32")
     y = np.array([[0], [1], [1], [0]], dtype="float32")
     np.savez(OUT / "xor.npz", x=x, y=y)
+    # The same four rows as JSON lines, the form `wtool train --data -` reads from stdin.
+    (OUT / "xor.jsonl").write_text("".join(f'{{"x": [{int(a)}, {int(b)}], "y": {int(t)}}}\n'
+                                           for (a, b), (t,) in zip(x, y, strict=True)))
 
 
 def mlp(rng: np.random.Generator) -> None:

@@ -234,9 +234,10 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically) instead of writing -o OUT.")
 @click.option("--arch", type=InputPath, help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
-@click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y), .csv (with --target), or a folder "
+@click.option("--data", type=InputPath, help="Training data: .npz (arrays x, y), .csv (with --target), a folder "
               "with one subfolder per class of images (DIR/<class>/*.png|jpg) or, for a model that takes strings, "
-              "of text files (DIR/<class>/*.txt).")
+              "of text files (DIR/<class>/*.txt), or - for batches on stdin as they arrive (JSON lines or .npy x, y "
+              "arrays; README 'Training from a stream').")
 @click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
 @click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
 @click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
@@ -307,6 +308,10 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--steps-per-execution", type=int, help="Train steps per tf.function call (default: auto).")
 @click.option("--jit", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="XLA compilation (auto: on for long runs of models without convolutions or recurrent layers).")
+@click.option("--save-every", type=int, metavar="N", help="--data -: write OUT (atomically, with the optimizer "
+              "state) every N batches, so a kill loses at most N.")
+@click.option("--log-every", type=int, metavar="N", help="--data -: a progress line every N batches (default: "
+              "--save-every, else 100).")
 @click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
               show_default=True, help="tf.distribute strategy (auto: mirrored over GPUs when there are several, "
               "else one device). README 'cluster'.")
@@ -329,9 +334,9 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
             unfreeze: tuple[str, ...], reset_optimizer: bool, early_stopping: int | None, monitor: str | None,
             min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
             resume: bool, history_file: str | None, plot_path: str | None, tensorboard: str | None, steps_per_execution: int | None,
-            jit: str, strategy: str, workers: str | None, task_index: int | None, replicas: int | None,
-            collective_timeout: float, lora_rank: int | None, lora_layers: tuple[str, ...],
-            lora_alpha: float | None) -> None:
+            jit: str, save_every: int | None, log_every: int | None, strategy: str, workers: str | None,
+            task_index: int | None, replicas: int | None, collective_timeout: float, lora_rank: int | None,
+            lora_layers: tuple[str, ...], lora_alpha: float | None) -> None:
     """Train MODEL on labelled data with a tf.GradientTape loop and write the result to -o OUT.
 
     Optimizer, loss and metrics default to the model's saved compile config; a model that was
@@ -347,6 +352,7 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz --lora 4 -o mlp-lora.keras  # adapters only
+      cat sample_models/xor.jsonl | wtool train sample_models/xor.keras --data - -o xor2.keras --lr 5 --batch-size 4 --save-every 100
     """
     from wtool.train.distribute import check_options, parse_workers
     from wtool.train.loop import train
@@ -381,6 +387,14 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         steps_per_execution=steps_per_execution, jit=jit, resume_command=_resume_command(ctx), strategy=strategy,
         workers=worker_list, task_index=task_index, replicas=replicas, collective_timeout=collective_timeout,
         lora=lora_options(lora_rank, lora_layers, lora_alpha, freeze, unfreeze))
+    if data == "-":  # batches from stdin as they arrive: wtool.train.stream
+        from wtool.cli import train_stream
+
+        train_stream.run(out, opts, ctx, save_every, log_every)
+        return
+    if save_every is not None or log_every is not None:
+        raise UsageError("--save-every/--log-every are for --data - (a stream)",
+                         "for files, --checkpoint-dir DIR --checkpoint-every N keeps checkpoints by epoch")
     reporter: Any = None
     if out.show_progress:
         reporter = RichReporter(out)
