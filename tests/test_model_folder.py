@@ -124,8 +124,12 @@ def test_a_keras_hub_preset_folder_shows_its_metadata(made, tmp_path):
     res = run_cli("inspect", preset, "--json")
     assert res.exit_code == 0, res
     doc = res.json()
-    assert doc["keras_hub"] == {"keras_hub_version": "0.22.0", "parameter_count": 99, "task_weights": True}
-    assert doc["total_params"] == sum(v.size for v in made["keras"].values())
-    assert any("task.weights.h5" in w and "not read" in w for w in doc["warnings"])
+    assert doc["keras_hub"] == {"keras_hub_version": "0.22.0", "parameter_count": 99, "task_weights": True,
+                                "task_class": None, "sharded": False,
+                                "task_parameters": sum(v.size for v in made["keras"].values())}
+    assert doc["total_params"] == 2 * sum(v.size for v in made["keras"].values())  # task.weights.h5 is read too
+    assert not any("task.weights.h5" in w for w in doc["warnings"])
+    paths = [w["path"] for w in doc["weights"]]
+    assert paths[len(paths) // 2:] == [f"task/{p}" for p in paths[:len(paths) // 2]]
     text = run_cli("inspect", preset)
     assert "keras-hub preset (keras-hub 0.22.0, 99 parameters declared)" in text.stdout

@@ -92,13 +92,9 @@ class ModelFile:
         self.keras_version = _str_or_none(meta.get("keras_version"))
         self.backend = _str_or_none(meta.get("backend"))
         if src.kind == "folder" and meta.get("keras_hub_version") is not None:  # a keras-hub preset directory
-            count = meta.get("parameter_count")
-            self.preset = {"keras_hub_version": _str_or_none(meta.get("keras_hub_version")),
-                           "parameter_count": count if isinstance(count, int) and not isinstance(count, bool)
-                           else None,
-                           "task_weights": (self.path / "task.weights.h5").is_file()}
-            if self.preset["task_weights"]:
-                self.warnings.append("task.weights.h5 (the task's own weights) is not read: the backbone's are shown")
+            from wtool.store.preset import preset_info
+
+            self.preset = preset_info(self.path, meta)
         self.optimizer_weights = _count_datasets(self.h5.get("optimizer"))
         self.optimizer_moments = _count_datasets(self.h5.get("optimizer"), slots_only=True)
 
@@ -329,6 +325,10 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
 
     if is_model_folder(Path(os.fspath(path))):
         folder = Path(os.fspath(path))
+        from wtool.store.preset import needs_preset_reader
+
+        if needs_preset_reader(folder):  # task weights or a sharded backbone: keras-hub's two files as one
+            return _open_preset(folder)  # type: ignore[return-value]
         return _model_file(folder, open_folder(folder), arch_config)
     from wtool.fileio import checkpoint_kind, refuse_checkpoint
 
@@ -362,6 +362,38 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
         mf.warnings.append(f"this is shard {index + 1} of {count} of {map_path.name}: it holds part of the "
                            f"model; `wtool inspect {map_path}` reads the whole set")
     return mf
+
+
+def _open_preset(folder: Path) -> Any:
+    """wtool.store.preset.PresetModelFile over the backbone (one file or sharded, named from config.json)
+    and the task's own weights."""
+    from wtool.store.container import open_folder
+    from wtool.store.preset import (
+        MODEL_WEIGHTS_FILE,
+        SHARDED_MAP_FILE,
+        TASK_WEIGHTS_FILE,
+        PresetModelFile,
+        check_task_file,
+        read_preset_files,
+    )
+
+    config, metadata, task_config = read_preset_files(folder)
+    if (folder / MODEL_WEIGHTS_FILE).exists():
+        backbone: ModelFile = _model_file(folder, open_folder(folder), None)
+    else:
+        backbone = ShardedModelFile(folder / SHARDED_MAP_FILE, arch_config=config)
+    task = None
+    try:
+        task_path = folder / TASK_WEIGHTS_FILE
+        if task_path.exists():
+            task = _model_file(task_path, open_source(check_input_file(task_path)), None)
+            check_task_file(task, folder)
+        return PresetModelFile(folder, backbone, task, config, metadata, task_config)
+    except BaseException:
+        if task is not None:
+            task.close()
+        backbone.close()
+        raise
 
 
 def _model_file(path: Path, source: Any, arch_config: dict[str, Any] | None) -> ModelFile:

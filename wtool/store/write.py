@@ -512,6 +512,10 @@ def write_weights(
     """
     source, out = Path(source), Path(out)
     out_format = out_format or format_of_name(out)
+    if source_format == "keras-hub-preset":  # wtool.store.preset: two weights files, keras-hub's own layout
+        raise IncompatibleError(f"{source}: a keras-hub preset with task weights or a sharded backbone is read, "
+                                "not written, by wtool", "read its weights from it (set-weights --from-model, "
+                                "transfer, inspect --export); keras-hub's save_to_preset writes presets")
     if source_format == "keras-folder":  # an unzipped .keras: zipped as Keras would zip it, then as a .keras
         with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
             staged = _zip_folder(source, Path(tmpdir) / "staged.keras")

@@ -267,6 +267,9 @@ def render_summary(writer: TextWriter, summary: Any, details: dict[str, dict[str
         declared = preset["parameter_count"]
         fmt = (f"keras-hub preset (keras-hub {preset['keras_hub_version']}"
                + (f", {declared:,} parameters declared" if declared is not None else "") + ")")
+        if preset.get("task_parameters") is not None:
+            fmt += (f"; task {preset.get('task_class') or '?'}: {preset['task_parameters']:,} parameters in "
+                    "task.weights.h5, shown under task/")
     if getattr(summary, "shards", None):
         fmt += f"; {len(summary.shards)} shards: {', '.join(summary.shards[:3])}{', ...' if len(summary.shards) > 3 else ''}"
     saved_by = f"Keras {summary.keras_version}" if summary.keras_version else "unknown Keras version"

@@ -1,0 +1,159 @@
+"""keras-hub preset directories read without keras-hub: backbone (single or sharded) and task weights.
+
+The folders are built by hand in keras-hub's layout (keras_hub/src/utils/preset_utils.py): config.json
+and task.json are `serialize_keras_object` without compile/build configs, metadata.json carries
+`keras_hub_version` and `parameter_count`, model.weights.h5 is the backbone's `save_weights`, and
+task.weights.h5 is `keras.saving.save_weights(task, objects_to_skip=backbone layers)`, as
+`Task.save_task_weights` writes it. Values are checked against what Keras itself loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_no_tf_import import _probe
+
+pytestmark = pytest.mark.tf  # builds the presets with Keras
+
+
+def _pop(config, key):
+    if isinstance(config, dict):
+        config.pop(key, None)
+        for value in config.values():
+            _pop(value, key)
+    elif isinstance(config, list):
+        for value in config:
+            _pop(value, key)
+
+
+def _write_json(path: Path, obj) -> None:
+    for key in ("compile_config", "build_config"):  # what keras-hub's _save_serialized_object drops
+        _pop(obj, key)
+    path.write_text(json.dumps(obj, indent=4))
+
+
+def _build(keras):
+    inputs = keras.Input((6,), name="features")
+    x = keras.layers.Dense(8, activation="relu", name="encoder")(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    backbone = keras.Model(inputs, x, name="tiny_backbone")
+    task_in = keras.Input((6,), name="features")
+    logits = keras.layers.Dense(3, name="logits")(keras.layers.Dropout(0.1, name="head_dropout")(backbone(task_in)))
+    return backbone, keras.Model(task_in, logits, name="tiny_classifier")
+
+
+def _save_preset(keras, folder: Path, backbone, task, *, sharded: bool) -> None:
+    folder.mkdir()
+    _write_json(folder / "config.json", keras.saving.serialize_keras_object(backbone))
+    _write_json(folder / "task.json", keras.saving.serialize_keras_object(task))
+    (folder / "metadata.json").write_text(json.dumps({
+        "keras_version": keras.version(), "keras_hub_version": "0.32.0", "parameter_count": backbone.count_params(),
+        "date_saved": "2026-12-03@12:00:00", "tasks": ["TextClassifier"]}, indent=4))
+    if sharded:
+        backbone.save_weights(folder / "model.weights.json", max_shard_size=0.0000002)  # ~200 bytes: several shards
+    else:
+        backbone.save_weights(folder / "model.weights.h5")
+    keras.saving.save_weights(task, folder / "task.weights.h5", objects_to_skip=list(backbone._flatten_layers()))
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory) -> dict[str, Path]:
+    import keras
+
+    out = tmp_path_factory.mktemp("presets")
+    keras.utils.set_random_seed(5)
+    backbone, task = _build(keras)
+    rng = np.random.default_rng(1)
+    for var in task.weights:  # no zeros or ones: every value tells
+        var.assign(rng.normal(size=var.shape).astype("float32"))
+    _save_preset(keras, out / "preset", backbone, task, sharded=False)
+    _save_preset(keras, out / "sharded", backbone, task, sharded=True)
+    task.get_layer("logits").bias.assign(task.get_layer("logits").bias.numpy() + 1.0)
+    _save_preset(keras, out / "edited", backbone, task, sharded=False)
+    return {"preset": out / "preset", "sharded": out / "sharded", "edited": out / "edited"}
+
+
+def _keras_reference(folder: Path) -> dict[str, np.ndarray]:
+    """The values Keras loads: the backbone from its weights file, the head as keras-hub's load_task_weights."""
+    import keras
+
+    backbone, task = _build(keras)
+    weights = folder / "model.weights.h5"
+    backbone.load_weights(weights if weights.exists() else folder / "model.weights.json")
+    keras.saving.load_weights(task, folder / "task.weights.h5", objects_to_skip=list(backbone._flatten_layers()))
+    enc, norm, logits = backbone.get_layer("encoder"), backbone.get_layer("norm"), task.get_layer("logits")
+    return {"encoder/kernel": enc.kernel.numpy(), "encoder/bias": enc.bias.numpy(),
+            "norm/gamma": norm.gamma.numpy(), "norm/beta": norm.beta.numpy(),
+            "task/logits/kernel": logits.kernel.numpy(), "task/logits/bias": logits.bias.numpy()}
+
+
+@pytest.mark.parametrize("name", ["preset", "sharded"])
+def test_backbone_and_task_weights_are_read_as_keras_loads_them(wtool, presets, tmp_path, name):
+    folder = presets[name]
+    res = wtool("inspect", folder, "--json", "--weights")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert [w["path"] for w in doc["weights"]] == ["encoder/kernel", "encoder/bias", "norm/gamma", "norm/beta",
+                                                   "task/logits/kernel", "task/logits/bias"]
+    assert doc["keras_hub"] == {"keras_hub_version": "0.32.0", "parameter_count": 6 * 8 + 8 + 16,
+                                "task_weights": True, "task_class": "Functional", "sharded": name == "sharded",
+                                "task_parameters": 8 * 3 + 3}
+    assert doc["total_params"] == 72 + 27 and not any("task.weights.h5" in w for w in doc["warnings"])
+    assert bool(doc.get("shards")) == (name == "sharded")
+    layers = {layer["path"]: layer for layer in doc["layers"]}
+    assert layers["task/logits"]["class"] == "Dense" and layers["task"]["params"] == 27
+    text = wtool("inspect", folder).stdout
+    assert "keras-hub preset (keras-hub 0.32.0, 72 parameters declared); task Functional: 27 parameters" in text
+
+    out = tmp_path / "w.npz"
+    assert wtool("inspect", folder, "--export", out).exit_code == 0
+    exported = dict(np.load(out))
+    reference = _keras_reference(folder)
+    assert exported.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+def test_diff_of_presets_sees_backbone_and_task(wtool, presets):
+    res = wtool("diff", presets["preset"], presets["sharded"], "--json")
+    assert res.exit_code == 0, res  # the same model, one backbone sharded: equal, task included
+    assert res.json()["summary"]["same"] == 6
+    res = wtool("diff", presets["preset"], presets["edited"], "--json")
+    assert res.exit_code == 1, res
+    changed = [row["path"] for row in res.json()["weights"] if row["status"] == "changed"]
+    assert changed == ["task/logits/bias"]
+
+
+def test_inspect_of_a_preset_imports_neither_tensorflow_nor_keras(presets, tmp_path):
+    probe = _probe(["inspect", str(presets["sharded"]), "--weights", "--stats", "--export", "out.npz"], tmp_path)
+    assert probe["code"] == 0 and probe["loaded"] == []
+    probe = _probe(["diff", str(presets["preset"]), str(presets["edited"])], tmp_path)
+    assert probe["code"] == 1 and probe["loaded"] == []
+
+
+def test_bad_presets_are_one_line_and_writes_are_refused(wtool, presets, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(presets["preset"], broken)
+    (broken / "task.weights.h5").write_bytes(b"not hdf5 at all")
+    res = wtool("inspect", broken)
+    assert res.exit_code == 3 and "task.weights.h5" in res.stderr and "Traceback" not in res.stderr, res
+
+    linked = tmp_path / "linked"
+    shutil.copytree(presets["sharded"], linked)
+    shard = sorted(linked.glob("model_*.weights.h5"))[0]
+    moved = tmp_path / "elsewhere.weights.h5"
+    shard.rename(moved)
+    os.symlink(moved, shard)
+    res = wtool("inspect", linked)
+    assert res.exit_code == 3 and "symbolic link" in res.stderr, res
+
+    out = tmp_path / "o.keras"
+    res = wtool("set-weights", presets["preset"], "--init", "encoder/bias=zeros", "-o", out)
+    assert res.exit_code == 4 and "keras-hub preset" in res.stderr, res
+    assert not out.exists()
