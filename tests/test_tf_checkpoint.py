@@ -150,6 +150,20 @@ def test_tf_keras2_save_weights_values_equal_tensorflow(name):
         assert len(got) == 8 and all(k.startswith("optimizer/") for k in rest)
 
 
+@pytest.mark.tf
+def test_a_large_tensor_is_checksummed_and_damage_to_it_is_found(tmp_path):
+    """A 360 KB variable (the numpy CRC path) reads equal to TensorFlow; one flipped byte is exit 3."""
+    tf = _tf()
+    value = np.random.default_rng(0).standard_normal((300, 300)).astype("float32")
+    prefix = tf.train.Checkpoint(big=tf.Variable(value)).write(str(tmp_path / "big"))
+    _assert_equal_to_tf(tmp_path / "big", prefix)
+    data = tmp_path / "big.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    data.write_bytes(bytes(raw))
+    _refused(tmp_path / "big", words=("CRC-32C",))
+
+
 # ------------------------------------------------------------------------- set-weights --from-checkpoint
 
 
@@ -306,6 +320,16 @@ def _refused(path, *extra, words=()):
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
+
+
+def test_crc32c_known_value_and_the_numpy_path_agree_with_the_bytewise_one():
+    assert tf_bundle.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    rng = random.Random(3)
+    for n in (0, 1, tf_bundle.VECTOR_MIN - 1, tf_bundle.VECTOR_MIN,  # and more than one chunk of lanes:
+              tf_bundle.LANE_BYTES * (tf_bundle.CHUNK_LANES + 3) + 17):
+        data = rng.randbytes(n)
+        assert tf_bundle.crc32c(data) == tf_bundle._crc_scalar(0xFFFFFFFF, data) ^ 0xFFFFFFFF, n
+        assert tf_bundle.crc32c(data[n // 3:], tf_bundle.crc32c(data[: n // 3])) == tf_bundle.crc32c(data), n
 
 
 def test_a_crafted_bundle_reads_and_its_checksum_is_checked(tmp_path):
