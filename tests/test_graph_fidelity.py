@@ -371,3 +371,62 @@ def test_a_bad_input_array_fails_before_tensorflow_loads(tmp_path, suffix):
     res = run_cli("infer", SAMPLES / "xor.h5", bad, "-o", tmp_path / "y.npy")
     assert res.exit_code == 4 and "model expects (None, 2); input rows have shape (5,)" in res.stderr, res
     assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.fixture(scope="module")
+def class_and_score(tmp_path_factory) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """Two named outputs: a 3-class softmax head beside a one-unit sigmoid score."""
+    keras = _keras()
+    d = tmp_path_factory.mktemp("heads")
+    x = keras.Input((4,), name="x")
+    h = keras.layers.Dense(6, activation="tanh", name="h")(x)
+    outputs = {"kind": keras.layers.Dense(3, activation="softmax", name="kind")(h),
+               "score": keras.layers.Dense(1, activation="sigmoid", name="score")(h)}
+    model = keras.Model(x, outputs)
+    model.save(d / "m.keras")
+    rows = np.random.RandomState(3).randn(9, 4).astype("float32")
+    np.save(d / "x.npy", rows)
+    want = {k: np.asarray(v) for k, v in keras.models.load_model(d / "m.keras")(rows, training=False).items()}
+    return d / "m.keras", d / "x.npy", want
+
+
+def test_argmax_and_top_k_apply_to_the_outputs_with_classes(class_and_score, tmp_path):
+    """On a model with several outputs a decision goes to the outputs it fits; a one-unit output
+    beside a class head is written as Keras gives it, with a note (not exit 4 for the whole run)."""
+    model, x, want = class_and_score
+    res = run_cli("infer", model, x, "-o", tmp_path / "a.npz", "--argmax")
+    assert res.exit_code == 0, res
+    with np.load(tmp_path / "a.npz") as z:
+        assert sorted(z.files) == ["kind.class", "score"]
+        np.testing.assert_array_equal(z["kind.class"], want["kind"].argmax(axis=1))
+        np.testing.assert_allclose(z["score"].reshape(want["score"].shape), want["score"], atol=TOL, rtol=0)
+    assert "note: --argmax applies to 'kind'; 'score' has a single unit" in res.stderr, res.stderr
+    res = run_cli("infer", model, x, "-o", tmp_path / "k.npz", "--top-k", "2")
+    assert res.exit_code == 0, res
+    with np.load(tmp_path / "k.npz") as z:
+        assert sorted(z.files) == ["kind.top_index", "kind.top_prob", "score"]
+        np.testing.assert_array_equal(z["kind.top_index"], np.argsort(-want["kind"], axis=1)[:, :2])
+        np.testing.assert_allclose(z["kind.top_prob"], -np.sort(-want["kind"], axis=1)[:, :2], atol=TOL, rtol=0)
+
+
+def test_threshold_applies_to_the_one_unit_output(class_and_score, tmp_path):
+    model, x, want = class_and_score
+    res = run_cli("infer", model, x, "-o", tmp_path / "t.npz", "--threshold", "0.5")
+    assert res.exit_code == 0, res
+    with np.load(tmp_path / "t.npz") as z:
+        assert sorted(z.files) == ["kind", "score.class"]
+        np.testing.assert_array_equal(z["score.class"], (want["score"][:, 0] >= 0.5).astype(np.int64))
+        np.testing.assert_allclose(z["kind"], want["kind"], atol=TOL, rtol=0)
+    assert "'kind' has 3 units" in res.stderr, res.stderr
+
+
+def test_a_decision_that_fits_no_output_is_still_exit_4(tmp_path):
+    keras = _keras()
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, [keras.layers.Dense(1, name="a")(x), keras.layers.Dense(1, name="b")(x)])
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
+    res = run_cli("infer", tmp_path / "m.keras", tmp_path / "x.npy", "-o", tmp_path / "y.npz", "--argmax")
+    assert res.exit_code == 4, res
+    assert "single unit" in res.stderr and "--threshold" in res.stderr
+    assert not (tmp_path / "y.npz").exists()

@@ -401,8 +401,13 @@ def test_several_inputs_and_outputs(tmp_path, special_models):
         assert sorted(z.files) == ["p", "q"]
         np.testing.assert_allclose(z["p"], want_p, atol=1e-5)
         np.testing.assert_allclose(z["q"], want_q, atol=1e-5)
+    # --argmax goes to p only: q's one unit would always be class 0, so q is written as it is
     res = run_cli("infer", d / "two.keras", d / "ab.npz", "--argmax", "-o", tmp_path / "c.jsonl")
-    assert res.exit_code == 4 and "'q' has a single unit" in res.stderr, res  # q.class would always be 0
+    assert res.exit_code == 0 and "'q' has a single unit" in res.stderr, res
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [r["p.class"] for r in rows] == want_p.argmax(axis=1).tolist()
+    np.testing.assert_allclose([r["q"] for r in rows], want_q, atol=1e-5)
+    (tmp_path / "c.jsonl").unlink()
     res = run_cli("infer", d / "two.keras", d / "a.npy", "-o", tmp_path / "x.npz")
     assert res.exit_code == 2 and "the model has 2 inputs ('a', 'b')" in res.stderr
     res = run_cli("infer", d / "two.keras", "--input", f"a={d / 'a.npy'}", "--input", f"b={d / 'x2.npy'}",

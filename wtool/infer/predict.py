@@ -80,6 +80,14 @@ class Postprocess:
             raise UsageError("--labels names classes: use it with --argmax, --top-k or --threshold")
         return cls()
 
+    def fits(self, units: int | None) -> bool:
+        """Whether this decision makes sense on an output of `units` values (None: not known)."""
+        if self.mode == "raw":
+            return False
+        if self.mode == "threshold":
+            return units in (1, None)
+        return units != 1
+
     def column_names(self, output: str, prefix: bool) -> list[str]:
         base = {"raw": [output], "argmax": ["class"], "threshold": ["class"],
                 "top_k": ["top_index", "top_prob"]}[self.mode]
@@ -176,6 +184,7 @@ class FrozenModel:
         outputs = getattr(model, "outputs", None) or []
         self._output_keys = _struct_keys(getattr(model, "_outputs_struct", None), outputs)
         self.output_names = list(self._output_keys) or _output_names(model, len(outputs))
+        self.output_units = [_units(t) for t in outputs]
         self._step: Any = None
         self._step_key: tuple[Any, ...] | None = None
         self.traces = 0
@@ -273,6 +282,40 @@ def _stateful_batch(model: Any, inputs: list[InputSpec]) -> tuple[int | None, st
         return None, None
     sizes = {spec.shape[0] for spec in inputs if spec.shape and spec.shape[0] is not None}
     return (int(next(iter(sizes))) if len(sizes) == 1 else None), str(stateful.name)
+
+
+def _units(tensor: Any) -> int | None:
+    """Values per row on the last axis of a symbolic output: 1 for a (batch,) output, None unknown."""
+    shape = tuple(getattr(tensor, "shape", None) or ())
+    if len(shape) < 2:
+        return 1 if len(shape) == 1 else None
+    return None if shape[-1] is None else int(shape[-1])
+
+
+def decide_outputs(post: Postprocess, names: Sequence[str], units: Sequence[int | None]) -> tuple[list[bool], list[str]]:
+    """Which outputs a decision (--argmax, --top-k, --threshold) applies to, and a note for each left raw.
+
+    On a model of several outputs (a class head beside a one-unit score, say) the decision goes to
+    the outputs it fits and the others are written as they are, as `predict` gives them. Where it
+    fits none, or the model has one output, it is applied anyway so that the error says why.
+    """
+    if post.mode == "raw":
+        return [False] * len(names), []
+    fits = [post.fits(u) for u in units]
+    if len(names) < 2 or not any(fits):
+        return [True] * len(names), []
+    flag = {"argmax": "--argmax", "top_k": f"--top-k {post.k}", "threshold": "--threshold"}[post.mode]
+    applied = ", ".join(shown(n) for n, f in zip(names, fits, strict=True) if f)
+    notes = []
+    for name, unit, fit in zip(names, units, fits, strict=True):
+        if fit:
+            continue
+        if post.mode == "threshold":
+            why = f"has {unit} units (--argmax or --top-k pick a class)"
+        else:
+            why = "has a single unit (--threshold makes it a binary class)"
+        notes.append(f"{flag} applies to {applied}; {shown(name)} {why} and is written as it is")
+    return fits, notes
 
 
 def _struct_keys(struct: Any, flat: Sequence[Any]) -> list[str]:
@@ -441,8 +484,9 @@ class InferPlan:
         # Never trace for more rows than will ever be fed (small inputs, small shards).
         self.compiled_batch = self.frozen.fixed_batch or max(1, min(self.batch_size, self.stop - self.start))
         prefix = len(self.frozen.output_names) > 1
-        self.column_names = [name for out in self.frozen.output_names
-                             for name in self.post.column_names(out, prefix)]
+        self.decided, self.notes = decide_outputs(self.post, self.frozen.output_names, self.frozen.output_units)
+        self.column_names = [name for out, decided in zip(self.frozen.output_names, self.decided, strict=True)
+                             for name in (self.post.column_names(out, prefix) if decided else [out])]
         self.row_names: list[str] | None = getattr(self.sources[0], "row_names", None) if self.file_column else None
         if self.row_names is not None:
             self.column_names.insert(0, "file")
@@ -537,11 +581,11 @@ class InferPlan:
         post = self.post
         prefix = len(outputs) > 1
         result: dict[str, np.ndarray] = {}
-        for name, y in zip(self.frozen.output_names, outputs, strict=True):
-            names = post.column_names(name, prefix)
-            if post.mode == "raw":
-                result[names[0]] = y
+        for name, y, decided in zip(self.frozen.output_names, outputs, self.decided, strict=True):
+            if not decided:
+                result[name] = y
                 continue
+            names = post.column_names(name, prefix)
             if y.ndim < 2:
                 y = y.reshape(len(y), 1)
             classes = y.shape[-1]

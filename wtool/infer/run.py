@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtool.data.labels import load_labels
@@ -62,6 +62,7 @@ class InferOutcome:
     columns: list[Column]
     table: CollectWriter | None
     first_row: int
+    notes: list[str] = field(default_factory=list)
 
 
 def _output_format(out_path: str | None) -> str | None:
@@ -153,5 +154,5 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
         shard=f"{shard_k_n[0]}/{shard_k_n[1]}" if shard_k_n else None, row_range=(plan.start, plan.stop),
         columns=infer.describe_columns(plan.columns), load_time_s=load_time, predict_time_s=stats.seconds,
         wall_time_s=time.perf_counter() - t0, weights_unchanged=unchanged)
-    return InferOutcome(report, plan.columns, table, plan.start)
+    return InferOutcome(report, plan.columns, table, plan.start, plan.notes)
 

@@ -167,6 +167,8 @@ def command(model: str, input_path: str | None, out_path: str | None, named_inpu
                         image_size=image_size, color_mode=color_mode, max_length=max_length)
     outcome = run_infer(opts, to_stdout, lambda total: _progress_shown(out, total))
     report = outcome.report
+    for note in outcome.notes:
+        out.info(f"note: {note}")
     if outcome.table is not None:
         render_table(out.stdout, outcome.columns, outcome.table.batches, outcome.first_row)
     summary = (f"{fmt_int(report.rows)} row{'s' * (report.rows != 1)} in {fmt_int(report.batches)} "
