@@ -220,6 +220,21 @@ def test_from_checkpoint_reports_what_it_does_not_hold_and_refuses_wrong_shapes(
 
 
 @pytest.mark.tf
+def test_a_model_under_another_name_is_found(keras_checkpoint, tmp_path):
+    """tf.train.Checkpoint(net=model): the root's only child is the model, for inspect and --from-checkpoint."""
+    tf = _tf()
+    import keras
+
+    root, _ = keras_checkpoint
+    prefix = tf.train.Checkpoint(net=keras.saving.load_model(root / "model.keras")).write(str(tmp_path / "net"))
+    _assert_equal_to_tf(prefix, prefix)
+    assert run_cli("diff", prefix, root / "model.keras").exit_code == 0
+    res = run_cli("set-weights", root / "untrained.keras", "--from-checkpoint", prefix, "-o", tmp_path / "n.keras")
+    assert res.exit_code == 0, res
+    assert run_cli("diff", tmp_path / "n.keras", root / "model.keras").exit_code == 0
+
+
+@pytest.mark.tf
 def test_from_checkpoint_refusals(keras_checkpoint, tmp_path):
     root, _ = keras_checkpoint
     res = run_cli("set-weights", root / "untrained.keras", "--from-checkpoint", K2, "-o", tmp_path / "x.keras")

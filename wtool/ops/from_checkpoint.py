@@ -2,8 +2,9 @@
 
 Matching is TensorFlow's own: MODEL is built with Keras and `tf.train.CheckpointView(prefix).match(...)`
 pairs the checkpoint's object graph with the model's trackables, as `tf.train.Checkpoint(model=model)
-.restore(prefix).expect_partial()` does (the model as the root when the checkpoint's root is the model,
-as tf.keras's `save_weights` writes it). The values themselves are read by wtool's checked reader
+.restore(prefix).expect_partial()` does (under the root's child that holds the model, `model` or the
+only other one, or as the root when the checkpoint's root is the model, as tf.keras's `save_weights`
+writes it). The values themselves are read by wtool's checked reader
 (`wtool.store.tf_checkpoint`); the set-weights plan then checks shapes and dtypes before anything is
 written. Needs TensorFlow.
 """
@@ -29,12 +30,13 @@ class CheckpointValues:
     notes: list[str] = field(default_factory=list)
 
 
-def _matched_keys(model: Any, prefix: str, nodes: list[Any], root_is_model: bool) -> dict[int, str]:
-    """{id(variable): checkpoint key} for every variable of the model the checkpoint's graph reaches."""
+def _matched_keys(model: Any, prefix: str, nodes: list[Any], edge: str | None) -> dict[int, str]:
+    """{id(variable): checkpoint key} for every variable of the model the checkpoint's graph reaches, the model
+    put where the checkpoint has it: under the root's `edge` child, or as the root."""
     import tensorflow as tf
 
     try:
-        matches = tf.train.CheckpointView(prefix).match(model if root_is_model else tf.train.Checkpoint(model=model))
+        matches = tf.train.CheckpointView(prefix).match(model if edge is None else tf.train.Checkpoint(**{edge: model}))
     except (tf.errors.OpError, ValueError) as exc:
         raise IncompatibleError(f"{prefix}: TensorFlow cannot match it to the model "
                                 f"({str(exc).splitlines()[0][:160]})") from None
@@ -56,7 +58,7 @@ def checkpoint_values(model_path: str | os.PathLike[str], checkpoint: str | os.P
             raise IncompatibleError(f"{prefix}: a name-based (TF1 Saver) checkpoint has no object graph to match "
                                     "a model by", "`wtool inspect --export` it and use --npz with renamed keys")
         model = load_model(model_path, unsafe=unsafe)
-        keys = _matched_keys(model, prefix, ckpt.graph, ckpt.root_is_model)
+        keys = _matched_keys(model, prefix, ckpt.graph, ckpt.model_edge)
         out = CheckpointValues(prefix)
         for path, var in weight_paths(model):
             key = keys.get(id(var))

@@ -5,8 +5,8 @@ The bundle itself is read by `wtool.store.tf_bundle`. This module finds the pref
 `DIR/ckpt-3` prefix, either of its files, or the folder whose `checkpoint` state file
 names the latest), decodes the object graph (`_CHECKPOINTABLE_OBJECT_GRAPH`, a
 TrackableObjectGraph proto) and works out which variables are the model's: those
-reachable from the root's `model` child (or from the root itself when it is the model),
-not through an `optimizer` edge. A variable is named by its Keras path (the graph's
+reachable from the root's `model` child (or its only other child, or the root itself when
+it is the model), not through an `optimizer` edge. A variable is named by its Keras path (the graph's
 `full_name`, less a Sequential's own name) when those names are unique, else by its
 path in the graph below the model (`_functional/_operations/1/_kernel`). Everything else
 (optimizer slots, save counters, wtool's run state) is counted, not listed.
@@ -123,13 +123,28 @@ def _text(value: int | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
 
 
+def model_edge(nodes: list[Node]) -> str | None:
+    """The root's child that is the model: `model`, else its only child that is neither a variable nor the
+    optimizer or save counter (`tf.train.Checkpoint(net=model)`); None when the root is the model itself
+    (tf.keras `save_weights`) or cannot be told apart from it."""
+    if not nodes:
+        return None
+    children = [(c, n) for c, n in nodes[0].children if n not in OPTIMIZER_EDGES and n != "save_counter"]
+    if any(n == "model" for _, n in children):
+        return "model"
+    if len(children) == 1 and nodes[children[0][0]].key is None:
+        return children[0][1]
+    return None
+
+
 def model_variables(nodes: list[Node]) -> tuple[dict[str, str], bool]:
     """{checkpoint key: path in the graph below the model}, in model order (depth first, children in saved
     order), for the model's variables; and whether the model is a Keras 3 Sequential (its variables' Keras
     names start with its own name). A key that lies under the model is its own path, as TensorFlow named it."""
     root = {name: child for child, name in nodes[0].children} if nodes else {}
-    start = root.get("model", 0)
-    prefix = "model/" if "model" in root else ""
+    edge = model_edge(nodes)
+    start = root[edge] if edge is not None else 0
+    prefix = f"{edge}/" if edge is not None else ""
     found: dict[str, str] = {}
     seen = {start}
     stack: list[tuple[int, str]] = [(start, "")]
@@ -319,9 +334,9 @@ class TFCheckpointFile:
         return sum(w.nbytes for w in self.weights)
 
     @property
-    def root_is_model(self) -> bool:
-        """The root is the model itself (tf.keras `save_weights`), not a Checkpoint with a `model` child."""
-        return bool(self.graph) and all(name != "model" for _, name in self.graph[0].children)
+    def model_edge(self) -> str | None:
+        """The root's child that is the model (`model`), or None when the root is the model (`model_edge`)."""
+        return model_edge(self.graph)
 
     def data_file(self, entry: bundle.Entry) -> Path:
         return self._files[entry.shard]
