@@ -424,3 +424,19 @@ def test_a_truncated_data_file_is_refused(tmp_path):
     data = tmp_path / "nested.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:100])
     _refused(tmp_path / "nested", words=("past the end",))
+
+
+def test_state_files_and_prefixes_that_name_nothing(tmp_path):
+    for f in K2.glob("flat.*"):
+        shutil.copy(f, tmp_path / f.name)
+    state = tmp_path / "checkpoint"
+    for text, words in (('model_checkpoint_path: "../elsewhere/ckpt-1"', ("refused checkpoint name",)),
+                        ('model_checkpoint_path: "ckpt-9"', ("names the checkpoint ckpt-9",)),
+                        ('all_model_checkpoint_paths: "flat"', ("not a checkpoint state file",))):
+        state.write_text(text + "\n")
+        _refused(tmp_path, words=words)
+    state.write_text('model_checkpoint_path: "/where/it/was/trained/flat"\n')  # absolute: its name, here
+    assert run_cli("inspect", tmp_path).exit_code == 0
+    res = run_cli("set-weights", SAMPLES / "mlp.keras", "--from-checkpoint", SAMPLES / "mlp.keras", "-o",
+                  tmp_path / "o.keras")
+    assert res.exit_code == 3 and "not a TensorFlow checkpoint" in res.stderr and not (tmp_path / "o.keras").exists()

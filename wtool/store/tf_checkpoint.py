@@ -62,13 +62,22 @@ def find_prefix(path: str | os.PathLike[str]) -> Path:
     """The checkpoint prefix for a prefix, an `.index`/`.data-*` file or a folder with a state file."""
     p = Path(os.fspath(path))
     if p.is_dir() and not p.is_symlink():
-        return _latest_in(p)
+        prefix = _latest_in(p)
+        if not os.path.lexists(f"{prefix}.index"):
+            raise InputError(f"{p / STATE_FILE}: names the checkpoint {prefix.name}, but {prefix.name}.index is "
+                             f"not in {p}", "the folder may be a partial copy: copy the whole checkpoint folder")
+        return prefix
     name = p.name
     if name.endswith(".index"):
-        return p.with_name(name[: -len(".index")])
-    if ".data-" in name:
-        return p.with_name(name.split(".data-")[0])
-    return p
+        prefix = p.with_name(name[: -len(".index")])
+    elif ".data-" in name:
+        prefix = p.with_name(name.split(".data-")[0])
+    else:
+        prefix = p
+    if not os.path.lexists(f"{prefix}.index"):
+        raise InputError(f"{path}: not a TensorFlow checkpoint (no {prefix.name}.index)",
+                         "give the prefix (DIR/ckpt-3), its .index file, or the folder with its `checkpoint` file")
+    return prefix
 
 
 def data_files(prefix: Path, shards: int) -> list[Path]:
