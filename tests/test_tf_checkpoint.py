@@ -311,7 +311,7 @@ def _block(entries: list[tuple[bytes, bytes]], kind: int = 0) -> bytes:
 def _bundle(tmp_path, entries, *, shards=1, data=b"", kind=0, magic=tf_bundle.MAGIC):
     """A checkpoint `tmp_path/ck` with a crafted index: header, then (key, BundleEntryProto bytes)."""
     header = _field(1, 0, shards) + _field(2, 0, 0)
-    data_block = _block([(b"", header)] + [(k.encode(), v) for k, v in entries], kind)
+    data_block = _block([(b"", header)] + sorted((k.encode(), v) for k, v in entries), kind)
     index_block = _block([(b"\xff", _varint(0) + _varint(len(data_block) - 5))])
     footer = _varint(0) + _varint(0) + _varint(len(data_block)) + _varint(len(index_block) - 5)
     footer = footer.ljust(40, b"\0") + struct.pack("<Q", magic)
@@ -440,3 +440,54 @@ def test_state_files_and_prefixes_that_name_nothing(tmp_path):
     res = run_cli("set-weights", SAMPLES / "mlp.keras", "--from-checkpoint", SAMPLES / "mlp.keras", "-o",
                   tmp_path / "o.keras")
     assert res.exit_code == 3 and "not a TensorFlow checkpoint" in res.stderr and not (tmp_path / "o.keras").exists()
+
+
+def _string_tensor(raw: bytes) -> tuple[bytes, int]:
+    """A scalar string as TensorFlow writes it (length, length checksum, bytes) and its entry CRC."""
+    length = struct.pack("<I", len(raw))
+    check = struct.pack("<I", _mask(tf_bundle.crc32c(length)))
+    crc = tf_bundle.crc32c(raw, tf_bundle.crc32c(check, tf_bundle.crc32c(length)))
+    return _varint(len(raw)) + check + raw, _mask(crc)
+
+
+def _node(children=(), key=None, full_name="") -> bytes:
+    out = b"".join(_field(1, 2, _field(1, 0, c) + _field(2, 2, n.encode())) for c, n in children)
+    if key is not None:
+        out += _field(2, 2, _field(1, 2, b"VARIABLE_VALUE") + _field(2, 2, full_name.encode())
+                      + _field(3, 2, key.encode()))
+    return _field(1, 2, out)
+
+
+@pytest.mark.parametrize("case", ["absent_key", "meta_absent_key", "cycle", "bad_child"])
+def test_hostile_object_graphs(tmp_path, case):
+    """Graphs naming keys the index lacks, cycles, references past the node list: never a traceback."""
+    key = "model/d/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    nodes = [_node([(1, "model")]), _node([(2, "d")]), _node([(3, "kernel")]), _node(key=key, full_name="d/kernel")]
+    extra: list = []
+    if case == "meta_absent_key":  # wtool train's run metadata names a `weights` entry the index lacks
+        nodes[0] = _node([(1, "model"), (4, "weights")])
+        nodes += [_node([(3, "0"), (5, "1")]), _node(key="weights/1/.ATTRIBUTES/VARIABLE_VALUE")]
+        meta, meta_crc = _string_tensor(b'{"weight_paths": ["d/kernel", "ghost/v"]}')
+        extra = [("meta/.ATTRIBUTES/VARIABLE_VALUE", meta, meta_crc)]
+    if case == "absent_key":
+        nodes[1] = _node([(2, "d"), (4, "ghost")])
+        nodes.append(_node(key="model/ghost/.ATTRIBUTES/VARIABLE_VALUE", full_name="ghost/v"))
+    elif case == "cycle":
+        nodes[2] = _node([(3, "kernel"), (0, "back"), (1, "up")])
+    elif case == "bad_child":
+        nodes[2] = _node([(3, "kernel"), (99, "nowhere")])
+    values = np.array([1.0, 2.0], "<f4").tobytes()
+    graph, graph_crc = _string_tensor(b"".join(nodes))
+    entries = [("_CHECKPOINTABLE_OBJECT_GRAPH", _entry(dtype=7, shape=(), offset=8, size=len(graph), crc=graph_crc)),
+               (key, _entry(crc=_mask(tf_bundle.crc32c(values))))]
+    data = values + graph
+    for name, raw, crc in extra:
+        entries.append((name, _entry(dtype=7, shape=(), offset=len(data), size=len(raw), crc=crc)))
+        data += raw
+    path = _bundle(tmp_path, entries, data=data)
+    if case == "bad_child":
+        _refused(path, words=("node 99",))
+        return
+    res = run_cli("inspect", path, "--weights", "--json")
+    assert res.exit_code == 0, res
+    assert [w["path"] for w in res.json()["weights"]] == ["d/kernel"]

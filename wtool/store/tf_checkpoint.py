@@ -281,6 +281,7 @@ class TFCheckpointFile:
             graph_paths, sequential = model_variables(nodes)
             named = wtool_names(nodes, self._meta(where)) or name_variables(
                 nodes, {k: p for k, p in graph_paths.items() if k in self.entries}, sequential)
+            named = {k: p for k, p in named.items() if k in self.entries}  # a graph may name keys it lacks
             trainable = trainable_keys(nodes)
         else:  # a name-based (TF1 Saver) checkpoint: every tensor, by key
             named = {k: readable(k) for k in self.entries}
