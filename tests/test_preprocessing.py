@@ -308,3 +308,51 @@ def test_state_survives_set_weights_transfer_and_train(tmp_path, built):
     trained = keras.models.load_model(tmp_path / "trained.keras")
     _assert_same_state(_keras_state(trained), _keras_state(models["numeric"]))
     assert not np.allclose(trained.get_layer("out").kernel, models["numeric"].get_layer("out").kernel)
+
+
+def test_train_dict_model_by_input_order_keeps_state_and_equals_fit(tmp_path, built):
+    """Issue 17: the dict-input dict-output model trains with `--x-key num --x-key cat --y-key cls --y-key reg`
+    (keys in the model's input/output order), as `model.fit` on the same dicts; Normalization's mean/variance
+    and IntegerLookup's vocabulary do not move, the Dense layers do."""
+    from wtool.graph.model import import_keras
+
+    keras = import_keras()
+    d, models, _ = built
+    num, cat = np.load(d / "num.npy"), np.load(d / "cat.npy")
+    cls = np.array([0, 1, 2, 1, 0, 2, 1, 0], np.int64)
+    reg = num[:, :1] * 0.5 + 1
+    np.savez(tmp_path / "xy.npz", num=num, cat=cat, cls=cls, reg=reg)
+    res = run_cli("train", d / "dict.keras", "--data", tmp_path / "xy.npz", "--x-key", "num", "--x-key", "cat",
+                  "--y-key", "cls", "--y-key", "reg", "--loss", "cls=sparse_categorical_crossentropy",
+                  "--loss", "reg=mse", "--metric", "cls=accuracy", "--optimizer", "sgd", "--lr", "0.1",
+                  "--batch-size", "4", "--no-shuffle", "--epochs", "3", "--seed", "0", "-o", tmp_path / "t.keras",
+                  "--json")
+    assert res.exit_code == 0, res
+    history = res.json()["history"]
+    trained = keras.models.load_model(tmp_path / "t.keras")
+    _assert_same_state(_keras_state(trained), _keras_state(models["dict"]))
+    assert not np.allclose(trained.get_layer("d").kernel, models["dict"].get_layer("d").kernel)
+
+    ref = keras.models.load_model(d / "dict.keras", compile=False)
+    ref.compile(optimizer=keras.optimizers.SGD(0.1), loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                metrics={"cls": ["accuracy"]})
+    fit = ref.fit({"num": num, "cat": cat}, {"cls": cls, "reg": reg}, batch_size=4, epochs=3, shuffle=False,
+                  verbose=0).history
+    assert {k for k in history[0] if k not in ("epoch", "lr", "seconds")} == set(fit)
+    for key, values in fit.items():
+        np.testing.assert_allclose([h[key] for h in history], values, rtol=1e-5, atol=1e-6, err_msg=key)
+    for layer in ("d", "cls", "reg"):
+        for got, want in zip(trained.get_layer(layer).weights, ref.get_layer(layer).weights, strict=True):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    # int64 ids beyond float32's range reach the lookup intact: a cast would have sent them all to one bucket
+    ok(tmp_path / "t.keras", "--input", f"num={d / 'num.npy'}", "--input", f"cat={d / 'cat.npy'}", "-o",
+       tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        np.testing.assert_allclose(z["cls"], _predict(ref, {"num": num, "cat": cat})["cls"], atol=1e-6)
+    # eval reads the dict model's inputs by key (their flat order is sorted: cat before num), as evaluate does
+    res = run_cli("eval", tmp_path / "t.keras", "--data", tmp_path / "xy.npz", "--x-key", "num", "--x-key", "cat",
+                  "--y-key", "cls", "--y-key", "reg", "--json")
+    assert res.exit_code == 0, res
+    want = ref.evaluate({"num": num, "cat": cat}, {"cls": cls, "reg": reg}, verbose=0, return_dict=True)
+    for key, value in want.items():
+        assert res.json()["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

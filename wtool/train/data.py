@@ -56,9 +56,9 @@ def model_io(model: Any) -> ModelIO:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         n_in, n_out = len(model.inputs), len(model.outputs)
         raise IncompatibleError(f"the model has {n_in} input{'s' * (n_in != 1)} and {n_out} output{'s' * (n_out != 1)}; "
-                                "train handles models with one input and one output for now",
-                                "`wtool eval` and `wtool infer` take several inputs and outputs (--x-key NAME=KEY, "
-                                "--input NAME=FILE)")
+                                "name an array for each",
+                                "--x-key NAME=KEY ... --y-key NAME=KEY ... for a .npz, --x-cols/--y-cols NAME=COLS for "
+                                "a .csv, --x/--y NAME=FILE.npy (README 'train': several inputs or outputs)")
     inp = model.inputs[0]
     outp = model.outputs[0]
     return ModelIO(tuple(inp.shape[1:]), str(inp.dtype), tuple(outp.shape[1:]))
@@ -285,16 +285,20 @@ def _same_rows(data: LabelledData, x_name: str, y_name: str) -> None:
 
 def split_validation(data: LabelledData, fraction: float) -> tuple[LabelledData, LabelledData]:
     """Keras's validation_split: the last `fraction` of the rows (before any shuffling) validate."""
+    cut = validation_cut(len(data), fraction)
+    return (LabelledData(data.x[:cut], data.y[:cut], data.source, data.class_names),
+            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)", data.class_names))
+
+
+def validation_cut(n: int, fraction: float) -> int:
+    """The first validation row of `n` for --val-split `fraction` (checked to leave rows on both sides)."""
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (not {fraction})")
-    n = len(data)
     n_val = int(round(n * fraction))
     if n_val < 1 or n_val >= n:
         raise UsageError(f"--val-split {fraction} of {n} rows leaves {n - n_val} to train and {n_val} to validate",
                          "use a fraction that leaves at least one row on each side")
-    cut = n - n_val
-    return (LabelledData(data.x[:cut], data.y[:cut], data.source, data.class_names),
-            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)", data.class_names))
+    return n - n_val
 
 
 def saved_class_names(model: str) -> list[str] | None:

@@ -22,7 +22,7 @@ from wtool.errors import IncompatibleError, UsageError
 from wtool.graph.folders import ImageOptions
 from wtool.graph.text_folders import numpy_dtype
 from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled, saved_class_names
-from wtool.train.named_data import NamedData, load_named, parse_pairs
+from wtool.train.named_data import NamedData, check_finite_named, load_named, parse_pairs
 
 DEFAULT_BATCH_SIZE = 256
 # Rows gathered per tf.function call are capped at this many bytes.
@@ -206,10 +206,17 @@ class ModelSide:
 
     @classmethod
     def of(cls, model: Any) -> ModelSide:
+        # A dict's flat `inputs`/`outputs` are in sorted-key order: shapes and dtypes are read by key instead.
         struct = getattr(model, "_inputs_struct", None)
         names = list(struct) if isinstance(struct, dict) else [str(t.name) for t in model.inputs]
-        return cls(names, [tuple(t.shape[1:]) for t in model.inputs], [str(t.dtype) for t in model.inputs],
-                   output_names(model), [tuple(t.shape[1:]) for t in model.outputs], isinstance(struct, dict),
+        inputs = [struct[n] for n in names] if isinstance(struct, dict) else list(model.inputs)
+        out_struct = getattr(model, "_outputs_struct", None)
+        if isinstance(out_struct, dict) and len(out_struct) == len(model.outputs):
+            outs, outputs = list(out_struct), list(out_struct.values())
+        else:
+            outs, outputs = output_names(model), list(model.outputs)
+        return cls(names, [tuple(t.shape[1:]) for t in inputs], [str(t.dtype) for t in inputs],
+                   [str(n) for n in outs], [tuple(t.shape[1:]) for t in outputs], isinstance(struct, dict),
                    isinstance(struct, (list, tuple)))
 
     def pack_x(self, xs: list[Any]) -> Any:
@@ -238,7 +245,7 @@ def output_names(model: Any) -> list[str]:
     return names
 
 
-def _per_output(items: tuple[str, ...], names: list[str], option: str) -> Any:
+def per_output(items: tuple[str, ...], names: list[str], option: str) -> Any:
     """`VALUE` (every output) or `NAME=VALUE` pairs (a dict by output name) from a repeated option."""
     pairs = parse_pairs(items, option)
     if not pairs:
@@ -273,7 +280,7 @@ def compile_for_eval(model: Any, side: ModelSide, losses: tuple[str, ...], loss_
     """Compile with the saved settings, overridden by --loss / --loss-weight / --metric; the loss's display name."""
     config = (model.get_compile_config() if getattr(model, "compiled", False) else None) or {}
     names = side.output_names
-    loss: Any = _per_output(losses, names, "--loss")
+    loss: Any = per_output(losses, names, "--loss")
     if isinstance(loss, list):
         if len(loss) > 1:
             raise UsageError("--loss: one loss for every output, or NAME=LOSS for each", f"outputs: {', '.join(names)}")
@@ -284,10 +291,10 @@ def compile_for_eval(model: Any, side: ModelSide, losses: tuple[str, ...], loss_
         raise UsageError(f"{model.name}: the model has no saved loss",
                          "pass --loss NAME (e.g. mse, sparse_categorical_crossentropy)"
                          + ("; one per output as --loss NAME=LOSS" if len(names) > 1 else ""))
-    wanted: Any = _per_output(metrics, names, "--metric")
+    wanted: Any = per_output(metrics, names, "--metric")
     if isinstance(wanted, list) and len(names) > 1:
         wanted = {name: list(wanted) for name in names}  # a plain --metric applies to every output
-    weights = _loss_weights(loss_weights, names, config.get("loss_weights"))
+    weights = parse_loss_weights(loss_weights, names, config.get("loss_weights"))
     if loss is None and wanted is None and weights is None and config:
         return loss_name(model.loss)
     try:
@@ -302,9 +309,9 @@ def compile_for_eval(model: Any, side: ModelSide, losses: tuple[str, ...], loss_
     return loss_name(model.loss)
 
 
-def _loss_weights(items: tuple[str, ...], names: list[str], saved: Any) -> Any:
+def parse_loss_weights(items: tuple[str, ...], names: list[str], saved: Any) -> Any:
     """--loss-weight NAME=W over the saved weights (1 where neither says); W alone for a one-output model."""
-    given = _per_output(items, names, "--loss-weight")
+    given = per_output(items, names, "--loss-weight")
     if given is None:
         return None
     try:
@@ -433,13 +440,11 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
     else:
         x_items, y_items = (opts.x_keys, opts.y_keys) if opts.data else (opts.x_files, opts.y_files)
     named = load_named(opts.data, x_items, y_items, side.input_names, side.output_names)
-    for i in range(max(len(named.xs), len(named.ys))):  # every array once (x and y go in pairs)
-        check_finite(LabelledData(named.xs[min(i, len(named.xs) - 1)], named.ys[min(i, len(named.ys) - 1)],
-                                  named.source))
+    check_finite_named(named)
     return named
 
 
-def _check_fit(data: NamedData, side: ModelSide, model_loss: Any) -> None:
+def check_fit(data: NamedData, side: ModelSide, model_loss: Any) -> None:
     """Every input array fits its model input and every label array its output and loss (exit 4 otherwise)."""
     n_in, n_out = len(side.input_names), len(side.output_names)
     if len(data.xs) != n_in or len(data.ys) != n_out:
@@ -451,7 +456,9 @@ def _check_fit(data: NamedData, side: ModelSide, model_loss: Any) -> None:
         loss = loss_name(loss_of_output(model_loss, side.output_names, b) or "")
         io_ = ModelIO(side.input_shapes[a], side.input_dtypes[a], side.output_shapes[b])
         where = data.source if n_in == n_out == 1 else f"{data.source} ({side.input_names[a]} / {side.output_names[b]})"
-        check_fits(LabelledData(data.xs[a], data.ys[b], where), io_, loss or None)
+        pair = LabelledData(data.xs[a], data.ys[b], where)
+        check_fits(pair, io_, loss or None)
+        data.xs[a] = pair.x  # flat CSV rows reshaped to the input's shape
 
 
 def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = None) -> EvalReport:
@@ -475,7 +482,7 @@ def evaluate(opts: EvalOptions, progress: Callable[[int, int], None] | None = No
     if opts.labels is None and data.class_names:  # saved with the model (string labels, a folder per class)
         opts = replace(opts, labels=tuple(data.class_names))
     shown_loss = compile_for_eval(model, side, opts.loss, opts.loss_weights, opts.metrics)
-    _check_fit(data, side, model.loss)
+    check_fit(data, side, model.loss)
     specs = [spec for i, name in enumerate(side.output_names)
              if (spec := classifier_spec(loss_of_output(model.loss, side.output_names, i), side.output_shapes[i],
                                          tuple(data.ys[i].shape[1:]), i, name)) is not None]

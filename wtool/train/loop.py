@@ -26,7 +26,7 @@ from wtool.fileio import check_input_file
 from wtool.graph import text_folders
 from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
-from wtool.train import distribute, steps
+from wtool.train import distribute, multi_io, steps
 from wtool.train.batches import CHUNK_BYTES, MAX_STEPS_PER_CALL, Batches, prefetch
 from wtool.train.checkpoints import (
     RunCheckpoints,
@@ -47,9 +47,11 @@ from wtool.train.data import (
     saved_class_names,
     split_validation,
 )
+from wtool.train.evaluate import ModelSide
 from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree, weight_names
 from wtool.train.history import RunState, steady_rate, write_history
 from wtool.train.lora import LoraRun, before_save, train_saved_lora_as_plain
+from wtool.train.named_data import NamedData
 from wtool.train.objectives import monitor_mode, resolve_loss, resolve_metrics, y_dtype
 from wtool.train.optim import (
     build_optimizer,
@@ -77,7 +79,13 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     out_path = resolve_out(opts)
     check_input_file(opts.model)
     ckpt_dir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else default_checkpoint_dir(out_path)
-    data, val = _load_data(opts)  # data first: a bad file fails fast, before TensorFlow starts
+    # Data first: a bad file fails fast, before TensorFlow starts. Arrays named by the model's inputs and
+    # outputs are read once the model is loaded (multi_io).
+    named = multi_io.named_options(opts)
+    multi_io.refuse_distributed(named and opts.strategy in ("mirrored", "multi-worker"))
+    if not named:
+        multi_io.refuse_unnamed(opts)
+    data, val = (None, None) if named else _load_data(opts)
 
     # The strategy comes before TensorFlow runs anything (devices and collectives are fixed at start-up);
     # the model, optimizer, metrics and checkpoints are then made inside its scope.
@@ -117,13 +125,19 @@ def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
     return data, val
 
 
-def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution, data: LabelledData,
-                    val: LabelledData | None, out_path: Path, ckpt_dir: Path, t_start: float) -> TrainResult:
+def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution,
+                    data: LabelledData | NamedData | None, val: LabelledData | NamedData | None, out_path: Path,
+                    ckpt_dir: Path, t_start: float) -> TrainResult:
     latest, meta = read_checkpoint_meta(ckpt_dir) if opts.resume else (None, {})
     if latest is not None:
         check_epochs_left(latest, meta, opts.epochs)
+    loaded = None
+    if data is None:  # several inputs or outputs: the arrays are named by the model's inputs and outputs
+        multi_io.refuse_distributed(dist.distributed)
+        loaded = _load_model(opts)
+        data, val = multi_io.load_data(opts, ModelSide.of(loaded))
     seed = _agree_on_seed(opts, dist, meta, data, val)
-    m = _prepare_model(opts, data, val, seed)
+    m = _prepare_model(opts, data, val, seed, loaded)
     feed = _prepare_feed(opts, dist, m, data, val, seed)
     ckpts = RunCheckpoints(m.model, m.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
                            out_path, opts.keep_checkpoints)
@@ -146,8 +160,8 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     return TrainResult(run.summary(restored_best, out_path, t_start), state.history)
 
 
-def _agree_on_seed(opts: TrainOptions, dist: distribute.Distribution, meta: dict[str, Any], data: LabelledData,
-                   val: LabelledData | None) -> int:
+def _agree_on_seed(opts: TrainOptions, dist: distribute.Distribution, meta: dict[str, Any],
+                   data: LabelledData | NamedData, val: LabelledData | NamedData | None) -> int:
     """The run's seed (the checkpoint's on resume; drawn when not given), the same on every worker, applied."""
     seed = int(meta["seed"]) if meta else (opts.seed if opts.seed is not None else secrets.randbelow(2**31))
     if dist.workers > 1:
@@ -173,31 +187,53 @@ class _Model:
     restored_steps: int
     notes: list[str]
     lora: LoraRun | None = None
+    objective: multi_io.Objective | None = None  # several inputs or outputs
+    side: ModelSide | None = None
 
 
-def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | None, seed: int) -> _Model:
-    """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
-    state), compile."""
+def _load_model(opts: TrainOptions) -> Any:
     from wtool.graph.model import load_model
 
-    model = load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch)
+    return load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch)
+
+
+def _objectives(opts: TrainOptions, config: dict[str, Any] | None, model: Any, data: LabelledData | NamedData,
+                val: LabelledData | NamedData | None) -> tuple[dict[str, Any], Any, str, list[Any], list[Any],
+                                                              multi_io.Objective | None]:
+    """(compile arguments, loss object, loss name, train metrics, validation metrics, objective), data checked."""
+    if isinstance(data, NamedData):
+        side = ModelSide.of(model)
+        obj = multi_io.resolve_objective(opts, config, side, data)
+        multi_io.check_data_fits(data, val if isinstance(val, NamedData) else None, side, obj)
+        return obj.compile_args, None, obj.display, obj.logged_train, obj.logged_val, obj
+    io_ = model_io(model)
+    pred_sample = np.zeros((1, *[d or 1 for d in io_.output_shape]), dtype="float32")
+    y_sample = np.asarray(data.y[:1])
+    loss_ident, loss_obj, loss_name = resolve_loss(opts, config, y_sample, pred_sample)
+    check_fits(data, io_, loss_name)
+    if isinstance(val, LabelledData):
+        check_fits(val, io_, loss_name)
+    metric_idents, train_metrics, val_metrics = resolve_metrics(opts, config, y_sample, pred_sample)
+    return ({"loss": loss_ident, "metrics": metric_idents or None}, loss_obj, loss_name, train_metrics, val_metrics,
+            None)
+
+
+def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: LabelledData | NamedData | None,
+                   seed: int, model: Any = None) -> _Model:
+    """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
+    state), compile."""
+    model = model if model is not None else _load_model(opts)
     saved = read_saved_training(opts.model, arch=opts.arch)
     notes = train_saved_lora_as_plain(model) if opts.lora is None else []
     saved_trainable = list(model.trainable_variables)  # the saved optimizer state's order
     model, nodes, lora_run = _freeze_or_adapt(opts, model, seed, notes)
-    io_ = model_io(model)
+    compile_args, loss_obj, loss_name, train_metrics, val_metrics, objective = _objectives(
+        opts, saved.compile_config, model, data, val)
     trainable = list(model.trainable_variables)
     frozen = lora_run.frozen if lora_run is not None else frozen_weights(model, nodes)
 
     batch = min(opts.batch_size, len(data))
     steps_per_epoch = -(-len(data) // batch)
-    pred_sample = np.zeros((1, *[d or 1 for d in io_.output_shape]), dtype="float32")
-    y_sample = np.asarray(data.y[:1])
-    loss_ident, loss_obj, loss_name = resolve_loss(opts, saved.compile_config, y_sample, pred_sample)
-    check_fits(data, io_, loss_name)
-    if val is not None:
-        check_fits(val, io_, loss_name)
-    metric_idents, train_metrics, val_metrics = resolve_metrics(opts, saved.compile_config, y_sample, pred_sample)
 
     base = saved_optimizer(saved.compile_config)
     optimizer = build_optimizer(opts, base, opts.epochs * steps_per_epoch, steps_per_epoch)
@@ -215,9 +251,9 @@ def _prepare_model(opts: TrainOptions, data: LabelledData, val: LabelledData | N
         notes.append(f"--reset-optimizer: the saved optimizer state ({state.iterations} steps) is not used")
 
     check_learning_rate(optimizer, opts.epochs * steps_per_epoch, restored_steps)
-    model.compile(optimizer=optimizer, loss=loss_ident, metrics=metric_idents or None)
+    model.compile(optimizer=optimizer, **compile_args)
     return _Model(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
-                  restored_steps, notes, lora_run)
+                  restored_steps, notes, lora_run, objective, ModelSide.of(model) if objective is not None else None)
 
 
 def _freeze_or_adapt(opts: TrainOptions, model: Any, seed: int,
@@ -250,19 +286,44 @@ class _Feed:
     fns: Any  # steps.Functions or distribute.DistributedFunctions
 
 
-def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, data: LabelledData,
-                  val: LabelledData | None, seed: int) -> _Feed:
-    n = len(data)
-    batch = min(opts.batch_size, n)
-    steps_per_epoch = -(-n // batch)
-    io_ = model_io(m.model)
-    # Steps per call: whole epoch for small data, capped by rows in memory per call.
-    x_row = int(np.prod(data.x.shape[1:], dtype=np.int64)) * text_folders.numpy_dtype(io_.input_dtype).itemsize
+def _steps_per_call(opts: TrainOptions, x_row: int, batch: int, n: int) -> int:
+    """Whole epoch for small data, capped by rows in memory per call."""
     if opts.steps_per_execution:
         k = opts.steps_per_execution
     else:
         k = max(1, min(MAX_STEPS_PER_CALL, CHUNK_BYTES // max(1, x_row * batch)))
-    k = min(k, max(1, n // batch))
+    return min(k, max(1, n // batch))
+
+
+def _named_feed(opts: TrainOptions, m: _Model, data: NamedData, val: NamedData | None, seed: int) -> _Feed:
+    """Batches and compiled steps over every input and output array (multi_io)."""
+    assert m.side is not None and m.objective is not None
+    n = len(data)
+    batch = min(opts.batch_size, n)
+    steps_per_epoch = -(-n // batch)
+    x_dtypes = multi_io.input_dtypes(m.side)
+    y_dtypes = multi_io.label_dtypes(data, m.side, m.objective)
+    k = _steps_per_call(opts, multi_io.row_bytes(data, x_dtypes), batch, n)
+    batches = multi_io.NamedBatches(data, batch, k, x_dtypes, y_dtypes, opts.shuffle, seed)
+    val_batches = (multi_io.NamedBatches(val, min(batch, len(val)), k, x_dtypes, y_dtypes, False, seed)
+                   if val is not None else None)
+    jit = opts.jit == "on" or (opts.jit == "auto" and steps.auto_jit(m.nodes, steps_per_epoch))
+    fns = multi_io.make_functions(m.model, m.side, m.objective, m.optimizer, m.trainable, data, x_dtypes, y_dtypes,
+                                  jit, val is not None)
+    return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
+
+
+def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, data: LabelledData | NamedData,
+                  val: LabelledData | NamedData | None, seed: int) -> _Feed:
+    if isinstance(data, NamedData):
+        return _named_feed(opts, m, data, val if isinstance(val, NamedData) else None, seed)
+    assert val is None or isinstance(val, LabelledData)
+    n = len(data)
+    batch = min(opts.batch_size, n)
+    steps_per_epoch = -(-n // batch)
+    io_ = model_io(m.model)
+    x_row = int(np.prod(data.x.shape[1:], dtype=np.int64)) * text_folders.numpy_dtype(io_.input_dtype).itemsize
+    k = _steps_per_call(opts, x_row, batch, n)
     x_dtype = io_.input_dtype if io_.input_dtype != "float64" else "float32"
     y_type = y_dtype(data.y, m.loss_name)
     batches: Any = Batches(data, batch, k, x_dtype, y_type, opts.shuffle, seed)
@@ -289,7 +350,7 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
     return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
 
 
-def _check_monitor(opts: TrainOptions, m: _Model, val: LabelledData | None) -> str:
+def _check_monitor(opts: TrainOptions, m: _Model, val: LabelledData | NamedData | None) -> str:
     monitor = opts.monitor or ("val_loss" if val is not None else "loss")
     if opts.early_stopping is not None and monitor.startswith("val_") and val is None:
         raise UsageError(f"--monitor {monitor} needs validation data", "pass --val-data or --val-split")
@@ -374,12 +435,13 @@ class _Run:
         ok_f, done_f, loss_sum = self.feed.fns.train(xs, ys).numpy()
         done = int(done_f)
         elapsed = time.perf_counter() - t_call
-        if xs.shape in state.seen_shapes:  # the first call of a shape traces (and compiles, with XLA)
-            state.steady_samples += int(xs.shape[0] * xs.shape[1])
+        shape = tuple((xs[0] if isinstance(xs, list) else xs).shape)  # several inputs: a list, one per input
+        if shape in state.seen_shapes:  # the first call of a shape traces (and compiles, with XLA)
+            state.steady_samples += int(shape[0] * shape[1])
             state.steady_seconds += elapsed
-        state.seen_shapes.add(xs.shape)
+        state.seen_shapes.add(shape)
         state.partial[0] += float(loss_sum)
-        state.partial[1] += done * xs.shape[1]
+        state.partial[1] += done * shape[1]
         steps_done += done
         if not bool(ok_f):
             self._diverged(epoch, steps_done)

@@ -16,6 +16,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, InputError, UsageError
 from wtool.fileio import check_input_file
+from wtool.train.data import LabelledData, check_finite, validation_cut
 
 
 @dataclass
@@ -52,12 +53,15 @@ def assign(pairs: list[tuple[str | None, str]], names: list[str], option: str, w
                                     f"{len(pairs)} time(s)",
                                     f"give {option} once per {what}, in that order, or as NAME=KEY")
         return [value for _, value in pairs]
-    by_name = {}
+    by_name: dict[str, str] = {}
     for name, value in pairs:
+        if name in by_name:
+            raise UsageError(f"{option} {name}=...: given twice ({by_name[name]}, {value})",
+                             f"give {option} once per {what}")
         if name not in names:
             raise UsageError(f"{option} {name}={value}: the model has no {what} '{name}'",
                              f"its {what}s: {', '.join(names)}")
-        by_name[name] = value
+        by_name[str(name)] = value
     missing = [n for n in names if n not in by_name]
     if missing:
         raise IncompatibleError(f"no data for the model's {what} '{missing[0]}'",
@@ -146,3 +150,18 @@ def _npy(name: str) -> np.ndarray:
     except (ValueError, OSError) as exc:
         raise InputError(f"{name}: cannot read as .npy ({str(exc).splitlines()[0]})") from None
     return _numeric(arr, name)
+
+
+def check_finite_named(named: NamedData) -> None:
+    """NaN or Inf in any input or label array is refused (exit 3), as for one x and y."""
+    for i in range(max(len(named.xs), len(named.ys))):  # every array once (x and y go in pairs)
+        check_finite(LabelledData(named.xs[min(i, len(named.xs) - 1)], named.ys[min(i, len(named.ys) - 1)],
+                                  named.source))
+
+
+def split_named(data: NamedData, fraction: float) -> tuple[NamedData, NamedData]:
+    """Keras's validation_split for several arrays: the last `fraction` of the rows (before shuffling) validate."""
+    cut = validation_cut(len(data), fraction)
+    return (NamedData([a[:cut] for a in data.xs], [a[:cut] for a in data.ys], data.source, data.class_names),
+            NamedData([a[cut:] for a in data.xs], [a[cut:] for a in data.ys], f"{data.source} (validation split)",
+                      data.class_names))

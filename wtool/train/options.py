@@ -44,6 +44,15 @@ class TrainOptions:
     y: str | None = None
     x_key: str = "x"
     y_key: str = "y"
+    # Several inputs or outputs (wtool.train.multi_io): [NAME=]VALUE per model input / output
+    x_files: tuple[str, ...] = ()  # --x FILE.npy
+    y_files: tuple[str, ...] = ()
+    x_keys: tuple[str, ...] = ()  # --x-key KEY of a .npz
+    y_keys: tuple[str, ...] = ()
+    x_cols: tuple[str, ...] = ()  # --x-cols COLS of a .csv
+    y_cols: tuple[str, ...] = ()
+    losses: tuple[str, ...] = ()  # --loss as given ([NAME=]LOSS); `loss` is the one loss of a one-output run
+    loss_weights: tuple[str, ...] = ()  # --loss-weight NAME=W
     target: str | None = None
     drop: tuple[str, ...] = ()  # CSV columns that are not features (an id)
     image_size: str | None = None  # a folder of images: HxW (default: the model's input)

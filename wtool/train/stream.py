@@ -102,6 +102,11 @@ def check_stream_options(opts: TrainOptions, stream: StreamOptions) -> None:
                          "train the adapters on a file of batches")
     if opts.strategy not in ("auto", "one-device"):
         raise UsageError(f"--strategy {opts.strategy} does not apply to --data -")
+    from wtool.train.multi_io import named_options
+
+    if named_options(opts):
+        raise UsageError("--data - trains models with one input and one output (one x and one y per batch)",
+                         "for several inputs or outputs, train on a .npz with --x-key/--y-key NAME=KEY")
     sched = opts.schedule
     if sched is not None and sched.name not in ("constant", "piecewise") and not sched.decay_steps:
         raise UsageError(f"--lr-schedule {sched.name} with --data - needs --decay-steps N",

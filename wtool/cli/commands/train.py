@@ -28,6 +28,11 @@ def _floats(text: str | None, option: str) -> tuple[float, ...]:
         raise UsageError(f"{option} takes comma-separated numbers (not '{text}')") from None
 
 
+def _one(items: tuple[str, ...]) -> str | None:
+    """The value of a one-input/one-output option (given once, without NAME=); else None."""
+    return items[0] if len(items) == 1 and "=" not in items[0] else None
+
+
 def _metrics_text(record: dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
@@ -238,10 +243,19 @@ def _render(summary: dict[str, Any]) -> Any:
               "with one subfolder per class of images (DIR/<class>/*.png|jpg) or, for a model that takes strings, "
               "of text files (DIR/<class>/*.txt), or - for batches on stdin as they arrive (JSON lines or .npy x, y "
               "arrays; README 'Training from a stream').")
-@click.option("--x", "x_file", type=InputPath, help="Features as .npy (memory-mapped); with --y.")
-@click.option("--y", "y_file", type=InputPath, help="Labels as .npy (memory-mapped); with --x.")
-@click.option("--x-key", default="x", show_default=True, help="Feature array name in a .npz.")
-@click.option("--y-key", default="y", show_default=True, help="Label array name in a .npz.")
+@click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
+              help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
+@click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
+              help="Labels as .npy (memory-mapped); with --x. Several outputs: NAME=FILE per output (repeat).")
+@click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY",
+              help="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.")
+@click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
+              help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
+@click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
+              help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
+              "per input.")
+@click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
+              help="CSV label columns of a model output; repeat per output.")
 @click.option("--target", help="Label column of a .csv (header name or 0-based index; numbers, or strings such as "
               "cat/dog, which are encoded and saved with the model); the rest are features.")
 @click.option("--drop", multiple=True, metavar="COLUMNS",
@@ -276,9 +290,13 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--min-lr", type=float, default=0.0, help="Floor of cosine/polynomial schedules.")
 @click.option("--boundaries", help="piecewise: step boundaries, e.g. 1000,2000.")
 @click.option("--lr-values", help="piecewise: rates, one more than boundaries, e.g. 0.1,0.01,0.001.")
-@click.option("--loss", help="mse, mae, binary_crossentropy, sparse_categorical_crossentropy, ... "
-              "(default: the model's saved loss).")
-@click.option("--metric", "metrics", multiple=True, help="A Keras metric by name (repeatable; default: saved ones).")
+@click.option("--loss", "losses", multiple=True, metavar="[NAME=]LOSS",
+              help="mse, mae, binary_crossentropy, sparse_categorical_crossentropy, ... (default: the model's saved "
+              "loss); NAME=LOSS per output (repeat).")
+@click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W",
+              help="Weight of an output's loss in the total (repeatable; default: the saved loss_weights, else 1).")
+@click.option("--metric", "metrics", multiple=True, metavar="[NAME=]METRIC",
+              help="A Keras metric by name (repeatable; default: saved ones); NAME=METRIC for one output only.")
 @click.option("--freeze", multiple=True, help="Freeze layers whose path matches GLOB (repeatable).")
 @click.option("--unfreeze", multiple=True, help="Unfreeze layers whose path matches GLOB (repeatable; after --freeze).")
 @click.option("--lora", "lora_rank", type=int, metavar="RANK",
@@ -325,12 +343,16 @@ def _render(summary: dict[str, Any]) -> Any:
               "before stopping with exit 7.")
 @common_options
 def command(out: Output, model: str, out_file: str | None, in_place: bool, arch: str | None, unsafe: bool,
-            data: str | None, x_file: str | None, y_file: str | None, x_key: str, y_key: str, target: str | None, drop: tuple[str, ...], image_size: str | None, color_mode: str | None,
-            max_length: int | None, val_data: str | None, val_split: float | None, epochs: int, batch_size: int, shuffle: bool,
+            data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...], x_keys: tuple[str, ...],
+            y_keys: tuple[str, ...], x_cols: tuple[str, ...], y_cols: tuple[str, ...], target: str | None,
+            drop: tuple[str, ...], image_size: str | None, color_mode: str | None,
+            max_length: int | None, val_data: str | None, val_split: float | None, epochs: int, batch_size: int,
+            shuffle: bool,
             seed: int | None, optimizer: str | None, lr: float | None, momentum: float | None,
             weight_decay: float | None, clip_norm: float | None, lr_schedule: str | None, decay_steps: int | None,
             decay_rate: float | None, warmup_steps: int, min_lr: float, boundaries: str | None,
-            lr_values: str | None, loss: str | None, metrics: tuple[str, ...], freeze: tuple[str, ...],
+            lr_values: str | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...],
+            freeze: tuple[str, ...],
             unfreeze: tuple[str, ...], reset_optimizer: bool, early_stopping: int | None, monitor: str | None,
             min_delta: float, checkpoint_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int,
             resume: bool, history_file: str | None, plot_path: str | None, tensorboard: str | None, steps_per_execution: int | None,
@@ -342,7 +364,9 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
     Optimizer, loss and metrics default to the model's saved compile config; a model that was
     trained before continues from its saved optimizer state (--reset-optimizer to start fresh).
     Ctrl-C saves a checkpoint and prints the command that resumes (exit 130); a NaN/Inf loss
-    stops at once (exit 6).
+    stops at once (exit 6). A model with several inputs or outputs takes one array per input and
+    output (--x-key NAME=KEY, --x-cols NAME=COLS, --x NAME=FILE.npy, and the --y forms) and a
+    loss per output (--loss NAME=LOSS, --loss-weight NAME=W; default: the compiled ones).
 
     Examples:
 
@@ -353,6 +377,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz --lora 4 -o mlp-lora.keras  # adapters only
       cat sample_models/xor.jsonl | wtool train sample_models/xor.keras --data - -o xor2.keras --lr 5 --batch-size 4 --save-every 100
+      wtool train sample_models/two_inputs.keras --data sample_models/two_inputs.npz -o two.keras \
+          --x-key a=xa --x-key b=xb --y-key value=y_value --y-key kind=y_kind --loss-weight value=0.5
     """
     from wtool.train.distribute import check_options, parse_workers
     from wtool.train.loop import train
@@ -375,12 +401,15 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         raise UsageError("--decay-steps/--decay-rate/--boundaries/--lr-values need --lr-schedule")
     ctx = click.get_current_context()
     opts = TrainOptions(
-        model=model, out=out_file, in_place=in_place, arch=arch, unsafe=unsafe, data=data, x=x_file, y=y_file,
-        x_key=x_key, y_key=y_key, target=target, drop=tuple(c for item in drop for c in item.split(",") if c.strip()),
+        model=model, out=out_file, in_place=in_place, arch=arch, unsafe=unsafe, data=data,
+        x=_one(x_files), y=_one(y_files), x_key=_one(x_keys) or "x", y_key=_one(y_keys) or "y", x_files=x_files,
+        y_files=y_files, x_keys=x_keys, y_keys=y_keys, x_cols=x_cols, y_cols=y_cols, target=target,
+        drop=tuple(c for item in drop for c in item.split(",") if c.strip()),
         image_size=image_size, color_mode=color_mode, max_length=max_length,
         val_data=val_data, val_split=val_split, epochs=epochs,
         batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=loss, metrics=metrics,
+        weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=_one(losses), losses=losses,
+        loss_weights=loss_weights, metrics=metrics,
         freeze=freeze, unfreeze=unfreeze, reset_optimizer=reset_optimizer, early_stopping=early_stopping,
         monitor=monitor, min_delta=min_delta, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, history=history_file, tensorboard=tensorboard,
