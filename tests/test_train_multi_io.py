@@ -170,3 +170,25 @@ def test_a_stream_refuses_named_arrays(tmp_path, two):
     res = run_cli("train", d / "two.keras", "--data", "-", *KEYS, "-o", tmp_path / "o.keras", input='{"x": [1]}\n')
     assert res.exit_code == 2 and "--data - trains models with one input and one output" in res.stderr, res
     assert not list(tmp_path.iterdir())
+
+
+def test_csv_column_groups_and_npy_files_train_as_the_npz(tmp_path, two):
+    """The same rows from CSV column groups (--x-cols/--y-cols) and from .npy files (--x/--y NAME=FILE) give
+    bitwise the weights of the .npz run."""
+    d, train, _ = two
+    header = "a1,a2,a3,b1,b2,value,kind\n"
+    rows = np.concatenate([train["xa"], train["xb"], train["yv"]], axis=1)
+    (tmp_path / "t.csv").write_text(header + "".join(
+        ",".join(repr(float(v)) for v in row) + f",{k}\n" for row, k in zip(rows, train["yk"], strict=True)))
+    for key, arr in train.items():
+        np.save(tmp_path / f"{key}.npy", arr)
+    common = [d / "two.keras", *RUN, "--epochs", "2"]
+    _train(*common, "--data", d / "train.npz", *KEYS, "-o", tmp_path / "npz.keras")
+    _train(*common, "--data", tmp_path / "t.csv", "--x-cols", "a=a1,a2,a3", "--x-cols", "b=3-4",
+           "--y-cols", "value=value", "--y-cols", "kind=kind", "-o", tmp_path / "csv.keras")
+    _train(*common, "--x", f"a={tmp_path / 'xa.npy'}", "--x", f"b={tmp_path / 'xb.npy'}",
+           "--y", f"value={tmp_path / 'yv.npy'}", "--y", f"kind={tmp_path / 'yk.npy'}", "-o", tmp_path / "npy.keras")
+    want = _weights(tmp_path / "npz.keras")
+    for other in ("csv.keras", "npy.keras"):
+        got = _weights(tmp_path / other)
+        assert all(got[k].tobytes() == want[k].tobytes() for k in want), other
