@@ -150,7 +150,9 @@ def model_variables(nodes: list[Node]) -> tuple[dict[str, str], bool]:
     """{checkpoint key: path in the graph below the model}, in model order (depth first, children in saved
     order), for the model's variables; and whether the model is a Keras 3 Sequential (its variables' Keras
     names start with its own name). A key that lies under the model is its own path, as TensorFlow named it."""
-    root = {name: child for child, name in nodes[0].children} if nodes else {}
+    if not nodes:
+        return {}, False
+    root = {name: child for child, name in nodes[0].children}
     edge = model_edge(nodes)
     start = root[edge] if edge is not None else 0
     prefix = f"{edge}/" if edge is not None else ""
@@ -168,8 +170,7 @@ def model_variables(nodes: list[Node]) -> tuple[dict[str, str], bool]:
             if child not in seen and name not in OPTIMIZER_EDGES and not (node_id == 0 and name == "save_counter"):
                 seen.add(child)
                 stack.append((child, f"{path}/{name}" if path else name))
-    sequential = any(name == "_functional" for _, name in nodes[start].children) if nodes else False
-    return found, sequential
+    return found, any(name == "_functional" for _, name in nodes[start].children)
 
 
 CONTAINER = re.compile(r"^(_operations|_layers|layer_with_weights-\d+|layer-\d+)$")
