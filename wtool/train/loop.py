@@ -26,7 +26,7 @@ from wtool.fileio import check_input_file
 from wtool.graph import text_folders
 from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
-from wtool.train import distribute, multi_io, steps
+from wtool.train import distribute, multi_io, precision, steps
 from wtool.train.batches import CHUNK_BYTES, MAX_STEPS_PER_CALL, Batches, prefetch
 from wtool.train.checkpoints import (
     RunCheckpoints,
@@ -76,6 +76,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
     check_options(opts)
+    precision.check_options(opts.mixed_precision, opts.strategy, opts.lora)
     out_path = resolve_out(opts)
     check_input_file(opts.model)
     ckpt_dir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else default_checkpoint_dir(out_path)
@@ -128,6 +129,7 @@ def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
 def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution,
                     data: LabelledData | NamedData | None, val: LabelledData | NamedData | None, out_path: Path,
                     ckpt_dir: Path, t_start: float) -> TrainResult:
+    precision.check_distribution(opts.mixed_precision, dist.distributed)
     latest, meta = read_checkpoint_meta(ckpt_dir) if opts.resume else (None, {})
     if latest is not None:
         check_epochs_left(latest, meta, opts.epochs)
@@ -139,7 +141,7 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     seed = _agree_on_seed(opts, dist, meta, data, val)
     m = _prepare_model(opts, data, val, seed, loaded)
     feed = _prepare_feed(opts, dist, m, data, val, seed)
-    ckpts = RunCheckpoints(m.model, m.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
+    ckpts = RunCheckpoints(m.model, m.model.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
                            out_path, opts.keep_checkpoints)
     state = RunState()
     if latest is not None:
@@ -155,7 +157,8 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     _check_frozen_unchanged(m.frozen, snapshot)
     if m.lora is not None:
         before_save(m.model, m.lora)
-    _write_outputs(opts, dist, m.model, out_path, ckpt_dir, state.history, data.class_names,
+    saved = m.model if m.original is None else precision.copy_back(m.model, m.original)
+    _write_outputs(opts, dist, saved, out_path, ckpt_dir, state.history, data.class_names,
                    automatic_dir=bool(meta.get("automatic_dir")))
     return TrainResult(run.summary(restored_best, out_path, t_start), state.history)
 
@@ -189,6 +192,7 @@ class _Model:
     lora: LoraRun | None = None
     objective: multi_io.Objective | None = None  # several inputs or outputs
     side: ModelSide | None = None
+    original: Any = None  # --mixed-precision: the model as loaded (float32 policies), written as OUT
 
 
 def _load_model(opts: TrainOptions) -> Any:
@@ -223,6 +227,10 @@ def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: Labe
     """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
     state), compile."""
     model = model if model is not None else _load_model(opts)
+    original, policy = None, ""
+    if opts.mixed_precision:
+        original = model
+        model, policy = precision.rebuild(model, opts.mixed_precision, opts.unsafe)
     saved = read_saved_training(opts.model, arch=opts.arch)
     notes = train_saved_lora_as_plain(model) if opts.lora is None else []
     saved_trainable = list(model.trainable_variables)  # the saved optimizer state's order
@@ -251,9 +259,14 @@ def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: Labe
         notes.append(f"--reset-optimizer: the saved optimizer state ({state.iterations} steps) is not used")
 
     check_learning_rate(optimizer, opts.epochs * steps_per_epoch, restored_steps)
-    model.compile(optimizer=optimizer, **compile_args)
+    # the steps use model.optimizer: a LossScaleOptimizer around `optimizer` for float16
+    model.compile(optimizer=precision.wrap_optimizer(optimizer, opts.mixed_precision, trainable), **compile_args)
+    if original is not None:
+        original.compile(optimizer=optimizer, **compile_args)
+        notes.append(precision.describe(policy, model.optimizer))
     return _Model(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
-                  restored_steps, notes, lora_run, objective, ModelSide.of(model) if objective is not None else None)
+                  restored_steps, notes, lora_run, objective, ModelSide.of(model) if objective is not None else None,
+                  original)
 
 
 def _freeze_or_adapt(opts: TrainOptions, model: Any, seed: int,
@@ -308,8 +321,8 @@ def _named_feed(opts: TrainOptions, m: _Model, data: NamedData, val: NamedData |
     val_batches = (multi_io.NamedBatches(val, min(batch, len(val)), k, x_dtypes, y_dtypes, False, seed)
                    if val is not None else None)
     jit = opts.jit == "on" or (opts.jit == "auto" and steps.auto_jit(m.nodes, steps_per_epoch))
-    fns = multi_io.make_functions(m.model, m.side, m.objective, m.optimizer, m.trainable, data, x_dtypes, y_dtypes,
-                                  jit, val is not None)
+    fns = multi_io.make_functions(m.model, m.side, m.objective, m.model.optimizer, m.trainable, data, x_dtypes,
+                                  y_dtypes, jit, val is not None)
     return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
 
 
@@ -345,7 +358,7 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
             m.notes.append(f"the last {batches.rem} rows of each epoch are skipped: fewer than the {dist.replicas} "
                            "replicas (pick a --batch-size that leaves a larger last batch)")
     else:
-        fns = steps.make_functions(m.model, m.loss_obj, m.train_metrics, m.val_metrics, m.optimizer, m.trainable,
+        fns = steps.make_functions(m.model, m.loss_obj, m.train_metrics, m.val_metrics, m.model.optimizer, m.trainable,
                                    data.x.shape[1:], data.y.shape[1:], x_dtype, y_type, jit, val is not None)
     return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
 

@@ -332,8 +332,9 @@ def make_functions(model: Any, side: ModelSide, objective: Objective, optimizer:
             x, y = [a[i] for a in xs], [b[i] for b in ys]
             with tf.GradientTape() as tape:
                 loss, parts, preds = step_loss(x, y, True)
+                scaled = optimizer.scale_loss(loss)  # as Keras's train_step: a LossScaleOptimizer's scale, else 1
             if trainable:
-                optimizer.apply(tape.gradient(loss, trainable), trainable)
+                optimizer.apply(tape.gradient(scaled, trainable), trainable)
             rows = tf.cast(tf.shape(x[0])[0], tf.float32)
             track(objective.train_trackers, objective.train_metrics, parts, y, preds, rows)
             if not tf.math.is_finite(loss):  # as steps.train_chunk: the call ends at a non-finite loss

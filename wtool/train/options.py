@@ -58,6 +58,7 @@ class TrainOptions:
     image_size: str | None = None  # a folder of images: HxW (default: the model's input)
     color_mode: str | None = None
     max_length: int | None = None  # a folder of text files: characters kept per file (Keras's max_length)
+    mixed_precision: str | None = None  # bfloat16 | float16: Keras's mixed dtype policy (wtool.train.precision)
     val_data: str | None = None
     val_split: float | None = None
     epochs: int = 1

@@ -59,8 +59,9 @@ def make_functions(model: Any, loss_obj: Any, train_metrics: list[Any], val_metr
             y = ys[i]
             with tf.GradientTape() as tape:
                 loss, pred = step_loss(x, y, True)
+                scaled = optimizer.scale_loss(loss)  # as Keras's train_step: a LossScaleOptimizer's scale, else 1
             if trainable:
-                optimizer.apply(tape.gradient(loss, trainable), trainable)
+                optimizer.apply(tape.gradient(scaled, trainable), trainable)
             for m in train_metrics:
                 m.update_state(y, pred)
             # A non-finite loss ends the call at once. Its update was applied, but a diverged model is

@@ -267,6 +267,9 @@ def _render(summary: dict[str, Any]) -> Any:
               help="A folder of images: channels to decode (default: from the model's input shape).")
 @click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
               "of each file (Keras's max_length; default: all).")
+@click.option("--mixed-precision", type=click.Choice(["bfloat16", "float16"]),
+              help="Compute in 16 bits with float32 weights (Keras's mixed_bfloat16 / mixed_float16 policy; float16 "
+              "with loss scaling). OUT keeps float32 weights and the model's own dtype policy.")
 @click.option("--val-data", "--validation-data", "val_data", type=InputPath,
               help="Validation data, in the same form as --data.")
 @click.option("--val-split", "--validation-split", "val_split", type=float,
@@ -346,7 +349,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
             data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...], x_keys: tuple[str, ...],
             y_keys: tuple[str, ...], x_cols: tuple[str, ...], y_cols: tuple[str, ...], target: str | None,
             drop: tuple[str, ...], image_size: str | None, color_mode: str | None,
-            max_length: int | None, val_data: str | None, val_split: float | None, epochs: int, batch_size: int,
+            max_length: int | None, mixed_precision: str | None, val_data: str | None, val_split: float | None,
+            epochs: int, batch_size: int,
             shuffle: bool,
             seed: int | None, optimizer: str | None, lr: float | None, momentum: float | None,
             weight_decay: float | None, clip_norm: float | None, lr_schedule: str | None, decay_steps: int | None,
@@ -405,7 +409,7 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
         x=_one(x_files), y=_one(y_files), x_key=_one(x_keys) or "x", y_key=_one(y_keys) or "y", x_files=x_files,
         y_files=y_files, x_keys=x_keys, y_keys=y_keys, x_cols=x_cols, y_cols=y_cols, target=target,
         drop=tuple(c for item in drop for c in item.split(",") if c.strip()),
-        image_size=image_size, color_mode=color_mode, max_length=max_length,
+        image_size=image_size, color_mode=color_mode, max_length=max_length, mixed_precision=mixed_precision,
         val_data=val_data, val_split=val_split, epochs=epochs,
         batch_size=batch_size, shuffle=shuffle, seed=seed, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, loss=_one(losses), losses=losses,
