@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install compile demo test test-fast lint bench samples clean
+.PHONY: install compile demo test test-fast lint bench bench-2g samples clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 bench: compile
 	$(PY) bench/run.py
+
+# The weights-in-and-out rows at the size their targets are set for (~2 GB models; ~12 GB of disk, ~25 min).
+bench-2g: compile
+	WTOOL_BENCH_IO_MB=2048 $(PY) bench/run.py weights_io
 
 samples: $(STAMP)
 	$(PY) scripts/make_samples.py sample_models

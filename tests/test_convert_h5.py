@@ -3,7 +3,8 @@
 Each converted file is compared with the .h5 Keras writes for the same model (attributes, name lists,
 configs, every dataset's values), loaded by Keras and run on the original's inputs, and diffed by
 wtool. Models whose mapping is not certain (nested models, attention) must take the Keras route
-and say so.
+and say so. The other direction (Keras 3's legacy .h5 -> .keras) is checked the same way against
+Keras's own .keras save.
 """
 
 from __future__ import annotations
@@ -172,10 +173,77 @@ def test_uncertain_mappings_go_through_keras(patterns, tmp_path, name, reason):
     _check_against_keras(src, out, tmp_path, optimizer=False)  # a fresh Keras save of a loaded model
 
 
+def _archive_tree(path):
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as fh, h5py.File(fh, "r") as f:
+        def visit(name, obj):
+            out[name] = ({k: str(v) for k, v in obj.attrs.items()},
+                         np.asarray(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(visit)
+    return out
+
+
+def _check_keras_against_keras(src_h5, out, tmp_path):
+    """OUT (.keras from a legacy .h5) against Keras's own .keras save of the model it loads from the .h5."""
+    import keras
+
+    original = keras.saving.load_model(src_h5, compile=False)
+    reference = tmp_path / "keras_saved.keras"
+    original.save(reference)
+    want = {k: v for k, v in _archive_tree(reference).items() if not k.startswith("optimizer")}
+    _assert_same_tree(want, {k: v for k, v in _archive_tree(out).items() if not k.startswith("optimizer")})
+    converted = keras.saving.load_model(out)
+    inputs = _inputs(original)
+    for a, b in zip(keras.tree.flatten(original.predict(inputs, verbose=0)),
+                    keras.tree.flatten(converted.predict(inputs, verbose=0)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert run_cli("diff", src_h5, out).exit_code == 0
+    return converted
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm", "xor"])
+def test_sample_h5_to_keras_at_the_hdf5_level(name, tmp_path):
+    out = tmp_path / f"{name}.keras"
+    res = run_cli("convert", SAMPLES / f"{name}.h5", out, "--json")
+    assert res.exit_code == 0, res
+    doc = res.json()
+    assert doc["method"] == "hdf5" and doc["dropped"] == [] and "optimizer state" in doc["kept"]
+    _check_keras_against_keras(SAMPLES / f"{name}.h5", out, tmp_path)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", ["shared_bn", "rnn"])
+def test_round_trip_keeps_the_optimizer_state(patterns, tmp_path, name):
+    """.keras -> .h5 -> .keras, both at the HDF5 level: Keras restores the same optimizer state from the result."""
+    import keras
+
+    h5, back = tmp_path / f"{name}.h5", tmp_path / f"{name}.keras"
+    assert run_cli("convert", patterns[name], h5).exit_code == 0
+    res = run_cli("convert", h5, back, "--json")
+    assert res.exit_code == 0 and res.json()["method"] == "hdf5", res
+    converted = _check_keras_against_keras(h5, back, tmp_path)
+    original = keras.saving.load_model(patterns[name])
+    assert len(converted.optimizer.variables) == len(original.optimizer.variables) > 2
+    for a, b in zip(original.optimizer.variables, converted.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.tf
+def test_nested_h5_to_keras_goes_through_keras(tmp_path):
+    res = run_cli("convert", SAMPLES / "nested.h5", tmp_path / "n.keras", "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["method"] == "keras"
+    assert "through Keras (TensorFlow): layer features is a nested model" in res.json()["notes"]
+
+
 @pytest.mark.tf
 def test_hdf5_level_conversions_do_not_import_tensorflow(patterns, tmp_path):
     jobs = [(str(SAMPLES / f"{n}.keras"), str(tmp_path / f"{n}.h5")) for n in HDF5_SAMPLES]
     jobs += [(str(patterns[n]), str(tmp_path / f"{n}.h5")) for n in ("shared_bn", "rnn")]
+    jobs += [(str(SAMPLES / f"{n}.h5"), str(tmp_path / f"{n}-from-h5.keras")) for n in ("mlp", "cnn", "lstm", "xor")]
     jobs += [(str(SAMPLES / "nested.keras"), str(tmp_path / "n.weights.h5")),
              (str(SAMPLES / "nested.keras"), str(tmp_path / "n.weights.json"))]
     code = ("import json, sys\nfrom wtool.cli import cli\n"

@@ -8,7 +8,8 @@ What moves, by target:
 | `.keras` -> `.weights.h5` | the archive's weights file, extracted | yes |
 | any -> `.safetensors` / `.npz` | every weight, keyed by path, dtypes kept | yes |
 | `.keras` -> `.h5`, plain models | the legacy layout written with h5py, bytes copied (`wtool.store.legacy_h5`) | yes |
-| `.keras` -> `.h5`, the rest; `.h5` -> `.keras` | Keras loads IN and saves OUT (needs the graph) | no |
+| Keras 3's `.h5` -> `.keras`, plain models | the same mapping backwards (`wtool.store.keras_from_legacy`) | yes |
+| the rest | Keras loads IN and saves OUT (needs the graph) | no |
 
 "The rest" is what `legacy_h5` cannot map with certainty (nested models, wrappers, attention,
 custom or quantized layers, bfloat16): the report's notes say why Keras was used.
@@ -102,15 +103,9 @@ def convert(inp: str, out: str, *, unsafe: bool = False, max_shard_bytes: int | 
                 report.method = "copy"
             report.verified = _same_values(mf, out)
             return report
-        if mf.format == "keras" and fmt == "h5":
-            from wtool.store.legacy_h5 import NeedsGraph, plan_legacy_h5
-
-            try:
-                plan = plan_legacy_h5(mf)
-            except NeedsGraph as exc:
-                report.notes.append(f"through Keras (TensorFlow): {exc}")
-            else:
-                return _write_legacy(mf, out, plan, report, held)
+        done = _hdf5_level(mf, out, fmt, report, held) if max_shard_bytes is None else None
+        if done is not None:
+            return done
         if mf.format == "safetensors":
             raise IncompatibleError(f"{inp}: a .safetensors file holds tensors only, no architecture to write "
                                     f".{fmt} from",
@@ -148,6 +143,24 @@ def _convert_h5(inp: str, out: str, fmt: str, report: ConvertReport, held: dict[
     return report
 
 
+def _hdf5_level(mf: Any, out: str, fmt: str, report: ConvertReport, held: dict[str, bool]) -> ConvertReport | None:
+    """.keras <-> Keras 3's .h5 without TensorFlow where the mapping is certain; None (and a note why) if not."""
+    from wtool.store.legacy_h5 import NeedsGraph
+
+    try:
+        if mf.format == "keras" and fmt == "h5":
+            from wtool.store.legacy_h5 import plan_legacy_h5
+
+            return _write_legacy(mf, out, plan_legacy_h5(mf), report, held)
+        if mf.format == "h5" and fmt == "keras":
+            from wtool.store.keras_from_legacy import plan_keras_archive
+
+            return _write_keras(mf, out, plan_keras_archive(mf), report, held)
+    except NeedsGraph as exc:
+        report.notes.append(f"through Keras (TensorFlow): {exc}")
+    return None
+
+
 def _write_legacy(mf: Any, out: str, plan: Any, report: ConvertReport, held: dict[str, bool]) -> ConvertReport:
     """.keras -> legacy .h5 at the HDF5 level (wtool.store.legacy_h5): byte copies, checked, no TensorFlow."""
     from wtool.fileio import atomic_output
@@ -168,6 +181,29 @@ def _write_legacy(mf: Any, out: str, plan: Any, report: ConvertReport, held: dic
     optimizer_kept = plan.optimizer is not None
     can_hold = {"architecture": True, "training config": "training_config" in plan.attrs,
                 "optimizer state": optimizer_kept, "trainable flags": True}
+    report.kept = ["weights"] + [k for k, v in held.items() if v and can_hold[k]]
+    report.dropped = [k for k, v in held.items() if v and not can_hold[k]]
+    report.bytes = os.path.getsize(out)
+    report.verified = True
+    return report
+
+
+def _write_keras(mf: Any, out: str, plan: Any, report: ConvertReport, held: dict[str, bool]) -> ConvertReport:
+    """Keras 3's legacy .h5 -> .keras at the HDF5 level (wtool.store.keras_from_legacy), every value compared."""
+    from wtool.errors import InternalError
+    from wtool.fileio import atomic_output
+    from wtool.store import open_model
+    from wtool.store.keras_from_legacy import write_keras_archive
+
+    with atomic_output(out) as tmp:
+        write_keras_archive(mf.path, plan, tmp)
+        with open_model(tmp) as b:
+            if [w.path for w in mf.weights] != [w.path for w in b.weights] or not _same_values(mf, b):
+                raise InternalError(f"{out}: the written archive does not hold the weights of {mf.path}")
+    report.method = "hdf5"
+    report.notes += plan.notes
+    can_hold = {"architecture": True, "training config": "compile_config" in plan.config,
+                "optimizer state": any(d.startswith("optimizer/") for d, _ in plan.datasets), "trainable flags": True}
     report.kept = ["weights"] + [k for k, v in held.items() if v and can_hold[k]]
     report.dropped = [k for k, v in held.items() if v and not can_hold[k]]
     report.bytes = os.path.getsize(out)

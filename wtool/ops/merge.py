@@ -110,17 +110,21 @@ def merge_weight(files: Sequence[Any], base: Any, path: str, mode: str, coeffici
     dist_sq = [0.0] * len(files)
     ref_sq = 0.0
     for index in blocks:
-        xs = [np.asarray(f.read_block(path, index), np.float64) for f in files]
-        acc = sum(k * x for k, x in zip(ks, xs, strict=True))
+        # In place, in the order sum() would add (bit-identical results), squared norms by einsum (one
+        # pass, no temporary; BLAS dot would start threads that spin on a shared machine).
+        xs = [np.array(f.read_block(path, index), np.float64) for f in files]
+        acc = xs[0] * ks[0]
+        for k, x in zip(ks[1:], xs[1:], strict=True):
+            acc += k * x
         if kb:
-            acc = acc + kb * np.asarray(base.read_block(path, index), np.float64)
+            acc += kb * np.asarray(base.read_block(path, index), np.float64)
         stored = np.asarray(acc).astype(out.dtype)
         out[index] = stored  # type: ignore[index]
-        r = stored.astype(np.float64)
-        ref_sq += float(np.sum(r * r))
+        r = stored.astype(np.float64).ravel()
+        ref_sq += float(np.einsum("i,i->", r, r))
         for i, x in enumerate(xs):
-            d = x - r
-            dist_sq[i] += float(np.sum(d * d))
+            d = np.subtract(x.ravel(), r, out=x.ravel())
+            dist_sq[i] += float(np.einsum("i,i->", d, d))
     norm = math.sqrt(ref_sq) or 1.0
     return out, [math.sqrt(d) / norm for d in dist_sq]
 

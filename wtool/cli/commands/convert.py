@@ -27,9 +27,10 @@ def command(out: Output, source: str, output: str, unsafe: bool, max_shard_bytes
     .safetensors or .npz. The same format, .keras -> .weights.h5 / .weights.json,
     anything -> .safetensors / .npz, and .keras -> .h5 for plain Sequential and
     Functional models (built-in layers, RNNs included; the optimizer state kept
-    for Adam, AdamW and SGD) run at the HDF5 level without TensorFlow. Nested
-    models, wrappers, attention, custom or quantized layers, and .h5 -> .keras go
-    through Keras (a note says why). A weights-only IN has no
+    for Adam, AdamW and SGD) and back (.h5 saved by Keras 3 -> .keras) run at the
+    HDF5 level without TensorFlow. Nested models, wrappers, attention, custom or
+    quantized layers and older .h5 files go through Keras (a note says why). A
+    weights-only IN has no
     architecture to write a .keras or .h5 from (exit 4; `wtool transfer` does
     that). The written weights are compared with IN's.
 
