@@ -157,3 +157,65 @@ def test_bad_presets_are_one_line_and_writes_are_refused(wtool, presets, tmp_pat
     res = wtool("set-weights", presets["preset"], "--init", "encoder/bias=zeros", "-o", out)
     assert res.exit_code == 4 and "keras-hub preset" in res.stderr, res
     assert not out.exists()
+
+
+# ---- graph commands on a preset: keras-hub's own from_preset (the wtool[hub] extra) ------------------------
+
+
+def test_graph_commands_on_a_preset_without_keras_hub_name_the_extra(wtool, presets, tmp_path, monkeypatch):
+    import wtool.graph.hub as hub
+
+    monkeypatch.setattr(hub, "hub_installed", lambda: False)  # as in a plain install, whether or not it is here
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 6), dtype="float32"))
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 6), "float32"), y=np.zeros((4, 8), "float32"))
+    for args in (("infer", presets["preset"], x, "-o", tmp_path / "y.npy"),
+                 ("train", presets["sharded"], "--data", tmp_path / "d.npz", "--loss", "mse", "-o", tmp_path / "t.keras"),
+                 ("export", presets["preset"], tmp_path / "m.tflite", "--format", "tflite")):
+        res = wtool(*args)
+        assert res.exit_code == 4, (args, res)
+        assert "need keras-hub, which is not installed" in res.stderr and "pip install 'wtool[hub]'" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert not any(p.name in ("y.npy", "t.keras", "m.tflite") for p in tmp_path.iterdir())
+
+
+def test_a_preset_config_naming_a_class_outside_keras_and_keras_hub_is_refused(wtool, presets, tmp_path):
+    evil = tmp_path / "evil"
+    shutil.copytree(presets["preset"], evil)
+    config = json.loads((evil / "config.json").read_text())
+    config["config"]["layers"][1]["module"] = "evil.layers"
+    (evil / "config.json").write_text(json.dumps(config))
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 6), dtype="float32"))
+    res = wtool("infer", evil, x, "-o", tmp_path / "y.npy")
+    assert res.exit_code == 5 and "evil.layers" in res.stderr and "Traceback" not in res.stderr, res
+    assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.fixture(scope="module")
+def hub_preset(tmp_path_factory) -> dict[str, Path]:
+    """A real preset written by keras-hub's save_to_preset (a tiny ViT backbone), and keras-hub's own outputs."""
+    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is not installed (pip install 'wtool[hub]')")
+    import keras
+
+    out = tmp_path_factory.mktemp("hub")
+    keras.utils.set_random_seed(4)
+    backbone = keras_hub.models.ViTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2,
+                                            hidden_dim=8, mlp_dim=16)
+    backbone.save_to_preset(out / "vit")
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
+    np.save(out / "x.npy", x)
+    np.save(out / "y.npy", keras_hub.models.Backbone.from_preset(str(out / "vit")).predict(x, verbose=0))
+    np.savez(out / "d.npz", x=np.repeat(x, 4, axis=0), y=np.zeros((12, 5, 8), "float32"))
+    return {"vit": out / "vit", "x": out / "x.npy", "y": out / "y.npy", "d": out / "d.npz"}
+
+
+def test_infer_and_train_on_a_keras_hub_preset_through_keras_hub(wtool, hub_preset, tmp_path):
+    res = wtool("infer", hub_preset["vit"], hub_preset["x"], "-o", tmp_path / "y.npy")
+    assert res.exit_code == 0, res
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.load(hub_preset["y"]), atol=1e-5, rtol=0)
+    res = wtool("train", hub_preset["vit"], "--data", hub_preset["d"], "--loss", "mse", "--lora", "2", "--seed", "0",
+                "-o", tmp_path / "t.keras", "--json", "-q")
+    assert res.exit_code == 0, res
+    assert res.json()["lora"]["layers"] and res.json()["frozen"]["unchanged"]
+    assert wtool("inspect", hub_preset["vit"]).exit_code == 0  # the store reads what keras-hub wrote

@@ -182,3 +182,4 @@ def check_input_file(path: str | os.PathLike[str]) -> Path:
     with open_input(path):
         pass
     return Path(os.fspath(path))
+

@@ -359,11 +359,14 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
     """
     folder = Path(os.fspath(path))
     if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").exists():
-        with _open_store(folder):  # a folder that is not even readable (links, no weights) says so first: exit 3
-            pass
-        raise IncompatibleError(f"{folder}: a model folder (an unzipped .keras or a keras-hub preset): graph "
-                                "commands take a .keras file", f"wtool convert {folder} model.keras makes one "
-                                "(a keras-hub preset needs keras_hub itself: keras_hub.models.Backbone.from_preset)")
+        with _open_store(folder) as mf:  # a folder that is not even readable (links, no weights) says so first
+            preset, config = getattr(mf, "preset", None), mf.config
+        if preset is not None:  # a keras-hub preset: keras-hub builds it (the wtool[hub] extra)
+            from wtool.graph.hub import load_preset_backbone
+
+            return load_preset_backbone(folder, config, unsafe)
+        raise IncompatibleError(f"{folder}: an unzipped .keras folder: graph "
+                                "commands take a .keras file", f"wtool convert {folder} model.keras makes one")
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is not None:

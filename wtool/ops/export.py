@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
-from wtool.fileio import atomic_output, check_input_file
+from wtool.fileio import atomic_output, check_model_input
 
 FORMATS = {"saved_model": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}
 ONNX_HINT = "pip install 'wtool[onnx]' (tf2onnx, onnx and onnxruntime), or export saved_model / tflite"
@@ -95,7 +95,7 @@ def export_model(model_path: str, output: str, fmt: str, *, atol: float | None =
         raise UsageError(f"{output}: an ONNX output must end in .onnx")
     if fmt == "saved_model" and out.exists():
         raise UsageError(f"{output}: exists; a SavedModel is a new directory", "remove it or choose another name")
-    check_input_file(model_path)
+    check_model_input(model_path)
     if fmt == "onnx":
         _check_onnx_available()
     from wtool.graph.model import load_model

@@ -191,7 +191,13 @@ def _objects(config: Any) -> Iterable[tuple[dict[str, Any], str]]:
             stack.extend((v, where) for v in item)
 
 
-def _findings(config: Any, report: ConfigReport) -> list[Finding]:
+def _hub_class(module: Any, registered: Any) -> bool:
+    """A keras-hub class (`keras_hub.src...`, registered `keras_hub>Name`): installed package code, not the file's."""
+    return isinstance(module, str) and (module == "keras_hub" or module.startswith("keras_hub.")) \
+        and isinstance(registered, str) and registered.startswith("keras_hub>")
+
+
+def _findings(config: Any, report: ConfigReport, allow_hub: bool = False) -> list[Finding]:
     found: list[Finding] = []
     for obj, where in _objects(config):
         cls = obj.get("class_name")
@@ -215,6 +221,8 @@ def _findings(config: Any, report: ConfigReport) -> list[Finding]:
                                             "activation, loss or metric)"))
             continue
         if cls in DATA_MARKERS:
+            continue
+        if allow_hub and _hub_class(module, registered):
             continue
         if not _is_keras_module(module):
             found.append(Finding(label, where, f"class {shown(cls)} from module {shown(module)} (outside Keras)"))
@@ -251,7 +259,7 @@ def _legacy_custom_alias(registered: str) -> bool:
 
 
 def check_config(config: Any, source: str, *, unsafe: bool = False, limits: Limits | None = None,
-                 what: str = "model config") -> ConfigReport:
+                 what: str = "model config", allow_hub: bool = False) -> ConfigReport:
     """Check a parsed model config; raise UnsafeError/InputError or return the report.
 
     `config` is the top-level dict Keras would deserialize (config.json of a .keras,
@@ -265,7 +273,7 @@ def check_config(config: Any, source: str, *, unsafe: bool = False, limits: Limi
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise InputError(f"{source}: {what} is not a Keras model config (no class_name)")
     report = ConfigReport()
-    found = _refuse_code(config, source, report, unsafe)
+    found = _refuse_code(config, source, report, unsafe, allow_hub)
     report.allowed = found
     report.n_layers = count_layers(config)
     if report.n_layers > limits.max_layers:
@@ -299,10 +307,12 @@ def code_findings(config: Any) -> list[Finding]:
         return []  # a malformed object is reported by the command that loads the graph
 
 
-def _refuse_code(config: Any, source: str, report: ConfigReport, unsafe: bool) -> list[Finding]:
-    """Everything in `config` that would run code; refused (exit 5) unless `unsafe`."""
+def _refuse_code(config: Any, source: str, report: ConfigReport, unsafe: bool,
+                 allow_hub: bool = False) -> list[Finding]:
+    """Everything in `config` that would run code; refused (exit 5) unless `unsafe`. `allow_hub`: keras-hub's
+    own classes pass (wtool.graph.hub loads them through the installed keras-hub)."""
     try:
-        found = _findings(config, report)
+        found = _findings(config, report, allow_hub)
     except InputError as exc:
         raise InputError(f"{source}: {exc.message}") from None
     if found and not unsafe:

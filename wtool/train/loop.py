@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import DivergedError, InternalError, Interrupted, UsageError
-from wtool.fileio import check_input_file
+from wtool.fileio import check_model_input
 from wtool.graph import text_folders
 from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
@@ -78,7 +78,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     check_options(opts)
     precision.check_options(opts.mixed_precision, opts.strategy, opts.lora)
     out_path = resolve_out(opts)
-    check_input_file(opts.model)
+    check_model_input(opts.model)
     ckpt_dir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else default_checkpoint_dir(out_path)
     # Data first: a bad file fails fast, before TensorFlow starts. Arrays named by the model's inputs and
     # outputs are read once the model is loaded (multi_io).

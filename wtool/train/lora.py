@@ -20,7 +20,17 @@ import numpy as np
 from wtool.errors import IncompatibleError, UsageError
 from wtool.graph.model import import_keras
 
-ADAPTERS = ("lora_kernel_a", "lora_kernel_b")
+ADAPTERS = ("lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b")  # Embedding's are _embeddings_
+
+
+def _adapters(layer: Any) -> list[Any]:
+    return [getattr(layer, name) for name in ADAPTERS if getattr(layer, name, None) is not None]
+
+
+def _base_kernel(layer: Any) -> Any:
+    """The variable enable_lora freezes: Dense/EinsumDense/conv `_kernel`, Embedding `_embeddings`."""
+    kernel = getattr(layer, "_kernel", None)
+    return kernel if kernel is not None else getattr(layer, "_embeddings", None)
 
 
 @dataclass
@@ -88,9 +98,11 @@ def train_saved_lora_as_plain(model: Any) -> list[str]:
     for layer in _saved_lora_layers(model):
         if not layer.trainable:  # frozen (by its file or --freeze): its variables stay frozen
             continue
-        layer._kernel.trainable = True
-        for name in ADAPTERS:
-            getattr(layer, name).trainable = False
+        kernel = _base_kernel(layer)
+        if kernel is not None:
+            kernel.trainable = True
+        for var in _adapters(layer):
+            var.trainable = False
         notes.append(layer.name)
     if not notes:
         return []
@@ -142,7 +154,7 @@ def enable(model: Any, nodes: dict[str, Any], options: LoraOptions, seed: int,
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise IncompatibleError(f"--lora: Keras cannot enable LoRA on {path} ({type(layer).__name__}): "
                                     f"{text[:200]}", "leave it out with --lora-layers") from None
-        adapters += [getattr(layer, name) for name in ADAPTERS]
+        adapters += _adapters(layer)
     ids = {id(v) for v in adapters}
     for node in nodes.values():
         node.layer.trainable = node.path in chosen or any(p in chosen for p in _below(nodes, node.path))

@@ -7,6 +7,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,8 @@ def read_saved_training(path: str, arch: str | None = None) -> SavedTraining:
     """Compile config and optimizer state stored in a model file (h5py and zipfile only)."""
     import h5py
 
+    if Path(path).is_dir() and not Path(path).is_symlink():  # a keras-hub preset: keras-hub saves neither
+        return SavedTraining(None, None)
     p = check_input_file(path)
     name = p.name.lower()
     compile_config: dict[str, Any] | None = None
