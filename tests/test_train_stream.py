@@ -136,36 +136,43 @@ def test_save_every_writes_out_while_the_stream_is_open(tmp_path, reference):
     assert [line.split()[1] for line in lines] == ["3", "6"] and all(line.endswith("saved") for line in lines)
 
 
-def test_bad_line_mid_stream_keeps_the_last_save(tmp_path, reference):
+def test_bad_line_mid_stream_keeps_the_last_save(wtool, tmp_path, reference):
+    """In-process (TensorFlow is loaded here already): the error paths need no pipe of their own."""
     out = tmp_path / "o.keras"
-    good = _jsonl(_batches([8] * 6))
-    lines = good.splitlines(keepends=True)
+    lines = _jsonl(_batches([8] * 6)).splitlines(keepends=True)
     stream = b"".join(lines[:20]) + b'{"x": [0.5, 0.5], "y": [1.0]\n' + b"".join(lines[20:])  # line 21: no }
-    proc = _run(stream, XOR, "--data", "-", "-o", out, "--optimizer", "sgd", "--lr", "0.5", "--batch-size", "8",
-                "--save-every", "2")
-    assert proc.returncode == 3, proc.stderr.decode()
-    errors = [line for line in proc.stderr.decode().splitlines() if line.startswith("error:")]
+    res = wtool("train", XOR, "--data", "-", "-o", out, "--optimizer", "sgd", "--lr", "0.5", "--batch-size", "8",
+                "--save-every", "2", input=stream)
+    assert res.exit_code == 3, res
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     want = (f"error: stdin: line 21: not valid JSON (Expecting ',' delimiter); {out} holds the model after batch 2 "
             "(the last --save-every save)")
     assert errors == [want]
-    assert b"Traceback" not in proc.stderr
+    assert "Traceback" not in res.stderr
     _assert_same(out, reference[1])  # batch 3 was incomplete when the bad line came: not trained, not saved
 
 
-def test_shape_mismatch_mid_stream_writes_nothing_without_saves(tmp_path):
+def test_shape_mismatch_mid_stream_writes_nothing_without_saves(wtool, tmp_path):
     out = tmp_path / "o.keras"
     stream = _jsonl(_batches([8])) + b'{"x": [1, 2, 3], "y": [0]}\n'
-    proc = _run(stream, XOR, "--data", "-", "-o", out, "--batch-size", "4")
-    assert proc.returncode == 4, proc.stderr.decode()
-    assert (f"error: stdin: line 9: x has shape (3,); the first row's has (2,); {out} was not written"
-            in proc.stderr.decode())
+    res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", input=stream)
+    assert res.exit_code == 4, res
+    assert f"error: stdin: line 9: x has shape (3,); the first row's has (2,); {out} was not written" in res.stderr
     assert not out.exists()
     # an .npy batch that does not fit the model: exit 4, named by its place in the stream
-    proc = _run(_npy(_batches([4])) + _npy([(np.zeros((2, 3), "float32"), np.zeros((2, 1), "float32"))]),
-                XOR, "--data", "-", "-o", out)
-    assert proc.returncode == 4, proc.stderr.decode()
-    assert "error: stdin: batch 2 (arrays 3-4): model expects (None, 2)" in proc.stderr.decode()
+    stream = _npy(_batches([4])) + _npy([(np.zeros((2, 3), "float32"), np.zeros((2, 1), "float32"))])
+    res = wtool("train", XOR, "--data", "-", "-o", out, input=stream)
+    assert res.exit_code == 4, res
+    assert "error: stdin: batch 2 (arrays 3-4): model expects (None, 2)" in res.stderr
     assert not out.exists()
+
+
+def test_a_two_input_model_is_refused(wtool, tmp_path):
+    res = wtool("train", SAMPLES / "two_inputs.keras", "--data", "-", "-o", tmp_path / "o.keras",
+                input=_jsonl(_batches([2])))
+    assert res.exit_code == 4, res
+    assert "has 2 inputs and 1 output; --data - trains models with one input and one output" in res.stderr
+    assert not (tmp_path / "o.keras").exists()
 
 
 def test_sigterm_while_waiting_writes_every_finished_batch(tmp_path, reference):
@@ -197,7 +204,8 @@ def test_sigterm_while_waiting_writes_every_finished_batch(tmp_path, reference):
     (["--shuffle"], "--shuffle does not apply to --data -"),
     (["--lr-schedule", "cosine"], "--lr-schedule cosine with --data - needs --decay-steps N"),
     (["--save-every", "0"], "--save-every must be at least 1"),
-    (["--lora", "4"], "--lora does not apply to --data -"),
+    (["--lora", "4"], "--lora does not apply to --data - yet"),
+    (["--x-key", "image=x"], "--data - reads one x and one y per row"),
 ])
 def test_epoch_options_are_refused(wtool, tmp_path, extra, message):
     res = wtool("train", XOR, "--data", "-", "-o", tmp_path / "o.keras", *extra, input=b"")

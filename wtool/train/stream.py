@@ -32,7 +32,7 @@ from wtool.fileio import check_input_file
 from wtool.graph.model import import_keras
 from wtool.train import steps
 from wtool.train.data import LabelledData, check_fits, model_io, saved_class_names
-from wtool.train.loop import _check_frozen_unchanged, _prepare_model
+from wtool.train.loop import _check_frozen_unchanged, _load_model, _prepare_model
 from wtool.train.objectives import y_dtype
 from wtool.train.optim import describe_optimizer
 from wtool.train.options import TrainOptions, check_options, resolve_out
@@ -44,13 +44,16 @@ DEFAULT_LOG_EVERY = 100
 # epoch checkpoints), with the option that sets each.
 EPOCH_OPTIONS = {
     "x": "--x", "y": "--y", "target": "--target", "drop": "--drop", "image_size": "--image-size",
-    "color_mode": "--color-mode", "max_length": "--max-length", "val_data": "--val-data", "val_split": "--val-split",
+    "color_mode": "--color-mode", "max_length": "--max-length", "x_files": "--x", "y_files": "--y",
+    "x_cols": "--x-cols", "y_cols": "--y-cols", "val_data": "--val-data", "val_split": "--val-split",
     "early_stopping": "--early-stopping", "monitor": "--monitor", "min_delta": "--min-delta",
     "checkpoint_dir": "--checkpoint-dir", "checkpoint_every": "--checkpoint-every",
     "keep_checkpoints": "--keep-checkpoints", "resume": "--resume", "history": "--history",
     "tensorboard": "--tensorboard", "steps_per_execution": "--steps-per-execution", "workers": "--workers",
     "task_index": "--task-index", "replicas": "--replicas",
 }
+# ... and those a stream does not do yet.
+NOT_YET = {"mixed_precision": "--mixed-precision", "lora": "--lora", "loss_weights": "--loss-weight"}
 
 
 @dataclass
@@ -92,14 +95,18 @@ def check_stream_options(opts: TrainOptions, stream: StreamOptions) -> None:
         if option is not None and getattr(opts, f.name) != getattr(defaults, f.name):
             raise UsageError(f"{option} does not apply to --data - (a stream has no epochs or known length)",
                              "a stream trains each batch once as it arrives; see README 'Training from a stream'")
+    for name, option in NOT_YET.items():
+        if getattr(opts, name) not in (None, ()):
+            raise UsageError(f"{option} does not apply to --data - yet", "train on a file of batches for it")
+    if len(opts.x_keys) > 1 or len(opts.y_keys) > 1 or any("=" in k for k in (*opts.x_keys, *opts.y_keys,
+                                                                                 *opts.losses)):
+        raise UsageError("--data - reads one x and one y per row (models with one input and one output) for now",
+                         "for several inputs or outputs, write the batches to a .npz and use --x-key NAME=KEY")
     for option in stream.given:
         raise UsageError(f"{option} does not apply to --data - (rows train in the order they arrive)")
     if opts.epochs != 1:
         raise UsageError(f"--epochs {opts.epochs}: a stream is read once (each batch is one step)",
                          "send the data again to train on it again")
-    if opts.lora is not None:
-        raise UsageError("--lora does not apply to --data - yet (OUT is saved with merged kernels, mid-stream too)",
-                         "train the adapters on a file of batches")
     if opts.strategy not in ("auto", "one-device"):
         raise UsageError(f"--strategy {opts.strategy} does not apply to --data -")
     from wtool.train.multi_io import named_options
@@ -201,9 +208,16 @@ class _Stream:
         seed = opts.seed if opts.seed is not None else secrets.randbelow(2**31)
         import_keras().utils.set_random_seed(seed)
         data = LabelledData(first.x, first.y, f"stdin ({first.where})")
-        m = _prepare_model(opts, data, None, seed)  # loss, metrics, optimizer (continuing the saved state), checks
+        model = _load_model(opts)
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            n_in, n_out = len(model.inputs), len(model.outputs)
+            raise IncompatibleError(f"{opts.model} has {n_in} input{'s' * (n_in != 1)} and {n_out} output"
+                                    f"{'s' * (n_out != 1)}; "
+                                    "--data - trains models with one input and one output for now",
+                                    "for several, write the batches to a .npz and use --x-key/--y-key NAME=KEY")
+        m = _prepare_model(opts, data, None, seed, model)  # loss, metrics, optimizer (the saved state), checks
         self.m = m
-        io_ = model_io(m.model)
+        self.io_ = io_ = model_io(m.model)
         self.x_dtype = io_.input_dtype if io_.input_dtype != "float64" else "float32"
         self.y_dtype = y_dtype(np.asarray(first.y), m.loss_name)
         self.row_shapes = (tuple(data.x.shape[1:]), tuple(data.y.shape[1:]))
@@ -238,7 +252,7 @@ class _Stream:
         if data is None:
             data = LabelledData(batch.x, batch.y, f"stdin ({batch.where})")
             try:
-                check_fits(data, model_io(self.m.model), self.m.loss_name)
+                check_fits(data, self.io_, self.m.loss_name)
             except IncompatibleError as exc:
                 raise IncompatibleError(f"stdin: {batch.where}: {exc.message}", exc.hint) from None
         for what, arr, want in (("x", data.x, self.row_shapes[0]), ("y", data.y, self.row_shapes[1])):

@@ -248,9 +248,11 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
               help="Labels as .npy (memory-mapped); with --x. Several outputs: NAME=FILE per output (repeat).")
 @click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.")
+              help="Feature array of a .npz (default x; with --data -, the JSON lines field). Several inputs: NAME=KEY "
+              "per input, or KEY in input order.")
 @click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
+              help="Label array of a .npz (default y; with --data -, the JSON lines field). Several outputs: NAME=KEY "
+              "per output, or KEY in output order.")
 @click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
               help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
               "per input.")
