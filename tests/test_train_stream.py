@@ -171,7 +171,7 @@ def test_a_two_input_model_is_refused(wtool, tmp_path):
     res = wtool("train", SAMPLES / "two_inputs.keras", "--data", "-", "-o", tmp_path / "o.keras",
                 input=_jsonl(_batches([2])))
     assert res.exit_code == 4, res
-    assert "has 2 inputs and 1 output; --data - trains models with one input and one output" in res.stderr
+    assert "has 2 inputs and 2 outputs; --data - trains models with one input and one output" in res.stderr
     assert not (tmp_path / "o.keras").exists()
 
 
