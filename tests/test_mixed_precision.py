@@ -145,3 +145,21 @@ def test_mixed_precision_with_two_inputs_and_outputs(samples, tmp_path):
     trained = keras.saving.load_model(tmp_path / "two.keras")
     assert {str(w.dtype) for w in trained.weights} == {"float32"}
     assert {layer.dtype_policy.name for layer in trained.layers if layer.weights} == {"float32"}
+
+
+def test_mixed_precision_resume_equals_one_run(setup, tmp_path):
+    """The checkpoint holds the LossScaleOptimizer's scale too: 2 + 2 resumed epochs equal 4 in one go."""
+    d, *_ = setup
+    common = ["--data", d / "data.npz", "--batch-size", "16", "--no-shuffle", "--seed", "0", "-q"]
+    fp16 = ["--mixed-precision", "float16"]
+    ck = ["--checkpoint-dir", tmp_path / "ck"]
+    assert run_cli("train", d / "mlp.keras", "-o", tmp_path / "one.keras", "--epochs", "4", *common,
+                   *fp16).exit_code == 0
+    assert run_cli("train", d / "mlp.keras", "-o", tmp_path / "r.keras", "--epochs", "2", *common, *fp16,
+                   *ck).exit_code == 0
+    res = run_cli("train", d / "mlp.keras", "-o", tmp_path / "r.keras", "--epochs", "5", *common, *ck, "--resume")
+    assert res.exit_code == 2 and "--mixed-precision float16" in res.stderr, res
+    res = run_cli("train", d / "mlp.keras", "-o", tmp_path / "r.keras", "--epochs", "4", *common, *fp16, *ck,
+                  "--resume")
+    assert res.exit_code == 0, res
+    assert run_cli("diff", tmp_path / "one.keras", tmp_path / "r.keras").exit_code == 0

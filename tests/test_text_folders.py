@@ -81,7 +81,8 @@ def test_train_equals_keras_fit(folder):
     changed = 0
     for w_before, w_after, w_ref in zip(before.weights, after.weights, reference.weights, strict=True):
         changed += not np.array_equal(w_before.numpy(), w_after.numpy())
-        np.testing.assert_allclose(w_after.numpy(), w_ref.numpy(), rtol=1e-4, atol=1e-6, err_msg=w_after.path)
+        # measured: bitwise equal here
+        np.testing.assert_allclose(w_after.numpy(), w_ref.numpy(), rtol=1e-6, atol=1e-7, err_msg=w_after.path)
     assert changed == 3  # embedding, kernel, bias all moved
     # the adapted vocabulary went with the model, unchanged
     assert after.get_layer("vectorize").get_vocabulary() == before.get_layer("vectorize").get_vocabulary()

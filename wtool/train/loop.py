@@ -133,6 +133,7 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     latest, meta = read_checkpoint_meta(ckpt_dir) if opts.resume else (None, {})
     if latest is not None:
         check_epochs_left(latest, meta, opts.epochs)
+        precision.check_resume(meta, opts.mixed_precision)
     loaded = None
     if data is None:  # several inputs or outputs: the arrays are named by the model's inputs and outputs
         multi_io.refuse_distributed(dist.distributed)
@@ -545,7 +546,8 @@ class _Run:
         return self.ckpts.save({"seed": self.seed, "rows": self.rows, "batch_size": self.feed.batch, "epoch": epoch,
                                 "step": step, "partial": state.partial, "history": state.history, "es": state.es,
                                 "early_stopping": opts.early_stopping is not None, "model": str(opts.model),
-                                "epochs": opts.epochs, "automatic_dir": not opts.checkpoint_dir}, number)
+                                "epochs": opts.epochs, "automatic_dir": not opts.checkpoint_dir,
+                                "mixed_precision": opts.mixed_precision}, number)
 
     def _stop_requested(self) -> bool:
         """A signal arrived (multi-worker: on any worker, so that all stop after the same step)."""

@@ -46,6 +46,15 @@ def check_distribution(mixed_precision: str | None, distributed: bool) -> None:
                          "distributed strategy)", "pass --strategy one-device")
 
 
+def check_resume(meta: dict[str, Any], mixed_precision: str | None) -> None:
+    """A checkpoint holds its run's optimizer (a LossScaleOptimizer for float16): resume with the same policy."""
+    if meta and meta.get("mixed_precision") != mixed_precision:
+        was = meta.get("mixed_precision")
+        option = f"--mixed-precision {was}" if was else "no --mixed-precision"
+        raise UsageError(f"--resume: the checkpoint was written by a run with {option}",
+                         f"resume with {option}, as that run")
+
+
 def _layers(model: Any) -> Iterator[Any]:
     """Every layer below `model`, parents before their sublayers, in a fixed order."""
     for layer in getattr(model, "layers", []):
