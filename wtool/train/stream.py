@@ -114,8 +114,6 @@ def check_stream_options(opts: TrainOptions, stream: StreamOptions) -> None:
     if named_options(opts):
         raise UsageError("--data - trains models with one input and one output (one x and one y per batch)",
                          "for several inputs or outputs, train on a .npz with --x-key/--y-key NAME=KEY")
-    if opts.mixed_precision is not None:
-        raise UsageError("--mixed-precision does not apply to --data - yet", "train on a file of batches")
     sched = opts.schedule
     if sched is not None and sched.name not in ("constant", "piecewise") and not sched.decay_steps:
         raise UsageError(f"--lr-schedule {sched.name} with --data - needs --decay-steps N",

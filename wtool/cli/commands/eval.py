@@ -153,6 +153,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
       wtool eval sample_models/mlp.keras --data sample_models/mlp.npz --metric accuracy --fail-under accuracy=0.05
       wtool eval model.keras --x test_x.npy --y test_y.npy --labels classes.txt --plot confusion.png --json
       wtool eval two.keras --data test.npz --x-key a=xa --x-key b=xb --y-key value=y1 --y-key kind=y2
+      wtool eval sample_models/texts.keras --data sample_models/texts/ --max-length 200
     """
     from wtool.train.evaluate import EvalOptions, check_gates, evaluate, parse_gates
 

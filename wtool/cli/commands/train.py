@@ -381,6 +381,8 @@ def command(out: Output, model: str, out_file: str | None, in_place: bool, arch:
       wtool train sample_models/nested.keras --data sample_models/nested.npz -o tuned.keras --freeze features --epochs 5
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp.keras --val-split 0.2 --early-stopping 3 --epochs 50 --history hist.csv
       wtool train mlp.keras --data sample_models/mlp.npz -o mlp-more.keras       # continues the saved Adam state
+      wtool train sample_models/texts.keras --data sample_models/texts/ -o texts-trained.keras --epochs 30 --lr 0.05
+      wtool train sample_models/mlp.keras --data sample_models/mlp.npz -o mlp-fp16.keras --mixed-precision float16
       wtool train sample_models/mlp.keras --data sample_models/mlp.npz --lora 4 -o mlp-lora.keras  # adapters only
       cat sample_models/xor.jsonl | wtool train sample_models/xor.keras --data - -o xor2.keras --lr 5 --batch-size 4 --save-every 100
       wtool train sample_models/two_inputs.keras --data sample_models/two_inputs.npz -o two.keras \
