@@ -128,3 +128,21 @@ def test_merge_does_not_import_tensorflow(three, tmp_path):
             f"cli(['merge', {str(a)!r}, {str(b)!r}, '-o', {str(tmp_path / 'm.keras')!r}, '-q'], standalone_mode=False)\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_read_back_check_catches_a_wrong_merged_byte(tmp_path, monkeypatch):
+    """The check compares the written bytes with the CRC the merged value kept of itself: one flipped bit fails."""
+    from wtool.store import write as store_write
+
+    real = store_write._pwrite_all
+
+    def flip(fd, data, offset):
+        arr = np.frombuffer(memoryview(data).cast("B"), np.uint8).copy()
+        arr[len(arr) // 2] ^= 1
+        real(fd, arr, offset)
+
+    monkeypatch.setattr(store_write, "_pwrite_all", flip)
+    out = tmp_path / "m.keras"
+    res = run_cli("merge", SAMPLES / "mlp.keras", SAMPLES / "mlp.keras", "-o", out)
+    assert res.exit_code == 70 and "read-back check failed" in res.stderr, res
+    assert not out.exists()

@@ -14,7 +14,8 @@ The output is a copy of the first model (its format, architecture and optimizer 
 with the merged weights written through `wtool.store.write`. A merged value is computed
 only when the writer asks for it (`LazyMerge.__array__`), one weight at a time and block
 by block (1M elements of each input), so memory holds one result weight rather than
-whole models; the writer's read-back check computes it again rather than keeping it. Integer and boolean weights
+whole models; the writer's read-back check compares the written bytes with the CRC-32 and
+first and last rows the value kept of itself (`store_write.WrittenSummary`), not computing it again. Integer and boolean weights
 (step counters, quantized values) are merged only when identical in every input.
 BatchNorm moving statistics are averaged like any other weight, or re-estimated on data
 with `recompute_bn` (`wtool.ops.bn_stats`, which needs TensorFlow): the merge is staged in
@@ -137,10 +138,14 @@ class LazyMerge:
         self._compute = compute
         self._record = record
 
+    summary: Any = None  # store_write.WrittenSummary of what was handed out, for the read-back check
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         result, distances = self._compute()
         self._record.distances = distances
-        return np.asarray(result, dtype=dtype) if dtype is not None else result
+        out = np.asarray(result, dtype=dtype) if dtype is not None else result
+        self.summary = store_write.WrittenSummary.of(out)
+        return out
 
 
 def _parse_floats(text: str, option: str) -> list[float]:
