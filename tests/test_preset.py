@@ -177,6 +177,8 @@ def test_graph_commands_on_a_preset_without_keras_hub_name_the_extra(wtool, pres
         assert "need keras-hub, which is not installed" in res.stderr and "pip install 'wtool[hub]'" in res.stderr
         assert "Traceback" not in res.stderr
     assert not any(p.name in ("y.npy", "t.keras", "m.tflite") for p in tmp_path.iterdir())
+    res = wtool("inspect", presets["preset"], "--check")
+    assert res.exit_code == 4 and "pip install 'wtool[hub]'" in res.stdout + res.stderr, res
 
 
 def test_a_preset_config_naming_a_class_outside_keras_and_keras_hub_is_refused(wtool, presets, tmp_path):
@@ -190,6 +192,9 @@ def test_a_preset_config_naming_a_class_outside_keras_and_keras_hub_is_refused(w
     res = wtool("infer", evil, x, "-o", tmp_path / "y.npy")
     assert res.exit_code == 5 and "evil.layers" in res.stderr and "Traceback" not in res.stderr, res
     assert not (tmp_path / "y.npy").exists()
+    text = wtool("inspect", evil).stdout  # reading weights stays allowed; the header says what graph commands refuse
+    assert "needs code" in text and "evil.layers" in text
+    assert wtool("inspect", evil, "--check").exit_code == 5
 
 
 @pytest.fixture(scope="module")
@@ -218,4 +223,6 @@ def test_infer_and_train_on_a_keras_hub_preset_through_keras_hub(wtool, hub_pres
                 "-o", tmp_path / "t.keras", "--json", "-q")
     assert res.exit_code == 0, res
     assert res.json()["lora"]["layers"] and res.json()["frozen"]["unchanged"]
-    assert wtool("inspect", hub_preset["vit"]).exit_code == 0  # the store reads what keras-hub wrote
+    res = wtool("inspect", hub_preset["vit"])  # the store reads what keras-hub wrote; its classes are not code
+    assert res.exit_code == 0 and "ViTBackbone" in res.stdout and "needs code" not in res.stdout, res
+    assert wtool("inspect", hub_preset["vit"], "--check").exit_code == 0

@@ -23,6 +23,18 @@ def hub_installed() -> bool:
     return importlib.util.find_spec(HUB_PACKAGE) is not None
 
 
+def check_preset(folder: Path, config: dict[str, Any] | None, unsafe: bool) -> tuple[int, str, list[str]]:
+    """`inspect --check` on a preset, without TensorFlow or keras-hub: (exit code, status, reasons)."""
+    from wtool.safety.config_check import code_findings
+
+    found = [f"{f.where or 'model'}: {f.why}" for f in code_findings(config, allow_hub=True)]
+    if found and not unsafe:
+        return 5, "needs-unsafe", found
+    if not hub_installed():
+        return 4, "incompatible", [f"graph commands on a keras-hub preset need keras-hub: {HUB_EXTRA_HINT}"]
+    return 0, "ok", []
+
+
 def load_preset_backbone(folder: Path, config: dict[str, Any] | None, unsafe: bool) -> Any:
     """The backbone as keras-hub builds it (weights included, sharded or not); task heads are not built."""
     from wtool.safety.config_check import check_config

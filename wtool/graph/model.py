@@ -190,6 +190,14 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
         reason = ("a TensorFlow checkpoint holds variables, not an architecture: `wtool set-weights MODEL "
                   "--from-checkpoint` puts them into a model file")
         return CheckResult(str(path), 4, "no-graph", [reason])
+    folder = Path(os.fspath(path))
+    if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").exists():
+        with _open_store(folder) as mf:
+            if getattr(mf, "preset", None) is not None:
+                from wtool.graph.hub import check_preset
+
+                return CheckResult(str(path), *check_preset(folder, mf.config, unsafe), keras_version=mf.keras_version,
+                                   loader="keras-hub")
     p = check_input_file(path)
     with _open_store(p) as mf:
         if mf.config is None:
@@ -237,6 +245,10 @@ def needs_code(mf: ModelFile) -> list[str]:
     """
     if mf.config is None:
         return []
+    if getattr(mf, "preset", None) is not None:  # keras-hub builds it (wtool.graph.hub): its classes are not code
+        from wtool.safety.config_check import code_findings
+
+        return group_reasons([Problem("code", f.layer, f.why) for f in code_findings(mf.config, allow_hub=True)])
     try:
         t = translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
     except (TranslationError, KeyError, TypeError, ValueError, AttributeError):

@@ -299,10 +299,10 @@ def check_code(config: Any, source: str, *, unsafe: bool = False, limits: Limits
     return _refuse_code(config, source, ConfigReport(), unsafe)
 
 
-def code_findings(config: Any) -> list[Finding]:
+def code_findings(config: Any, allow_hub: bool = False) -> list[Finding]:
     """Everything in `config` that would run code, all of it and without raising (for reports)."""
     try:
-        return _findings(config, ConfigReport())
+        return _findings(config, ConfigReport(), allow_hub)
     except InputError:
         return []  # a malformed object is reported by the command that loads the graph
 
