@@ -277,3 +277,19 @@ def test_failure_while_copying_leaves_nothing(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "Traceback" not in res.stderr, res  # ENOSPC: exit 2, as every writer maps it
     assert [x for x in res.stderr.splitlines() if x.startswith("error:")] == ["error: cannot write: No space left on device"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compressed_archive_converts_through_hdf5_copies(tmp_path):
+    """A .keras whose weights member is deflated (not Keras's way, but valid): no byte ranges to copy."""
+    import zipfile
+
+    src = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(SAMPLES / "cnn.keras") as zin, zipfile.ZipFile(src, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    out = tmp_path / "o.h5"
+    res = run_cli("convert", src, out, "--json")
+    assert res.exit_code == 0 and res.json()["method"] == "hdf5", res
+    assert run_cli("diff", SAMPLES / "cnn.keras", out).exit_code == 0
+    with h5py.File(out) as f, h5py.File(SAMPLES / "cnn.h5") as ref:
+        assert list(f["model_weights"].attrs["layer_names"]) == list(ref["model_weights"].attrs["layer_names"])

@@ -262,8 +262,11 @@ def _allocated_dataset(group: h5py.Group, name: str, like: h5py.Dataset) -> h5py
     return h5py.Dataset(dsid)
 
 
-def _write_structure(src: h5py.File, plan: LegacyPlan, tmp: Path) -> list[tuple[str, str, int]]:
-    """Groups, attributes and datasets of the output; the byte-copyable ones left to copy: (out, src, src offset)."""
+def _write_structure(src: h5py.File, plan: LegacyPlan, tmp: Path, raw: bool) -> list[tuple[str, str, int]]:
+    """Groups, attributes and datasets of the output; the byte-copyable ones left to copy: (out, src, src offset).
+
+    `raw`: the source image is a byte range of its file (a stored member), so contiguous datasets can be
+    copied by the kernel; a compressed member's datasets are copied by HDF5."""
     pending = []
     with h5py.File(tmp, "w") as out:
         for key, value in plan.attrs.items():
@@ -279,7 +282,7 @@ def _write_structure(src: h5py.File, plan: LegacyPlan, tmp: Path) -> list[tuple[
             _save_name_list(out.create_group("optimizer_weights"), "weight_names", [w for w, _ in plan.optimizer])
         for out_name, src_name in plan.datasets:
             sds = src[src_name]
-            extent = store_write.dataset_extent(sds)
+            extent = store_write.dataset_extent(sds) if raw else None
             if extent is None:
                 parent, _, leaf = out_name.rpartition("/")
                 out.copy(sds, out.require_group(parent), name=leaf)  # H5Ocopy, chunk by chunk in the library
@@ -292,15 +295,15 @@ def _write_structure(src: h5py.File, plan: LegacyPlan, tmp: Path) -> list[tuple[
 def write_legacy_h5(source: Path, plan: LegacyPlan, tmp: Path) -> int:
     """Write the plan to `tmp` (the caller makes it atomic), check it, and return the bytes copied."""
     image = store_write.locate_image(source, "keras")
-    with store_write.open_image(image) as src:
-        pending = _write_structure(src, plan, tmp)
     raw = image.length > 0  # a stored member: its datasets are byte ranges of the archive
+    with store_write.open_image(image) as src:
+        pending = _write_structure(src, plan, tmp, raw)
     copied = 0
     with open(source, "rb") as fin, open(tmp, "r+b") as fout, h5py.File(tmp, "r") as check:
         offsets = {name: store_write.dataset_extent(check[name]) for name, _, _ in pending}
         for out_name, _src_name, src_off in pending:
             ext = offsets[out_name]
-            if ext is None or not raw:
+            if ext is None:
                 raise InternalError(f"{tmp}: {out_name} was not allocated as one byte range")
             store_write.copy_bytes(fin.fileno(), fout.fileno(), ext[1], image.offset + src_off, ext[0])
             copied += ext[1]
@@ -309,8 +312,8 @@ def write_legacy_h5(source: Path, plan: LegacyPlan, tmp: Path) -> int:
 
 
 def _verify(image: Any, plan: LegacyPlan, tmp: Path, pending: list[tuple[str, str, int]]) -> None:
-    """Every dataset there with the source's shape and type; copied ranges compared at spread windows and
-    first and last rows read back through HDF5 (a wrong offset shows in both)."""
+    """Every dataset there with the source's shape and type; byte-copied ranges compared at spread windows
+    and first and last rows read back through HDF5 (a wrong offset shows in both); the others in full."""
     reader = store_write._Reader()
     copied = {name: off for name, _, off in pending}
     bad = []
@@ -327,6 +330,8 @@ def _verify(image: Any, plan: LegacyPlan, tmp: Path, pending: list[tuple[str, st
                 bad.append(out_name)
                 continue
             rows = [(0, 1), (max(0, ds.shape[0] - 1), ds.shape[0])] if ds.shape and ds.shape[0] else [(0, 0)]
+            if out_name not in copied:  # copied by HDF5: compared in full, slab by slab
+                rows = list(store_write._row_slabs(ds.shape, ds.dtype.itemsize)) if ds.shape else [(0, 0)]
             for lo, hi in rows:
                 if not np.array_equal(store_write._read_slab(ds, lo, hi), store_write._read_slab(sds, lo, hi),
                                       equal_nan=ds.dtype.kind in "fc"):
