@@ -28,6 +28,8 @@ step "Fine-tuning in three commands, 1/3: a new 4-class head on the nested model
   "$WTOOL" transfer $S/nested.keras --replace-head 4 --freeze --seed 0 -o "$OUT/ft.keras"
 step "Convert between formats: what the target keeps and drops (HDF5 level, no TensorFlow)" \
   "$WTOOL" convert $S/nested.keras "$OUT/nested.safetensors"
+step ".keras -> legacy .h5 as Keras's own save writes it, also without TensorFlow" \
+  "$WTOOL" convert $S/cnn.keras "$OUT/cnn.h5"
 step "Sharded weights (Keras's save_weights(..., max_shard_size=)): the map and its shards read as one model" \
   "$WTOOL" diff $S/nested.weights.json $S/nested.keras
 step "Quantize with Keras's model.quantize: each layer quantized or skipped, the size before and after" \
