@@ -126,6 +126,9 @@ def test_text_folder_errors(folder):
     assert res.exit_code == 2 and "--max-length" in res.stderr, res
     res = run_cli("train", d / "text.keras", "--data", d / "texts", "-o", d / "x.keras", "--jit", "on")
     assert res.exit_code == 2 and "string ops" in res.stderr, res
+    res = run_cli("train", d / "text.keras", "--data", d / "texts", "-o", d / "x.h5")
+    assert res.exit_code == 2 and "kept only in a .keras file's assets" in res.stderr, res
+    assert not (d / "x.h5").exists()
     assert not (d / "x.keras").exists()
 
 

@@ -50,3 +50,19 @@ def require_vocabularies(model: Any, path: str) -> None:
         "does not store an adapted vocabulary (Keras keeps it in a .keras file's assets)",
         "give --arch a .keras file of the same model" if path.lower().endswith(".weights.h5")
         else "save the model as .keras (model.save('model.keras'))")
+
+
+def check_output_keeps_vocabularies(model: Any, out: str) -> None:
+    """Refuse (exit 2) writing a model with an adapted vocabulary to a file that cannot hold one (.h5,
+    .weights.h5): it would be written, then fail to load for inference."""
+    from wtool.errors import UsageError
+
+    if out.lower().endswith(".keras"):
+        return
+    adapted = [layer for layer in _layers(model) if type(layer).__name__ in LOOKUP_CLASSES
+               and getattr(_lookup_of(layer), "lookup_table", None) is not None
+               and int(_lookup_of(layer).lookup_table.size()) > 0]
+    if adapted:
+        names = ", ".join(f"{shown(layer.name)} ({type(layer).__name__})" for layer in adapted[:3])
+        raise UsageError(f"-o {out}: the vocabulary of {names} is kept only in a .keras file's assets; this "
+                         "format would drop it", "write the trained model as .keras")

@@ -26,6 +26,7 @@ from wtool.fileio import check_model_input
 from wtool.graph import text_folders
 from wtool.graph.folders import ImageOptions
 from wtool.graph.model import import_keras
+from wtool.graph.preprocessing import check_output_keeps_vocabularies
 from wtool.train import distribute, multi_io, precision, steps
 from wtool.train.batches import CHUNK_BYTES, MAX_STEPS_PER_CALL, Batches, prefetch
 from wtool.train.checkpoints import (
@@ -228,6 +229,7 @@ def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: Labe
     """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
     state), compile."""
     model = model if model is not None else _load_model(opts)
+    check_output_keeps_vocabularies(model, str(resolve_out(opts)))  # a .h5 would drop a TextVectorization's
     original, policy = None, ""
     if opts.mixed_precision:
         original = model
