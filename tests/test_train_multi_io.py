@@ -168,7 +168,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, two, args, code, mes
 def test_a_stream_refuses_named_arrays(tmp_path, two):
     d, _, _ = two
     res = run_cli("train", d / "two.keras", "--data", "-", *KEYS, "-o", tmp_path / "o.keras", input='{"x": [1]}\n')
-    assert res.exit_code == 2 and "--data - trains models with one input and one output" in res.stderr, res
+    assert res.exit_code == 2 and "--data - reads one x and one y per row" in res.stderr, res
     assert not list(tmp_path.iterdir())
 
 
