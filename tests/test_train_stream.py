@@ -167,6 +167,22 @@ def test_shape_mismatch_mid_stream_writes_nothing_without_saves(wtool, tmp_path)
     assert not out.exists()
 
 
+def test_nan_mid_stream_names_the_line(wtool, tmp_path):
+    out = tmp_path / "o.keras"
+    stream = _jsonl(_batches([4])) + b'{"x": [0.5, 0.5], "y": [1.0]}\n{"x": [NaN, 0.5], "y": [1.0]}\n'
+    res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", input=stream)
+    assert res.exit_code == 3, res
+    assert f"error: stdin: line 6: x holds NaN or Inf; {out} was not written" in res.stderr
+    assert not out.exists()
+    # labels of 1e30 make mse Inf in float32: exit 6, as for files, after the good batch was trained and saved
+    stream = _jsonl(_batches([4, 4])) + b'{"x": [0.5, 0.5], "y": [1e30]}\n'
+    res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", "--save-every", "1", input=stream)
+    assert res.exit_code == 6, res
+    assert (f"error: training diverged at line 9 (batch 3): the loss became NaN or Inf; {out} holds the model "
+            "after batch 2 (the last --save-every save)") in res.stderr
+    assert out.exists()
+
+
 def test_a_two_input_model_is_refused(wtool, tmp_path):
     res = wtool("train", SAMPLES / "two_inputs.keras", "--data", "-", "-o", tmp_path / "o.keras",
                 input=_jsonl(_batches([2])))

@@ -104,10 +104,14 @@ def _jsonl_batches(fh: BinaryIO, batch_size: int, x_key: str, y_key: str, name: 
         xs.append(x)
         ys.append(y)
         if len(xs) == batch_size:
-            yield StreamBatch(np.stack(xs), np.stack(ys), f"lines {first}-{lineno}", first)
+            yield StreamBatch(np.stack(xs), np.stack(ys), _lines(first, lineno), first)
             xs, ys = [], []
     if xs:
-        yield StreamBatch(np.stack(xs), np.stack(ys), f"lines {first}-{lineno}", first)
+        yield StreamBatch(np.stack(xs), np.stack(ys), _lines(first, lineno), first)
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}-{last}"
 
 
 # ------------------------------------------------------------------------------------------ npy stream
