@@ -98,10 +98,6 @@ def check_stream_options(opts: TrainOptions, stream: StreamOptions) -> None:
     for name, option in NOT_YET.items():
         if getattr(opts, name) not in (None, ()):
             raise UsageError(f"{option} does not apply to --data - yet", "train on a file of batches for it")
-    if len(opts.x_keys) > 1 or len(opts.y_keys) > 1 or any("=" in k for k in (*opts.x_keys, *opts.y_keys,
-                                                                                 *opts.losses)):
-        raise UsageError("--data - reads one x and one y per row (models with one input and one output) for now",
-                         "for several inputs or outputs, write the batches to a .npz and use --x-key NAME=KEY")
     for option in stream.given:
         raise UsageError(f"{option} does not apply to --data - (rows train in the order they arrive)")
     if opts.epochs != 1:
