@@ -223,7 +223,7 @@ def test_sigterm_while_waiting_writes_every_finished_batch(tmp_path, reference):
     (["--lr-schedule", "cosine"], "--lr-schedule cosine with --data - needs --decay-steps N"),
     (["--save-every", "0"], "--save-every must be at least 1"),
     (["--lora", "4"], "--lora does not apply to --data - yet"),
-    (["--x-key", "image=x"], "--data - trains models with one input and one output"),
+    (["--x-key", "image=x"], "--data - reads one x and one y per row"),
 ])
 def test_epoch_options_are_refused(wtool, tmp_path, extra, message):
     res = wtool("train", XOR, "--data", "-", "-o", tmp_path / "o.keras", *extra, input=b"")

@@ -108,7 +108,8 @@ def check_stream_options(opts: TrainOptions, stream: StreamOptions) -> None:
     from wtool.train.multi_io import named_options
 
     if named_options(opts):
-        raise UsageError("--data - trains models with one input and one output (one x and one y per batch)",
+        raise UsageError("--data - reads one x and one y per row: it trains models with one input and one output "
+                         "for now",
                          "for several inputs or outputs, train on a .npz with --x-key/--y-key NAME=KEY")
     sched = opts.schedule
     if sched is not None and sched.name not in ("constant", "piecewise") and not sched.decay_steps:
