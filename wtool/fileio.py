@@ -105,9 +105,11 @@ def refuse_checkpoint(path: str | os.PathLike[str]) -> None:
     kind = checkpoint_kind(path)
     text = os.fspath(path)
     if kind == "orbax":
-        raise InputError(f"{text}: an Orbax checkpoint folder (orbax.checkpoint / _CHECKPOINT_METADATA): wtool does "
-                         "not read Orbax checkpoints (the orbax-checkpoint package is not installed either)",
-                         "restore it where it was written (Keras/JAX) and save a .keras file")
+        raise InputError(f"{text}: an Orbax checkpoint folder (orbax.checkpoint / _CHECKPOINT_METADATA) where a "
+                         "model file is needed",
+                         f"`wtool inspect {text}` and `wtool diff` read it (with the orbax-checkpoint package: "
+                         "pip install 'wtool[orbax]'); to use it here, restore it with Keras "
+                         "(`model.load_weights(DIR)`) and save a .keras file")
     if kind == "tf":
         raise InputError(f"{text}: a TensorFlow checkpoint (.index + .data-* files) where a model file is needed",
                          f"`wtool inspect {text}` and `wtool diff` read it; `wtool set-weights MODEL "

@@ -190,6 +190,8 @@ def check_graph(path: str | os.PathLike[str], unsafe: bool = False) -> CheckResu
         reason = ("a TensorFlow checkpoint holds variables, not an architecture: `wtool set-weights MODEL "
                   "--from-checkpoint` puts them into a model file")
         return CheckResult(str(path), 4, "no-graph", [reason])
+    if checkpoint_kind(path) == "orbax":
+        return CheckResult(str(path), 4, "no-graph", ["an Orbax checkpoint holds arrays, not an architecture"])
     folder = Path(os.fspath(path))
     if folder.is_dir() and not folder.is_symlink() and (folder / "config.json").exists():
         with _open_store(folder) as mf:

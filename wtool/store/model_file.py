@@ -316,7 +316,7 @@ def corrupt(path: Path, exc: BaseException, what: str = "the HDF5 structure") ->
 
 def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | None = None) -> ModelFile:
     """Open a .keras, legacy .h5 or .weights.h5 file (the format comes from its bytes, not its name),
-    a .safetensors file / sharded .safetensors.index.json (by name), or a TensorFlow checkpoint.
+    a .safetensors file / sharded .safetensors.index.json (by name), a TensorFlow or an Orbax checkpoint.
 
     `arch_config` (a model config, e.g. another ModelFile's `.config`) names the layers and
     variables of a weights-only file that has no config of its own.
@@ -336,6 +336,10 @@ def open_model(path: str | os.PathLike[str], *, arch_config: dict[str, Any] | No
         from wtool.store.tf_checkpoint import open_tf_checkpoint
 
         return open_tf_checkpoint(path)  # type: ignore[return-value]
+    if checkpoint_kind(path) == "orbax":  # read by orbax itself, when installed (wtool.store.orbax_checkpoint)
+        from wtool.store.orbax_checkpoint import open_orbax_checkpoint
+
+        return open_orbax_checkpoint(path)  # type: ignore[return-value]
     refuse_checkpoint(path)
     p = check_input_file(path)
     from wtool.store.safetensors_file import is_safetensors_name

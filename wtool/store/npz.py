@@ -70,7 +70,7 @@ def open_weights(path: str | os.PathLike[str]) -> Any:
     from wtool.fileio import checkpoint_kind
     from wtool.store.model_file import open_model
 
-    if checkpoint_kind(path) == "tf":  # a TensorFlow checkpoint, read as a weights file
+    if checkpoint_kind(path) in ("tf", "orbax"):  # a TensorFlow or Orbax checkpoint, read as a weights file
         return open_model(path)
     p = check_model_input(path)  # before any open: no FIFO/device/URL (a model folder passes)
     if p.is_dir():

@@ -34,6 +34,7 @@ FORMAT_NAMES = {
     ("weights.json", "keras3"): "sharded weights (Keras 3 layout)",
     ("safetensors", "safetensors"): "safetensors (tensors only)",
     ("tf-checkpoint", "tf-checkpoint"): "TensorFlow checkpoint (.index + .data-*)",
+    ("orbax", "orbax"): "Orbax checkpoint (read by orbax-checkpoint)",
 }
 SPARK = " ▁▂▃▄▅▆▇█"
 SPARK_ASCII = " .:-=+*#%@"  # for a stdout that cannot show block characters
@@ -153,7 +154,7 @@ def _document(summary: Any, details: dict[str, dict[str, Any]], exported: dict[s
     for w in summary.weights:
         row: dict[str, Any] = {"path": w.path, "layer": w.layer, "name": w.name, "shape": list(w.shape),
                                "dtype": w.dtype, "params": w.params, "trainable": w.trainable}
-        if summary.format == "tf-checkpoint":  # its key, for tf.train.load_checkpoint(...).get_tensor(key)
+        if summary.format in ("tf-checkpoint", "orbax"):  # its key: get_tensor(key), or its place in the tree
             row["checkpoint_key"] = w.h5_name
         entry = details[w.path]
         if "stats" in entry:
@@ -375,7 +376,7 @@ def _render_weights(writer: TextWriter, summary: Any, details: dict[str, dict[st
     columns = ["weight", "shape", "dtype", "params", "trainable"]
     if stats:
         columns += ["min", "max", "mean", "std", "l2", "zeros", "nan", "inf"]
-    checkpoint = summary.format == "tf-checkpoint"
+    checkpoint = summary.format in ("tf-checkpoint", "orbax")
     if checkpoint:
         columns.append("checkpoint key")
     from wtool.store.quantized import stored_as
