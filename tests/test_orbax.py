@@ -186,25 +186,30 @@ import sys, numpy as np, keras
 inp = keras.Input((3,))
 x = keras.layers.Dense(4, name="d1")(inp)
 x = keras.layers.BatchNormalization(name="bn")(x)
-model = keras.Model(inp, keras.layers.Dense(2, name="d2")(x))
-model.compile("adam", "mse")
-cb = keras.callbacks.OrbaxCheckpoint(sys.argv[1] + "/run", save_on_background=False, max_to_keep=3)
-model.fit(np.random.default_rng(0).normal(size=(16, 3)), np.ones((16, 2)), epochs=2, verbose=0, callbacks=[cb])
-model.save(sys.argv[1] + "/m.keras")
+functional = keras.Model(inp, keras.layers.Dense(2, name="d2")(x))
+sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")], name="seqy")
+for name, model in (("run", functional), ("seq_run", sequential)):
+    model.compile("adam", "mse")
+    cb = keras.callbacks.OrbaxCheckpoint(sys.argv[1] + "/" + name, save_on_background=False, max_to_keep=3)
+    model.fit(np.random.default_rng(0).normal(size=(16, 3)), np.ones((16, 2)), epochs=2, verbose=0,
+              callbacks=[cb])
+    model.save(sys.argv[1] + "/" + name + ".keras")
 """
 
 
 @needs_orbax
 @pytest.mark.tf
 def test_keras_orbax_callback_equals_keras_model(tmp_path):
-    """A real `keras.callbacks.OrbaxCheckpoint` run: its latest step diffs equal to the .keras file Keras
-    saved from the same model, weight by weight; inspect stays TensorFlow-free."""
+    """Real `keras.callbacks.OrbaxCheckpoint` runs (a functional and a Sequential model): the latest step
+    diffs equal to the .keras file Keras saved from the same model, weight by weight; inspect stays
+    TensorFlow-free."""
     subprocess.run([sys.executable, "-c", textwrap.dedent(KERAS_RUN), str(tmp_path)], check=True,
                    capture_output=True, timeout=300)
-    res = run_cli("diff", tmp_path / "run", tmp_path / "m.keras", "--json")
-    assert res.exit_code == 0, res
-    doc = res.json()
-    assert doc["equal"] and doc["summary"]["same"] == 8, doc
+    for run, count in (("run", 8), ("seq_run", 2)):  # a Sequential's own name is not in its .keras paths
+        res = run_cli("diff", tmp_path / run, tmp_path / f"{run}.keras", "--json")
+        assert res.exit_code == 0, res
+        doc = res.json()
+        assert doc["equal"] and doc["summary"]["same"] == count, doc
     probe = ("import sys, wtool.cli\ntry:\n    wtool.cli.cli.main(['inspect', sys.argv[1], '--stats'], "
              "standalone_mode=False)\nexcept SystemExit:\n    pass\n"
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))))")

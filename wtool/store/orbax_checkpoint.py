@@ -126,12 +126,14 @@ def _failure(where: Path, exc: BaseException, what: str) -> InputError:
                       f"{first})", "copy the whole step folder again, or give another step")
 
 
-def _name(keys: list[str]) -> tuple[str, bool] | None:
-    """(weight path, trainable) of a leaf, or None for optimizer or metric state."""
+def _name(keys: list[str], sequential: str | None = None) -> tuple[str, bool] | None:
+    """(weight path, trainable) of a leaf, or None for optimizer or metric state. A Keras Sequential's
+    variables carry its own name first (`sequential/dense/kernel`), which its .keras file does not."""
     if keys[0] in NOT_WEIGHTS:
         return None
     if keys[0] in KERAS_MODEL and len(keys) > 1:
-        return "/".join(keys[1:]), KERAS_MODEL[keys[0]]
+        own = keys[2:] if sequential is not None and keys[1] == sequential and len(keys) > 2 else keys[1:]
+        return "/".join(own), KERAS_MODEL[keys[0]]
     return "/".join(keys), True
 
 
@@ -175,6 +177,7 @@ class OrbaxCheckpointFile:
         except Exception as exc:  # orbax and TensorStore raise many kinds: any of them is a bad folder
             raise _failure(self.item, exc, "its metadata") from None
         self.warnings: list[str] = []
+        self._sequential = self._sequential_name()
         self._name_weights(leaves)
         safety.check_total_bytes(sum(w.nbytes for w in self.weights), str(path))
         self._by_path = {w.path: w for w in self.weights}
@@ -185,7 +188,7 @@ class OrbaxCheckpointFile:
         self._keys: dict[str, str] = {}
         self.optimizer_weights = 0
         for keys, leaf in leaves:
-            named = _name(keys) if keys else None
+            named = _name(keys, self._sequential) if keys else None
             shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
             if named is None:
                 self.optimizer_weights += 1
@@ -206,6 +209,24 @@ class OrbaxCheckpointFile:
             self.warnings.append(f"Orbax step {self.step}" + (f" (steps in the run: {', '.join(map(str, self.steps))};"
                                  f" give {self.item.parent.parent / str(others[0])} for another)" if others else ""))
         self.layers = _layers_of(self.weights)
+
+    def _sequential_name(self) -> str | None:
+        """The model's name when Keras's OrbaxCheckpoint saved a Sequential's config beside the pytree (the
+        `model_config` item, read by orbax; its JSON parsed with wtool's capped parser), else None."""
+        config_item = self.item.parent / "model_config"
+        if self.item.name != "pytree" or not (config_item / ITEM_METADATA).is_file() or config_item.is_symlink():
+            return None
+        from wtool.safety.safejson import parse_config_json
+
+        try:
+            text = self._checkpointer.restore(config_item.resolve()).get("config")
+        except Exception as exc:  # as for the arrays: any failure of orbax is a damaged folder
+            raise _failure(config_item, exc, "its model_config") from None
+        config = parse_config_json(text, str(config_item)) if isinstance(text, str) else None
+        if isinstance(config, dict) and config.get("class_name") == "Sequential":
+            name = (config.get("config") or {}).get("name")
+            return name if isinstance(name, str) and name else None
+        return None
 
     def _restore(self) -> dict[str, np.ndarray]:
         """Every leaf as a numpy array on the CPU, by checkpoint key: orbax's own restore, once."""
