@@ -153,10 +153,100 @@ def test_bad_presets_are_one_line_and_writes_are_refused(wtool, presets, tmp_pat
     res = wtool("inspect", linked)
     assert res.exit_code == 3 and "symbolic link" in res.stderr, res
 
-    out = tmp_path / "o.keras"
-    res = wtool("set-weights", presets["preset"], "--init", "encoder/bias=zeros", "-o", out)
-    assert res.exit_code == 4 and "keras-hub preset" in res.stderr, res
-    assert not out.exists()
+
+
+# ---- writing a preset: set-weights and transfer write a new preset folder -----------------------------------
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _with_extras(src: Path, dst: Path) -> Path:
+    """The preset plus what keras-hub saves beside the weights (tokenizer, preprocessor, assets/)."""
+    shutil.copytree(src, dst)
+    (dst / "tokenizer.json").write_text('{"class_name": "BertTokenizer"}')
+    (dst / "preprocessor.json").write_text('{"class_name": "BertTextClassifierPreprocessor"}')
+    (dst / "assets" / "tokenizer").mkdir(parents=True)
+    (dst / "assets" / "tokenizer" / "vocabulary.txt").write_bytes(b"[PAD]\n[UNK]\nhello\n")
+    return dst
+
+
+@pytest.mark.parametrize("name", ["preset", "sharded"])
+def test_set_weights_writes_a_new_preset_folder_that_keras_loads(wtool, presets, tmp_path, name):
+    src = _with_extras(presets[name], tmp_path / "in")
+    before = _tree(src)
+    rng = np.random.default_rng(7)
+    new = {"encoder/bias": rng.normal(size=8).astype("float32"),
+           "task/logits/kernel": rng.normal(size=(8, 3)).astype("float32")}
+    np.savez(tmp_path / "new.npz", **new)
+    out = tmp_path / "out"
+    res = wtool("set-weights", src, "--npz", tmp_path / "new.npz", "-o", out, "--json")
+    assert res.exit_code == 0, res
+    assert _tree(src) == before  # the input is never changed
+    reference, got = _keras_reference(src), _keras_reference(out)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], new.get(key, value), err_msg=key)
+    after = _tree(out)
+    weights_files = {k for k in before if k.endswith((".weights.h5", ".weights.json"))}
+    assert {k for k in after if k.endswith((".weights.h5", ".weights.json"))} == weights_files  # same form, split
+    for key in set(before) - weights_files:  # configs, tokenizer, preprocessor, assets/: byte for byte
+        assert after[key] == before[key], key
+    assert set(after) == set(before)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left behind
+    res = wtool("diff", src, out, "--json")
+    assert res.exit_code == 1, res
+    assert sorted(r["path"] for r in res.json()["weights"] if r["status"] != "same") == sorted(new)
+    assert res.json()["summary"]["same"] == 4
+
+
+def test_set_weights_init_and_from_model_and_transfer_into_a_preset(wtool, presets, tmp_path):
+    out = tmp_path / "init"
+    res = wtool("set-weights", presets["sharded"], "--init", "norm/beta=ones", "--init", "task/logits/bias=zeros",
+                "-o", out)
+    assert res.exit_code == 0, res
+    got, reference = _keras_reference(out), _keras_reference(presets["sharded"])
+    np.testing.assert_array_equal(got["norm/beta"], np.ones(8, "float32"))
+    np.testing.assert_array_equal(got["task/logits/bias"], np.zeros(3, "float32"))
+    assert all(np.array_equal(got[k], v) for k, v in reference.items() if k not in ("norm/beta", "task/logits/bias"))
+
+    edited = _keras_reference(presets["edited"])  # differs from "preset" in task/logits/bias only
+    for args in (("set-weights", presets["preset"], "--from-model", presets["edited"], "-o", tmp_path / "from"),
+                 ("transfer", presets["edited"], presets["sharded"], "-o", tmp_path / "transferred")):
+        res = wtool(*args)
+        assert res.exit_code == 0, (args, res)
+        got = _keras_reference(args[-1])
+        for key, value in edited.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{args[0]} {key}")
+        res = wtool("diff", args[2] if args[0] == "transfer" else args[1], args[-1], "--json")
+        assert [r["path"] for r in res.json()["weights"] if r["status"] != "same"] == ["task/logits/bias"], args
+
+
+def test_a_failing_or_refused_preset_write_leaves_no_output(wtool, presets, tmp_path, monkeypatch):
+    import wtool.store.preset_write as preset_write
+
+    def full_disk(folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(preset_write, "_fsync_tree", full_disk)
+    before = _tree(presets["sharded"])
+    out = tmp_path / "out"
+    res = wtool("set-weights", presets["sharded"], "--init", "encoder/bias=zeros", "-o", out)
+    assert res.exit_code == 2 and "No space left" in res.stderr and "Traceback" not in res.stderr, res
+    assert not out.exists() and list(tmp_path.iterdir()) == [] and _tree(presets["sharded"]) == before
+    monkeypatch.undo()
+
+    (tmp_path / "taken").mkdir()
+    for args, why in ((("-o", tmp_path / "taken"), "is a directory"), (("-o", tmp_path / "o.keras"), "preset folder"),
+                      (("--in-place",), "--in-place")):
+        res = wtool("set-weights", presets["preset"], "--init", "encoder/bias=zeros", *args)
+        assert res.exit_code == 2 and why in res.stderr, (args, res)
+    (tmp_path / "taken.txt").write_text("mine")  # an existing file is not replaced by a folder either
+    res = wtool("transfer", presets["edited"], presets["preset"], "-o", tmp_path / "taken.txt")
+    assert res.exit_code == 2 and "exists" in res.stderr and (tmp_path / "taken.txt").read_text() == "mine", res
+    (tmp_path / "taken.txt").unlink()
+    assert list(tmp_path.iterdir()) == [tmp_path / "taken"] and not any((tmp_path / "taken").iterdir())
+    assert _tree(presets["sharded"]) == before
 
 
 # ---- graph commands on a preset: keras-hub's own from_preset (the wtool[hub] extra) ------------------------

@@ -198,7 +198,12 @@ def open_checked(path: str | os.PathLike[str]) -> Any:
     return open_model(path)
 
 
-def check_output(out: str | None, in_place: bool, inputs: Sequence[str]) -> str:
+def check_output(out: str | None, in_place: bool, inputs: Sequence[str], written_from: str | None = None) -> str:
+    """OUT after the usage checks; `written_from` (the model copied) may be a preset folder, written as a folder."""
+    from wtool.store.preset_write import check_preset_output, is_preset_output
+
+    if written_from is not None and is_preset_output(written_from):
+        check_preset_output(written_from, out, in_place)
     if in_place:
         if out is not None:
             raise UsageError("--in-place and -o/--output cannot be used together")
@@ -213,7 +218,8 @@ def check_output(out: str | None, in_place: bool, inputs: Sequence[str]) -> str:
         if same:
             raise UsageError(f"{out}: is an input file; inputs are never changed",
                              "write to another file with -o, or pass --in-place")
-    store_write.format_of_name(out)
+    if written_from is None or not is_preset_output(written_from):
+        store_write.format_of_name(out)
     return out
 
 

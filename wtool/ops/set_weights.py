@@ -188,7 +188,7 @@ def plan_set_weights(
                          "give at least one of --npz, --weight, --from-model, --from-checkpoint, --init")
     if from_layers and not from_model:
         raise UsageError("--layer selects weights of --from-model; give --from-model SRC")
-    out = None if dry_run and output is None and not in_place else check_output(output, in_place, [model_path])
+    out = None if dry_run and output is None and not in_place else check_output(output, in_place, [model_path], model_path)
     parsed_weights = [parse_assignment(w, "--weight") for w in weights]
     parsed_inits = [(glob, *parse_initializer(spec)) for glob, spec in (parse_assignment(i, "--init") for i in inits)]
 

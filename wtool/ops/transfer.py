@@ -339,8 +339,13 @@ def _check_transfer_options(source_path: str, target_path: str, output: str | No
     """The output path (None for a dry run without one) and the parsed --map rules; usage errors first."""
     if by not in ("name", "order"):
         raise UsageError(f"--by must be name or order (not {by!r})")
-    out = None if dry_run and output is None else check_output(output, False, [source_path, target_path])
+    out = None if dry_run and output is None else check_output(output, False, [source_path, target_path], target_path)
     rules = [parse_assignment(m, "--map") for m in maps]
+    from wtool.store.preset_write import is_preset_output
+
+    if freeze and out is not None and is_preset_output(target_path):
+        raise UsageError(f"{out}: --freeze records frozen layers in a .keras or .h5 config, not in a preset",
+                         "drop --freeze")
     if freeze and out is not None and not store_write.has_config(store_write.format_of_name(out)):
         raise UsageError(f"{out}: a .weights.h5 file has no config to record frozen layers in",
                          "write a .keras or .h5 file, or drop --freeze")

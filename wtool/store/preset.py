@@ -29,6 +29,7 @@ TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 TASK_PREFIX = "task"
 FORMAT = "keras-hub-preset"
+TASK_H5_PREFIX = "task.weights.h5::"  # a task weight's h5_name: the two files' names may collide
 
 
 def needs_preset_reader(folder: Path) -> bool:
@@ -95,7 +96,8 @@ class PresetModelFile:
             path = f"{TASK_PREFIX}/{w.path}"
             if path in self._owner:
                 raise InputError(f"{self.path}: weight {path} is in both model.weights and {TASK_WEIGHTS_FILE}")
-            self.weights.append(replace(w, path=path, layer=f"{TASK_PREFIX}/{w.layer}"))
+            self.weights.append(replace(w, path=path, layer=f"{TASK_PREFIX}/{w.layer}",
+                                        h5_name=TASK_H5_PREFIX + w.h5_name))
             self._owner[path] = (task, w.path)
         self.optimizer_weights += task.optimizer_weights
         self.optimizer_moments += task.optimizer_moments
@@ -118,6 +120,8 @@ class PresetModelFile:
         return mf.dataset(inner)
 
     def raw_dataset(self, h5_name: str) -> Any:
+        if h5_name.startswith(TASK_H5_PREFIX) and self.task is not None:
+            return self.task.raw_dataset(h5_name[len(TASK_H5_PREFIX):])
         return self.backbone.raw_dataset(h5_name)
 
     def weight_source(self, path: str) -> tuple[Path, str, str]:

@@ -511,11 +511,16 @@ def write_weights(
     given by the caller, loads the edited copy through Keras and saves it as `out`.
     """
     source, out = Path(source), Path(out)
+    if source_format == "keras-hub-preset":  # two weights files, keras-hub's own layout: a new preset folder
+        from wtool.store.preset_write import write_preset
+
+        if freeze:
+            raise UsageError(f"{out}: --freeze records frozen layers in a .keras or .h5 config, not in a preset",
+                             "drop --freeze")
+        return write_preset(source, out, writes, max_shard_bytes=max_shard_bytes,  # type: ignore[no-any-return]
+                            write_file=write_weights,
+                            result=WriteResult(output=str(out), format=source_format, method="rewrite"))
     out_format = out_format or format_of_name(out)
-    if source_format == "keras-hub-preset":  # wtool.store.preset: two weights files, keras-hub's own layout
-        raise IncompatibleError(f"{source}: a keras-hub preset with task weights or a sharded backbone is read, "
-                                "not written, by wtool", "read its weights from it (set-weights --from-model, "
-                                "transfer, inspect --export); keras-hub's save_to_preset writes presets")
     if source_format == "keras-folder":  # an unzipped .keras: zipped as Keras would zip it, then as a .keras
         with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
             staged = _zip_folder(source, Path(tmpdir) / "staged.keras")

@@ -81,7 +81,7 @@ def _print_summary(console: Console, plan: Any, doc: dict[str, Any]) -> None:
 
 @click.command(name="set-weights")
 @click.argument("model", type=InputPath)
-@click.option("-o", "--output", type=OutputPath, help="Write the edited model here (format follows the extension).")
+@click.option("-o", "--output", type=OutputPath, help="Write the edited model here (format follows the extension; a new folder for a keras-hub preset).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself (atomically) instead of writing -o OUT.")
 @click.option("--npz", "npz", multiple=True, metavar="FILE", type=InputPath,
               help="Arrays keyed by weight path, as `wtool inspect --export` writes them. Repeatable.")

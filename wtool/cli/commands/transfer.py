@@ -88,7 +88,7 @@ def render_head(console: Console, report: Any) -> None:
 @click.command(name="transfer")
 @click.argument("source", type=InputPath)
 @click.argument("target", type=InputPath, required=False)
-@click.option("-o", "--output", type=OutputPath, help="Write TARGET with the transferred weights here.")
+@click.option("-o", "--output", type=OutputPath, help="Write TARGET with the transferred weights here (a new folder for a keras-hub preset).")
 @click.option("--by", type=click.Choice(["name", "order"]), default="name", show_default=True,
               help="Pair layers by path (nested included), or weight-bearing layers by position.")
 @click.option("--map", "maps", multiple=True, metavar="SRC_GLOB=DST_GLOB",
