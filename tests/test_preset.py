@@ -86,11 +86,13 @@ def _keras_reference(folder: Path) -> dict[str, np.ndarray]:
     backbone, task = _build(keras)
     weights = folder / "model.weights.h5"
     backbone.load_weights(weights if weights.exists() else folder / "model.weights.json")
-    keras.saving.load_weights(task, folder / "task.weights.h5", objects_to_skip=list(backbone._flatten_layers()))
     enc, norm, logits = backbone.get_layer("encoder"), backbone.get_layer("norm"), task.get_layer("logits")
-    return {"encoder/kernel": enc.kernel.numpy(), "encoder/bias": enc.bias.numpy(),
-            "norm/gamma": norm.gamma.numpy(), "norm/beta": norm.beta.numpy(),
-            "task/logits/kernel": logits.kernel.numpy(), "task/logits/bias": logits.bias.numpy()}
+    values = {"encoder/kernel": enc.kernel.numpy(), "encoder/bias": enc.bias.numpy(),
+              "norm/gamma": norm.gamma.numpy(), "norm/beta": norm.beta.numpy()}
+    if not (folder / "task.weights.h5").exists():  # a backbone-only preset
+        return values
+    keras.saving.load_weights(task, folder / "task.weights.h5", objects_to_skip=list(backbone._flatten_layers()))
+    return {**values, "task/logits/kernel": logits.kernel.numpy(), "task/logits/bias": logits.bias.numpy()}
 
 
 @pytest.mark.parametrize("name", ["preset", "sharded"])
@@ -172,13 +174,18 @@ def _with_extras(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("name", ["preset", "sharded"])
+@pytest.mark.parametrize("name", ["preset", "sharded", "plain"])
 def test_set_weights_writes_a_new_preset_folder_that_keras_loads(wtool, presets, tmp_path, name):
-    src = _with_extras(presets[name], tmp_path / "in")
+    src = _with_extras(presets["preset" if name == "plain" else name], tmp_path / "in")
+    if name == "plain":  # a backbone's save_to_preset: no task files, one model.weights.h5
+        (src / "task.json").unlink()
+        (src / "task.weights.h5").unlink()
     before = _tree(src)
     rng = np.random.default_rng(7)
     new = {"encoder/bias": rng.normal(size=8).astype("float32"),
            "task/logits/kernel": rng.normal(size=(8, 3)).astype("float32")}
+    if name == "plain":
+        del new["task/logits/kernel"]
     np.savez(tmp_path / "new.npz", **new)
     out = tmp_path / "out"
     res = wtool("set-weights", src, "--npz", tmp_path / "new.npz", "-o", out, "--json")
@@ -197,7 +204,7 @@ def test_set_weights_writes_a_new_preset_folder_that_keras_loads(wtool, presets,
     res = wtool("diff", src, out, "--json")
     assert res.exit_code == 1, res
     assert sorted(r["path"] for r in res.json()["weights"] if r["status"] != "same") == sorted(new)
-    assert res.json()["summary"]["same"] == 4
+    assert res.json()["summary"]["same"] == (3 if name == "plain" else 4)
 
 
 def test_set_weights_init_and_from_model_and_transfer_into_a_preset(wtool, presets, tmp_path):
@@ -247,6 +254,10 @@ def test_a_failing_or_refused_preset_write_leaves_no_output(wtool, presets, tmp_
     (tmp_path / "taken.txt").unlink()
     assert list(tmp_path.iterdir()) == [tmp_path / "taken"] and not any((tmp_path / "taken").iterdir())
     assert _tree(presets["sharded"]) == before
+
+    res = wtool("convert", presets["preset"], tmp_path / "c.keras")  # only set-weights/transfer write presets
+    assert res.exit_code == 4 and "preset folder" in res.stderr, res
+    assert not (tmp_path / "c.keras").exists()
 
 
 # ---- graph commands on a preset: keras-hub's own from_preset (the wtool[hub] extra) ------------------------

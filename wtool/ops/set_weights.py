@@ -301,6 +301,8 @@ def _check_assignments(plan: SetWeightsPlan, allow_nonfinite: bool) -> None:
 
 def apply_set_weights(plan: SetWeightsPlan) -> SetWeightsPlan:
     """Write the plan (it must have no problems). Raises before writing anything otherwise."""
+    from wtool.store.preset_write import is_preset_output
+
     if plan.problems:
         hint = "pass --allow-nonfinite to write NaN/Inf on purpose" if all(
             p.kind == "nonfinite" for p in plan.problems) else None
@@ -312,5 +314,6 @@ def apply_set_weights(plan: SetWeightsPlan) -> SetWeightsPlan:
               for a in plan.assignments]
     plan.result = store_write.write_weights(plan.model, plan.format, plan.output, writes,
                                             reset_optimizer=plan.reset_optimizer, rebuild=rebuild_with_keras(),
-                                            max_shard_bytes=plan.max_shard_bytes)
+                                            max_shard_bytes=plan.max_shard_bytes,
+                                            preset_folder=is_preset_output(plan.model))
     return plan

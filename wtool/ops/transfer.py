@@ -558,6 +558,8 @@ def transfer_hint(plan: TransferPlan) -> str | None:
 
 def apply_transfer(plan: TransferPlan) -> TransferPlan:
     """Write the plan; raises with every problem (and writes nothing) when there are any."""
+    from wtool.store.preset_write import is_preset_output
+
     if plan.problems:
         raise problems_error(plan.problems, "nothing written", transfer_hint(plan))
     if plan.dry_run:
@@ -575,7 +577,8 @@ def apply_transfer(plan: TransferPlan) -> TransferPlan:
         plan.result = store_write.write_weights(plan.target, plan.target_format, plan.output, writes,
                                                 reset_optimizer=plan.reset_optimizer, freeze=plan.freeze,
                                                 rebuild=rebuild_with_keras(plan.unsafe),
-                                                max_shard_bytes=plan.max_shard_bytes)
+                                                max_shard_bytes=plan.max_shard_bytes,
+                                                preset_folder=is_preset_output(plan.target))
     return plan
 
 

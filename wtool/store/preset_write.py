@@ -21,11 +21,21 @@ from wtool.store.sharded import MAP_SUFFIX, base_name
 
 
 def is_preset_output(model: str | os.PathLike[str]) -> bool:
-    """MODEL is a preset folder the preset reader opens (task weights or a sharded backbone)."""
-    from wtool.store.preset import needs_preset_reader
+    """MODEL is a keras-hub preset folder (metadata.json names keras-hub, or it has task weights or a
+    sharded backbone), so it is written as one."""
+    from wtool.store.preset import METADATA_FILE, needs_preset_reader
 
     folder = Path(os.fspath(model))
-    return folder.is_dir() and not folder.is_symlink() and needs_preset_reader(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if needs_preset_reader(folder):
+        return True
+    if not (folder / METADATA_FILE).is_file() or (folder / METADATA_FILE).is_symlink():
+        return False
+    from wtool.store.container import _read_folder_json
+
+    meta = _read_folder_json(folder, METADATA_FILE)
+    return isinstance(meta, dict) and meta.get("keras_hub_version") is not None
 
 
 def check_preset_output(model: str, out: str | None, in_place: bool) -> None:

@@ -502,16 +502,18 @@ def write_weights(
     out_format: str | None = None,
     rebuild: Rebuild | None = None,
     max_shard_bytes: int | None = None,
+    preset_folder: bool = False,
 ) -> WriteResult:
     """Write a copy of `source` to `out` (atomically) with the given datasets assigned.
 
     The caller (surgery) has validated names, shapes, dtypes and values; this checks the
     shapes again against the file and raises before the output appears if anything is off.
     A conversion the HDF5 level cannot do (.h5 <-> .keras) needs the graph: `rebuild`,
-    given by the caller, loads the edited copy through Keras and saves it as `out`.
+    given by the caller, loads the edited copy through Keras and saves it as `out`. `preset_folder`:
+    `source` is a keras-hub preset and `out` a new preset folder (wtool.store.preset_write).
     """
     source, out = Path(source), Path(out)
-    if source_format == "keras-hub-preset":  # two weights files, keras-hub's own layout: a new preset folder
+    if preset_folder:  # a keras-hub preset (set-weights, transfer): a new preset folder, keras-hub's own layout
         from wtool.store.preset_write import write_preset
 
         if freeze:
@@ -520,6 +522,10 @@ def write_weights(
         return write_preset(source, out, writes, max_shard_bytes=max_shard_bytes,  # type: ignore[no-any-return]
                             write_file=write_weights,
                             result=WriteResult(output=str(out), format=source_format, method="rewrite"))
+    if source_format == "keras-hub-preset":  # two weights files: only set-weights and transfer write them
+        raise IncompatibleError(f"{source}: a keras-hub preset with task weights or a sharded backbone is written "
+                                "only as a preset folder (set-weights, transfer)",
+                                "read its weights from it (transfer, inspect --export) into a .keras model")
     out_format = out_format or format_of_name(out)
     if source_format == "keras-folder":  # an unzipped .keras: zipped as Keras would zip it, then as a .keras
         with tempfile.TemporaryDirectory(prefix=".wtool-", dir=out.parent if str(out.parent) else ".") as tmpdir:
