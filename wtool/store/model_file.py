@@ -18,13 +18,13 @@ from wtool.store.config import parse_model_config
 from wtool.store.container import Source, open_source
 from wtool.store.keras3 import Keras3Reader
 from wtool.store.legacy import LegacyReader, read_attr_list, read_text_attr
-from wtool.store.types import LayerInfo, WeightInfo
+from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
 
 WEIGHTS_FILE = "model.weights.h5"
 KERAS3_MARKERS = ("layers", "vars", "_layer_checkpoint_dependencies")
 
 
-class ModelFile:
+class ModelFile(WeightTotals):
     """An opened model or weights file. Use as a context manager, or call close()."""
 
     def __init__(self, path: Path, source: Source, arch_config: dict[str, Any] | None = None) -> None:
@@ -127,29 +127,9 @@ class ModelFile:
         self.optimizer_moments = _count_datasets(h5.get(opt), slots_only=True)
 
     @property
-    def has_optimizer(self) -> bool:
-        return self.optimizer_weights > 0
-
-    @property
     def has_training_config(self) -> bool:
         # An uncompiled Keras 3 model saves `compile_config: {}`: that is no training config.
         return bool(self.training_config) or bool(self.compile_config)
-
-    @property
-    def total_params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(w.params for w in self.weights if w.trainable)
-
-    @property
-    def non_trainable_params(self) -> int:
-        return self.total_params - self.trainable_params
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
 
     # -- weights ----------------------------------------------------------------------------
 

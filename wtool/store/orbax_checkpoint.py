@@ -28,7 +28,7 @@ from wtool.errors import IncompatibleError, InputError
 from wtool.safety import guards as safety
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
 from wtool.store.tf_checkpoint import _layers_of
-from wtool.store.types import WeightInfo
+from wtool.store.types import WeightInfo, WeightTotals
 
 ITEM_METADATA = "_METADATA"  # a pytree item folder
 STEP_METADATA = "_CHECKPOINT_METADATA"  # a step folder
@@ -145,7 +145,7 @@ def _leaves(tree: Any) -> list[tuple[list[str], Any]]:
     return [([_key(k) for k in keys], leaf) for keys, leaf in flat]
 
 
-class OrbaxCheckpointFile:
+class OrbaxCheckpointFile(WeightTotals):
     """An opened Orbax checkpoint: the ModelFile interface, read-only, the model's arrays as weights."""
 
     format = "orbax"
@@ -241,26 +241,6 @@ class OrbaxCheckpointFile:
             except Exception as exc:  # a missing or truncated array file surfaces here
                 raise _failure(self.item, exc, "its arrays") from None
         return self._values
-
-    @property
-    def has_optimizer(self) -> bool:
-        return self.optimizer_weights > 0
-
-    @property
-    def total_params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(w.params for w in self.weights if w.trainable)
-
-    @property
-    def non_trainable_params(self) -> int:
-        return self.total_params - self.trainable_params
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
 
     def key_of(self, path: str) -> str:
         """The weight's place in the saved tree (`trainable_variables/dense/kernel`), keys joined by '/'."""

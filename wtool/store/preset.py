@@ -19,7 +19,7 @@ import numpy as np
 
 from wtool.errors import IncompatibleError, InputError
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS
-from wtool.store.types import LayerInfo, WeightInfo
+from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -51,7 +51,7 @@ def preset_info(folder: Path, metadata: dict[str, Any], task_config: Any = None)
             "sharded": not (folder / MODEL_WEIGHTS_FILE).exists() and (folder / SHARDED_MAP_FILE).is_file()}
 
 
-class PresetModelFile:
+class PresetModelFile(WeightTotals):
     """The backbone's ModelFile and the task's, behind the one ModelFile interface (paths routed by prefix)."""
 
     def __init__(self, folder: Path, backbone: Any, task: Any | None, config: dict[str, Any] | None,
@@ -151,28 +151,8 @@ class PresetModelFile:
         return None
 
     @property
-    def has_optimizer(self) -> bool:
-        return self.optimizer_weights > 0
-
-    @property
     def has_training_config(self) -> bool:
         return False
-
-    @property
-    def total_params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(w.params for w in self.weights if w.trainable)
-
-    @property
-    def non_trainable_params(self) -> int:
-        return self.total_params - self.trainable_params
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
 
     def close(self) -> None:
         if self.task is not None:

@@ -27,7 +27,7 @@ from wtool.fileio import atomic_output, check_input_file
 from wtool.safety import guards as safety
 from wtool.safety import limits
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
-from wtool.store.types import LayerInfo, WeightInfo
+from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
 
 SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -145,7 +145,7 @@ def _ordered(entries: dict[str, dict[str, Any]], meta: Mapping[str, str]) -> lis
     return sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0])
 
 
-class SafetensorsFile:
+class SafetensorsFile(WeightTotals):
     """An opened .safetensors file or sharded index: the ModelFile interface, read-only."""
 
     format = "safetensors"
@@ -153,7 +153,6 @@ class SafetensorsFile:
     keras_version: str | None = None
     backend: str | None = None
     optimizer_weights = 0
-    has_optimizer = False
     has_training_config = False
     config: dict[str, Any] | None = None
     training_config: dict[str, Any] | None = None
@@ -227,20 +226,12 @@ class SafetensorsFile:
     # -- totals (as ModelFile) ------------------------------------------------------------
 
     @property
-    def total_params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
     def trainable_params(self) -> int:
         return self.total_params
 
     @property
     def non_trainable_params(self) -> int:
         return 0
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
 
     # -- weights ----------------------------------------------------------------------------
 

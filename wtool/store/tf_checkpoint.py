@@ -28,7 +28,7 @@ from wtool.errors import IncompatibleError, InputError
 from wtool.fileio import check_input_file
 from wtool.safety import guards as safety
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
-from wtool.store.types import LayerInfo, WeightInfo
+from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
 
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 META_KEY = "meta/.ATTRIBUTES/VARIABLE_VALUE"  # wtool train's run metadata
@@ -234,7 +234,7 @@ def readable(key: str) -> str:
 # --------------------------------------------------------------------------- the file
 
 
-class TFCheckpointFile:
+class TFCheckpointFile(WeightTotals):
     """An opened TensorFlow checkpoint: the ModelFile interface, read-only, model variables as weights."""
 
     format = "tf-checkpoint"
@@ -323,26 +323,6 @@ class TFCheckpointFile:
     @property
     def optimizer_moments(self) -> int:
         return sum(1 for k, e in self.entries.items() if k.startswith(OPTIMIZER_EDGES) and e.shape)
-
-    @property
-    def has_optimizer(self) -> bool:
-        return self.optimizer_weights > 0
-
-    @property
-    def total_params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(w.params for w in self.weights if w.trainable)
-
-    @property
-    def non_trainable_params(self) -> int:
-        return self.total_params - self.trainable_params
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(w.nbytes for w in self.weights)
 
     @property
     def model_edge(self) -> str | None:

@@ -53,3 +53,30 @@ class LayerInfo:
     quantization: str | None = None  # the dtype policy's mode (`int8`, `int4/128`, `float8`...)
     lora_rank: int | None = None  # saved after `enable_lora`: the file holds merged kernels
     group: str | None = None  # its HDF5 group in a Keras 3 weights file ("/layers/string_lookup"): assets sit there too
+
+
+class WeightTotals:
+    """Totals every opened weights source reports alike (model file, checkpoint, preset, safetensors)."""
+
+    weights: list[WeightInfo]
+    optimizer_weights: int = 0
+
+    @property
+    def has_optimizer(self) -> bool:
+        return self.optimizer_weights > 0
+
+    @property
+    def total_params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(w.params for w in self.weights if w.trainable)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(w.nbytes for w in self.weights)
