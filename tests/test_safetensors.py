@@ -81,8 +81,11 @@ def test_bfloat16_kept_and_export_to_npz(tmp_path):
     npz = tmp_path / "x.npz"
     assert run_cli("inspect", src, "--layer", "dense/*", "--export", npz).exit_code == 0
     np.testing.assert_array_equal(np.load(npz)["dense/bias"], np.ones(4, np.float16))
-    res = run_cli("inspect", src, "--export", tmp_path / "bf.npz")  # numpy has no bfloat16: refused, no file
-    assert res.exit_code == 2 and "cannot hold bfloat16" in res.stderr and not (tmp_path / "bf.npz").exists()
+    res = run_cli("inspect", src, "--export", tmp_path / "bf.npz")  # numpy has no bfloat16: float32, exact
+    assert res.exit_code == 0 and "1 bfloat16 weight(s) written to the .npz as float32" in res.stderr, res
+    with np.load(tmp_path / "bf.npz") as bf:
+        assert bf["emb/embeddings"].dtype == np.float32
+        np.testing.assert_array_equal(bf["emb/embeddings"], a.astype(np.float32))
     stats = {w["path"]: w["stats"] for w in run_cli("inspect", src, "--stats", "--json").json()["weights"]}
     want = a.astype(np.float64)
     assert stats["emb/embeddings"]["max"] == want.max() and stats["emb/embeddings"]["mean"] == pytest.approx(

@@ -94,9 +94,12 @@ def convert(inp: str, out: str, *, unsafe: bool = False, max_shard_bytes: int | 
         held = _held(mf)
         report = ConvertReport(str(inp), str(out), mf.format, fmt, "export", weights=len(mf.weights))
         if fmt in ("safetensors", "npz"):
-            from wtool.ops.inspect import export_npz
+            from wtool.ops.inspect import export_npz, npz_widened_note
 
             report.bytes = export_npz(mf, [w.path for w in mf.weights], out)
+            widened = npz_widened_note(mf, [w.path for w in mf.weights]) if fmt == "npz" else None
+            if widened:
+                report.notes.append(widened)
             report.kept = ["weights"]
             report.dropped = [k for k, v in held.items() if v]
             if mf.format == "safetensors" and fmt == "safetensors":

@@ -232,6 +232,23 @@ def weight_sample(mf: ModelFile, path: str, n: int) -> np.ndarray:
 # ---- export -----------------------------------------------------------------------------------
 
 
+NUMPY_LESS_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def npz_widened(mf: ModelFile, paths: list[str]) -> list[str]:
+    """The weights an .npz export writes as float32: numpy has no bfloat16/float8, and float32 holds them exactly."""
+    return [p for p in paths if mf.weight(p).dtype in NUMPY_LESS_DTYPES]
+
+
+def npz_widened_note(mf: ModelFile, paths: list[str]) -> str | None:
+    widened = npz_widened(mf, paths)
+    if not widened:
+        return None
+    dtypes = sorted({mf.weight(p).dtype for p in widened})
+    return (f"{len(widened)} {'/'.join(dtypes)} weight(s) written to the .npz as float32 (exact: numpy has no "
+            f"{'/'.join(dtypes)}); a .safetensors export keeps the dtype")
+
+
 def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
                max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
     """Write the weights to OUT.npz (or OUT.safetensors) keyed by path, streaming each array (atomic).
@@ -243,11 +260,7 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
         return export_safetensors(mf, paths, target)
     if target.suffix.lower() != ".npz":
         raise UsageError(f"--export {out}: the output must be a .npz or .safetensors file")
-    numpy_less = [p for p in paths if mf.weight(p).dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2")]
-    if numpy_less:
-        raise UsageError(f"{out}: an .npz cannot hold {mf.weight(numpy_less[0]).dtype} ({numpy_less[0]}"
-                         f"{f' and {len(numpy_less) - 1} more' if len(numpy_less) > 1 else ''})",
-                         "write a .safetensors file, which keeps it")
+    widened = set(npz_widened(mf, paths))
     missing = [layer.path for layer in mf.layers if layer.missing]
     if missing:
         raise InputError(f"{mf.path}: cannot export: the weights of {len(missing)} layer(s) are missing from the "
@@ -255,7 +268,7 @@ def export_npz(mf: ModelFile, paths: list[str], out: str | os.PathLike[str],
     with atomic_output(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path in paths:
             info = mf.weight(path)
-            dtype = np.dtype(info.dtype)
+            dtype = np.dtype("float32" if path in widened else info.dtype)
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": info.shape}
             with zf.open(path + ".npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array_header_2_0(fh, header)

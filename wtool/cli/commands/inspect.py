@@ -83,6 +83,7 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
         dequantized,
         export_npz,
         model_hashes,
+        npz_widened_note,
         stats_of,
         summarize,
         weight_histogram,
@@ -111,6 +112,10 @@ def command(model: str, show_weights: bool, stats: bool, sample: int | None, his
         exported = None
         if export:
             size = export_npz(mf, [w.path for w in summary.weights], export)
+            if not str(export).lower().endswith(".safetensors"):
+                widened = npz_widened_note(mf, [w.path for w in summary.weights])
+                if widened:
+                    summary.warnings.append(widened)
             exported = {"file": export, "weights": len(summary.weights), "bytes": size}
     check_result = _check(model, unsafe) if check else None
 
