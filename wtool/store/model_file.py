@@ -18,13 +18,13 @@ from wtool.store.config import parse_model_config
 from wtool.store.container import Source, open_source
 from wtool.store.keras3 import Keras3Reader
 from wtool.store.legacy import LegacyReader, read_attr_list, read_text_attr
-from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
+from wtool.store.types import LayerInfo, WeightInfo, WeightsFile
 
 WEIGHTS_FILE = "model.weights.h5"
 KERAS3_MARKERS = ("layers", "vars", "_layer_checkpoint_dependencies")
 
 
-class ModelFile(WeightTotals):
+class ModelFile(WeightsFile):
     """An opened model or weights file. Use as a context manager, or call close()."""
 
     def __init__(self, path: Path, source: Source, arch_config: dict[str, Any] | None = None) -> None:
@@ -133,13 +133,6 @@ class ModelFile(WeightTotals):
 
     # -- weights ----------------------------------------------------------------------------
 
-    def weight(self, path: str) -> WeightInfo:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
-                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
-
     def dataset(self, path: str) -> Any:
         """The h5py dataset behind a weight (for in-place writers), after the safety checks."""
         info = self.weight(path)
@@ -191,12 +184,6 @@ class ModelFile(WeightTotals):
 
     def close(self) -> None:
         self._source.close()
-
-    def __enter__(self) -> ModelFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<ModelFile {self.path} format={self.format} layout={self.layout} weights={len(self.weights)}>"

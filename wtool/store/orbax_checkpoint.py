@@ -18,17 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wtool.errors import IncompatibleError, InputError
+from wtool.errors import InputError
 from wtool.safety import guards as safety
-from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
 from wtool.store.tf_checkpoint import _layers_of
-from wtool.store.types import WeightInfo, WeightTotals
+from wtool.store.types import WeightInfo, WeightsOnlyFile
 
 ITEM_METADATA = "_METADATA"  # a pytree item folder
 STEP_METADATA = "_CHECKPOINT_METADATA"  # a step folder
@@ -145,21 +143,11 @@ def _leaves(tree: Any) -> list[tuple[list[str], Any]]:
     return [([_key(k) for k in keys], leaf) for keys, leaf in flat]
 
 
-class OrbaxCheckpointFile(WeightTotals):
+class OrbaxCheckpointFile(WeightsOnlyFile):
     """An opened Orbax checkpoint: the ModelFile interface, read-only, the model's arrays as weights."""
 
     format = "orbax"
     layout = "orbax"
-    keras_version: str | None = None
-    backend: str | None = None
-    has_training_config = False
-    config: dict[str, Any] | None = None
-    training_config: dict[str, Any] | None = None
-    compile_config: dict[str, Any] | None = None
-    model_name: str | None = None
-    model_class: str | None = None
-    in_place = False
-    h5 = None
 
     def __init__(self, path: Path) -> None:
         self._ocp = _orbax(path)
@@ -246,13 +234,6 @@ class OrbaxCheckpointFile(WeightTotals):
         """The weight's place in the saved tree (`trainable_variables/dense/kernel`), keys joined by '/'."""
         return self._keys[self.weight(path).path]
 
-    def weight(self, path: str) -> WeightInfo:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
-                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
-
     def weight_source(self, path: str) -> tuple[Path, str, str]:
         return self.item, self.format, self.key_of(path)
 
@@ -264,23 +245,8 @@ class OrbaxCheckpointFile(WeightTotals):
                              f"metadata ({info.shape} {info.dtype})")
         return value
 
-    def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
-        value = self.read(path)
-        return value[index] if index else value  # type: ignore[index]
-
-    def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
-        value = self.read(path)
-        for index in iter_blocks(value.shape, max_elements):
-            yield value[index] if index else value  # type: ignore[index]
-
     def close(self) -> None:
         self._values = None
-
-    def __enter__(self) -> OrbaxCheckpointFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<OrbaxCheckpointFile {self.item} weights={len(self.weights)}>"

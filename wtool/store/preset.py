@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import IncompatibleError, InputError
+from wtool.errors import InputError
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS
-from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
+from wtool.store.types import LayerInfo, WeightInfo, WeightsOnlyFile
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -51,7 +51,7 @@ def preset_info(folder: Path, metadata: dict[str, Any], task_config: Any = None)
             "sharded": not (folder / MODEL_WEIGHTS_FILE).exists() and (folder / SHARDED_MAP_FILE).is_file()}
 
 
-class PresetModelFile(WeightTotals):
+class PresetModelFile(WeightsOnlyFile):
     """The backbone's ModelFile and the task's, behind the one ModelFile interface (paths routed by prefix)."""
 
     def __init__(self, folder: Path, backbone: Any, task: Any | None, config: dict[str, Any] | None,
@@ -60,13 +60,10 @@ class PresetModelFile(WeightTotals):
         self.backbone, self.task = backbone, task
         self.format, self.layout = FORMAT, "keras3"
         self.config = config
-        self.training_config: dict[str, Any] | None = None
-        self.compile_config: dict[str, Any] | None = None
         self.keras_version = _text(metadata.get("keras_version")) or backbone.keras_version
         self.backend = backbone.backend
         self.optimizer_weights = backbone.optimizer_weights
         self.optimizer_moments = backbone.optimizer_moments
-        self.in_place = False
         self.preset = preset_info(folder, metadata, task_config)
         self.file_size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         self.warnings = [w for w in backbone.warnings if "task.weights.h5" not in w]
@@ -105,15 +102,8 @@ class PresetModelFile(WeightTotals):
     # -- the ModelFile interface -------------------------------------------------------------
 
     def _route(self, path: str) -> tuple[Any, str]:
-        try:
-            return self._owner[path]
-        except KeyError:
-            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
-                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
-
-    def weight(self, path: str) -> WeightInfo:
-        self._route(path)
-        return self._by_path[path]
+        """(the backbone's or the task's file, the weight's path in it)."""
+        return self._owner[self.weight(path).path]
 
     def dataset(self, path: str) -> Any:
         mf, inner = self._route(path)
@@ -150,20 +140,10 @@ class PresetModelFile(WeightTotals):
     def class_names(self) -> list[str] | None:
         return None
 
-    @property
-    def has_training_config(self) -> bool:
-        return False
-
     def close(self) -> None:
         if self.task is not None:
             self.task.close()
         self.backbone.close()
-
-    def __enter__(self) -> PresetModelFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<PresetModelFile {self.path} weights={len(self.weights)}>"

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from wtool.errors import IncompatibleError, InputError, UsageError
+from wtool.errors import InputError, UsageError
 from wtool.fileio import atomic_output, check_input_file
 from wtool.safety import guards as safety
 from wtool.safety import limits
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
-from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
+from wtool.store.types import LayerInfo, WeightInfo, WeightsOnlyFile
 
 SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -145,22 +145,11 @@ def _ordered(entries: dict[str, dict[str, Any]], meta: Mapping[str, str]) -> lis
     return sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0])
 
 
-class SafetensorsFile(WeightTotals):
+class SafetensorsFile(WeightsOnlyFile):
     """An opened .safetensors file or sharded index: the ModelFile interface, read-only."""
 
     format = "safetensors"
     layout = "safetensors"
-    keras_version: str | None = None
-    backend: str | None = None
-    optimizer_weights = 0
-    has_training_config = False
-    config: dict[str, Any] | None = None
-    training_config: dict[str, Any] | None = None
-    compile_config: dict[str, Any] | None = None
-    model_name: str | None = None
-    model_class: str | None = None
-    in_place = False
-    h5 = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -235,13 +224,6 @@ class SafetensorsFile(WeightTotals):
 
     # -- weights ----------------------------------------------------------------------------
 
-    def weight(self, path: str) -> WeightInfo:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
-                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
-
     def _handle(self, path: str) -> Any:
         shard = self._where[self.weight(path).path]
         handle = self._open.get(shard)
@@ -289,12 +271,6 @@ class SafetensorsFile(WeightTotals):
             except Exception:  # noqa: BLE001,S110 - closing a read-only map
                 pass
         self._open.clear()
-
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<SafetensorsFile {self.path} weights={len(self.weights)}>"

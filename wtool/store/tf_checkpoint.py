@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ from typing import Any
 import numpy as np
 
 import wtool.store.tf_bundle as bundle
-from wtool.errors import IncompatibleError, InputError
+from wtool.errors import InputError
 from wtool.fileio import check_input_file
 from wtool.safety import guards as safety
-from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
-from wtool.store.types import LayerInfo, WeightInfo, WeightTotals
+from wtool.store.types import LayerInfo, WeightInfo, WeightsOnlyFile
 
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 META_KEY = "meta/.ATTRIBUTES/VARIABLE_VALUE"  # wtool train's run metadata
@@ -234,21 +232,11 @@ def readable(key: str) -> str:
 # --------------------------------------------------------------------------- the file
 
 
-class TFCheckpointFile(WeightTotals):
+class TFCheckpointFile(WeightsOnlyFile):
     """An opened TensorFlow checkpoint: the ModelFile interface, read-only, model variables as weights."""
 
     format = "tf-checkpoint"
     layout = "tf-checkpoint"
-    keras_version: str | None = None
-    backend: str | None = None
-    has_training_config = False
-    config: dict[str, Any] | None = None
-    training_config: dict[str, Any] | None = None
-    compile_config: dict[str, Any] | None = None
-    model_name: str | None = None
-    model_class: str | None = None
-    in_place = False
-    h5 = None
 
     def __init__(self, prefix: Path) -> None:
         self.path = prefix
@@ -336,37 +324,12 @@ class TFCheckpointFile(WeightTotals):
         """The checkpoint key of a weight (`model/.../.ATTRIBUTES/VARIABLE_VALUE`)."""
         return self._keys[self.weight(path).path]
 
-    def weight(self, path: str) -> WeightInfo:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
-                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
-
     def weight_source(self, path: str) -> tuple[Path, str, str]:
         return self.path, self.format, self.key_of(path)
 
     def read(self, path: str) -> np.ndarray:
         entry = self.entries[self.key_of(path)]
         return bundle.read_array(self._files[entry.shard], entry, str(self.path))
-
-    def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
-        value = self.read(path)
-        return value[index] if index else value  # type: ignore[index]
-
-    def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
-        value = self.read(path)
-        for index in iter_blocks(value.shape, max_elements):
-            yield value[index] if index else value  # type: ignore[index]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> TFCheckpointFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<TFCheckpointFile {self.path} weights={len(self.weights)}>"

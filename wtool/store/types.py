@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from wtool.errors import IncompatibleError
+from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -80,3 +89,59 @@ class WeightTotals:
     @property
     def weight_bytes(self) -> int:
         return sum(w.nbytes for w in self.weights)
+
+
+_Opened = TypeVar("_Opened", bound="WeightsFile")
+
+
+class WeightsFile(WeightTotals):
+    """An opened weights source: its weights looked up by canonical path, and a context manager."""
+
+    path: Path
+    _by_path: dict[str, WeightInfo]
+
+    def weight(self, path: str) -> WeightInfo:
+        try:
+            return self._by_path[path]
+        except KeyError:
+            raise IncompatibleError(f"{self.path}: has no weight {path!r}",
+                                    f"`wtool inspect {self.path} --weights` lists its weights") from None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self: _Opened) -> _Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WeightsOnlyFile(WeightsFile):
+    """An opened source that is not a Keras model file (TF / Orbax checkpoint, safetensors, keras-hub preset):
+    by default no architecture, training config or HDF5 file (a preset sets its config.json and its
+    backbone's h5), never written in place. `read_block` and `iter_chunks` slice `read()`'s whole array;
+    a reader that can read less overrides them."""
+
+    keras_version: str | None = None
+    backend: str | None = None
+    has_training_config = False
+    config: dict[str, Any] | None = None
+    training_config: dict[str, Any] | None = None
+    compile_config: dict[str, Any] | None = None
+    model_name: str | None = None
+    model_class: str | None = None
+    in_place = False
+    h5: Any = None
+
+    def read(self, path: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_block(self, path: str, index: tuple[object, ...]) -> np.ndarray:
+        value = self.read(path)
+        return value[index] if index else value  # type: ignore[index]
+
+    def iter_chunks(self, path: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[np.ndarray]:
+        value = self.read(path)
+        for index in iter_blocks(value.shape, max_elements):
+            yield value[index] if index else value  # type: ignore[index]
