@@ -74,6 +74,18 @@ def unsafe_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def loss_options(*, loss: str, loss_weight: str, metric: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--loss, --loss-weight and --metric (repeatable, NAME= for one output), as `losses`, `loss_weights` and
+    `metrics`; the help texts are the command's, as each says its own default."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--metric", "metrics", multiple=True, metavar="[NAME=]METRIC", help=metric)(func)
+        func = click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W", help=loss_weight)(func)
+        return click.option("--loss", "losses", multiple=True, metavar="[NAME=]LOSS", help=loss)(func)
+
+    return decorate
+
+
 class _PathText(click.Path):
     """click's Path minus the existence checks (wtool's own give exit 3), refusing an empty string."""
 

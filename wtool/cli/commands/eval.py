@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.commands.common import InputPath, OutputPath, common_options, loss_options, unsafe_option
 from wtool.cli.render import Output, cell, fmt_float, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover - rich stays out of `wtool --help`
@@ -117,13 +117,11 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.option("--arch", type=InputPath, metavar="MODEL", help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Rows per batch (default 256).")
-@click.option("--loss", "losses", multiple=True, metavar="[NAME=]LOSS",
-              help="Loss instead of the model's saved one (mse, sparse_categorical_crossentropy, ...); NAME=LOSS per "
-              "output (repeat).")
-@click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W",
-              help="Weight of an output's loss in the total (repeatable), as compile's loss_weights.")
-@click.option("--metric", "metrics", multiple=True, metavar="[NAME=]METRIC",
-              help="A Keras metric by name (repeatable; replaces the saved ones); NAME=METRIC for one output only.")
+@loss_options(loss="Loss instead of the model's saved one (mse, sparse_categorical_crossentropy, ...); NAME=LOSS "
+              "per output (repeat).",
+              loss_weight="Weight of an output's loss in the total (repeatable), as compile's loss_weights.",
+              metric="A Keras metric by name (repeatable; replaces the saved ones); NAME=METRIC for one output "
+              "only.")
 @click.option("--labels", "labels_path", type=InputPath, metavar="FILE",
               help="Class names for the confusion matrix (one per line, or a JSON list).")
 @click.option("--fail-under", multiple=True, metavar="METRIC=VALUE",

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from wtool.cli.commands.common import DirPath, InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.commands.common import (
+    DirPath,
+    InputPath,
+    OutputPath,
+    common_options,
+    loss_options,
+    unsafe_option,
+)
 from wtool.cli.render import Output, TextWriter, fmt_float, fmt_int, fmt_plural, one_line
 from wtool.errors import UsageError
 
@@ -295,13 +302,11 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--min-lr", type=float, default=0.0, help="Floor of cosine/polynomial schedules.")
 @click.option("--boundaries", help="piecewise: step boundaries, e.g. 1000,2000.")
 @click.option("--lr-values", help="piecewise: rates, one more than boundaries, e.g. 0.1,0.01,0.001.")
-@click.option("--loss", "losses", multiple=True, metavar="[NAME=]LOSS",
-              help="mse, mae, binary_crossentropy, sparse_categorical_crossentropy, ... (default: the model's saved "
-              "loss); NAME=LOSS per output (repeat).")
-@click.option("--loss-weight", "loss_weights", multiple=True, metavar="NAME=W",
-              help="Weight of an output's loss in the total (repeatable; default: the saved loss_weights, else 1).")
-@click.option("--metric", "metrics", multiple=True, metavar="[NAME=]METRIC",
-              help="A Keras metric by name (repeatable; default: saved ones); NAME=METRIC for one output only.")
+@loss_options(loss="mse, mae, binary_crossentropy, sparse_categorical_crossentropy, ... (default: the model's "
+              "saved loss); NAME=LOSS per output (repeat).",
+              loss_weight="Weight of an output's loss in the total (repeatable; default: the saved loss_weights, "
+              "else 1).",
+              metric="A Keras metric by name (repeatable; default: saved ones); NAME=METRIC for one output only.")
 @click.option("--freeze", multiple=True, help="Freeze layers whose path matches GLOB (repeatable).")
 @click.option("--unfreeze", multiple=True, help="Unfreeze layers whose path matches GLOB (repeatable; after --freeze).")
 @click.option("--lora", "lora_rank", type=int, metavar="RANK",
