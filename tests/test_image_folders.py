@@ -99,3 +99,34 @@ def test_folder_errors(folder):
     res = run_cli("infer", d / "cnn.keras", d / "imgs", "--image-size", "20x18")
     assert res.exit_code == 4 and "model expects (None, 16, 16, 3)" in res.stderr
     assert not (d / "x.keras").exists()
+
+
+def test_val_split_of_a_folder_is_keras_shuffled_split(folder):
+    """--val-split on a folder: Keras's image_dataset_from_directory(validation_split, subset, seed) files, so
+    both classes validate (not the last class folder), the same for the same seed, in train and in eval."""
+    d, keras, *_ = folder
+    seed, split = 2, "0.5"
+    kds = keras.utils.image_dataset_from_directory(d / "imgs", image_size=(16, 16), batch_size=None, seed=seed,
+                                                   validation_split=0.5, subset="validation", verbose=False)
+    pairs = list(kds.as_numpy_iterator())  # one pass: Keras reshuffles its files' order on every pass
+    kx, ky = np.stack([im for im, _ in pairs]), np.array([lab for _, lab in pairs])
+    assert sorted(set(ky)) == [0, 1]  # the seed's Keras split holds both classes
+    res = run_cli("train", d / "cnn.keras", "--data", d / "imgs", "-o", d / "vs.keras", "--val-split", split,
+                  "--seed", str(seed), "--epochs", "2", "--lr", "0.01", "--json")
+    assert res.exit_code == 0, res
+    val_loss = res.json()["history"][-1]["val_loss"]
+    trained = keras.saving.load_model(d / "vs.keras")
+    want = trained.evaluate(kx, ky, verbose=0, return_dict=True)
+    # train validated on Keras's validation files: its last val_loss is model.evaluate on them
+    assert abs(val_loss - want["loss"]) < 1e-5
+    for _ in range(2):  # deterministic
+        res = run_cli("eval", d / "vs.keras", "--data", d / "imgs", "--val-split", split, "--seed", str(seed), "--json")
+        assert res.exit_code == 0, res
+        doc = res.json()
+        assert doc["rows"] == 4
+        assert abs(doc["metrics"]["loss"] - want["loss"]) < 1e-5
+        supports = [c["support"] for c in doc["classification"][0]["per_class"]]
+        assert supports == [int((ky == 0).sum()), int((ky == 1).sum())] and min(supports) > 0
+    res = run_cli("eval", d / "vs.keras", "--data", d / "imgs", "--val-split", split)
+    assert res.exit_code == 2 and "--seed" in res.stderr
+    assert "seed=SEED" in run_cli("train", "--help").stdout

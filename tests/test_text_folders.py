@@ -97,7 +97,21 @@ def test_train_equals_keras_fit(folder):
     res = run_cli("train", d / "text.keras", "--data", d / "texts", "-o", d / "v.keras", "--val-split", "0.2",
                   "--max-length", "5", "--seed", "0", "--json")
     assert res.exit_code == 0, res
-    assert "val_loss" in res.json()["history"][0]
+    val_loss = res.json()["history"][-1]["val_loss"]
+    # the split is Keras's text_dataset_from_directory(validation_split=0.2, subset="validation", seed=0):
+    # files shuffled with the seed (here one of each class), not the last rows (both "good")
+    kds = keras.utils.text_dataset_from_directory(d / "texts", batch_size=None, max_length=5, seed=0,
+                                                  validation_split=0.2, subset="validation", verbose=False)
+    pairs = list(kds.as_numpy_iterator())
+    ky = np.array([lab for _, lab in pairs])
+    assert sorted(ky) == [0, 1]
+    v = keras.saving.load_model(d / "v.keras")
+    want = v.evaluate(kds.batch(4), verbose=0, return_dict=True)  # a mean: the pass's order does not matter
+    assert abs(val_loss - want["loss"]) < 1e-5
+    res = run_cli("eval", d / "v.keras", "--data", d / "texts", "--val-split", "0.2", "--max-length", "5",
+                  "--seed", "0", "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["rows"] == 2 and abs(res.json()["metrics"]["loss"] - want["loss"]) < 1e-5
 
 
 def test_text_folder_errors(folder):

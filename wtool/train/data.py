@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from wtool.data.rows import is_number
-from wtool.errors import IncompatibleError, InputError, UsageError
+from wtool.errors import IncompatibleError, InputError, InternalError, UsageError
 from wtool.fileio import check_input_file
 from wtool.graph.folders import ImageOptions
 
@@ -37,6 +37,7 @@ class LabelledData:
     y: np.ndarray
     source: str
     class_names: list[str] | None = None  # string labels' vocabulary (y holds indices into it)
+    folder: bool = False  # rows are a folder's files in Keras's order: --val-split shuffles them first (seeded)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -117,12 +118,12 @@ def _folder(folder: str, model: str | None, images: ImageOptions | None,
     if text_folders.takes_text(dtype):
         x, y, names = text_folders.load_labelled_texts(folder, text_folders.row_shape(shape, folder), classes,
                                                        options.max_length)
-        return LabelledData(x, y, folder, names)
+        return LabelledData(x, y, folder, names, folder=True)
     if dtype is not None:
         text_folders.check_not_text(folder, dtype)
     size, mode = settings(options, shape, folder)
     x, y, names = load_labelled_images(folder, size, mode, classes)
-    return LabelledData(x, y, folder, names)
+    return LabelledData(x, y, folder, names, folder=True)
 
 
 def model_input_shape(model: str | None) -> list[int | None] | None:
@@ -283,20 +284,36 @@ def _same_rows(data: LabelledData, x_name: str, y_name: str) -> None:
                                 f"{data.y.shape[0]}", "features and labels need one row each per sample")
 
 
-def split_validation(data: LabelledData, fraction: float) -> tuple[LabelledData, LabelledData]:
-    """Keras's validation_split: the last `fraction` of the rows (before any shuffling) validate."""
-    cut = validation_cut(len(data), fraction)
-    return (LabelledData(data.x[:cut], data.y[:cut], data.source, data.class_names),
-            LabelledData(data.x[cut:], data.y[cut:], f"{data.source} (validation split)", data.class_names))
+def split_validation(data: LabelledData, fraction: float,
+                     seed: int | None = None) -> tuple[LabelledData, LabelledData]:
+    """--val-split: arrays as Keras's fit(validation_split) (the last `fraction` of the rows, unshuffled);
+    a folder as Keras's image/text_dataset_from_directory(validation_split, subset, seed): its files
+    shuffled with numpy's RandomState(seed), then the last int(fraction * n) of them validate."""
+    train: slice | np.ndarray
+    val: slice | np.ndarray
+    if not data.folder:
+        cut = validation_cut(len(data), fraction)
+        train, val = slice(None, cut), slice(cut, None)
+    else:
+        if seed is None:
+            raise InternalError("a folder's validation split needs the run's seed")
+        cut = validation_cut(len(data), fraction, folder=True)
+        order = np.random.RandomState(seed % 2**32).permutation(len(data))
+        train, val = order[:cut], order[cut:]  # Keras's order (its training subset is in shuffled order)
+    return (LabelledData(data.x[train], data.y[train], data.source, data.class_names),
+            LabelledData(data.x[val], data.y[val], f"{data.source} (validation split)", data.class_names))
 
 
-def validation_cut(n: int, fraction: float) -> int:
-    """The first validation row of `n` for --val-split `fraction` (checked to leave rows on both sides)."""
+def validation_cut(n: int, fraction: float, folder: bool = False) -> int:
+    """The first validation row of `n` for --val-split `fraction` (checked to leave rows on both sides).
+
+    A folder counts int(fraction * n) validation files, as Keras's get_training_or_validation_split."""
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (not {fraction})")
-    n_val = int(round(n * fraction))
+    n_val = int(fraction * n) if folder else int(round(n * fraction))
     if n_val < 1 or n_val >= n:
-        raise UsageError(f"--val-split {fraction} of {n} rows leaves {n - n_val} to train and {n_val} to validate",
+        what = "files" if folder else "rows"
+        raise UsageError(f"--val-split {fraction} of {n} {what} leaves {n - n_val} to train and {n_val} to validate",
                          "use a fraction that leaves at least one row on each side")
     return n - n_val
 

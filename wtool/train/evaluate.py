@@ -21,8 +21,16 @@ import numpy as np
 from wtool.errors import IncompatibleError, UsageError
 from wtool.graph.folders import ImageOptions
 from wtool.graph.text_folders import numpy_dtype
-from wtool.train.data import LabelledData, ModelIO, check_finite, check_fits, load_labelled, saved_class_names
-from wtool.train.named_data import NamedData, check_finite_named, load_named, parse_pairs
+from wtool.train.data import (
+    LabelledData,
+    ModelIO,
+    check_finite,
+    check_fits,
+    load_labelled,
+    saved_class_names,
+    split_validation,
+)
+from wtool.train.named_data import NamedData, check_finite_named, load_named, parse_pairs, split_named
 
 DEFAULT_BATCH_SIZE = 256
 # Rows gathered per tf.function call are capped at this many bytes.
@@ -62,6 +70,8 @@ class EvalOptions:
     loss_weights: tuple[str, ...] = ()  # NAME=WEIGHT per output
     metrics: tuple[str, ...] = ()  # METRIC, or NAME=METRIC per output
     labels: tuple[str, ...] | None = None
+    val_split: float | None = None  # evaluate only the validation rows train --val-split F [--seed S] held out
+    seed: int | None = None  # a folder's split is shuffled with it, as train's
 
 
 @dataclass
@@ -433,6 +443,11 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
                              y_key=opts.y_keys[0] if opts.y_keys else "y", target=opts.target, drop=opts.drop,
                              classes=saved_class_names(opts.model), model=opts.arch or opts.model,
                              images=ImageOptions(opts.image_size, opts.color_mode, opts.max_length))
+        if opts.val_split is not None:
+            if data.folder and opts.seed is None:
+                raise UsageError("--val-split on a folder takes the validation files of a split shuffled with "
+                                 "--seed", "pass the --seed train used (train prints it)")
+            data = split_validation(data, opts.val_split, opts.seed)[1]
         check_finite(data)
         return NamedData([data.x], [data.y], data.source, data.class_names)
     if opts.x_cols or opts.y_cols:
@@ -440,6 +455,8 @@ def _load_data(opts: EvalOptions, side: ModelSide | None) -> NamedData:
     else:
         x_items, y_items = (opts.x_keys, opts.y_keys) if opts.data else (opts.x_files, opts.y_files)
     named = load_named(opts.data, x_items, y_items, side.input_names, side.output_names)
+    if opts.val_split is not None:
+        named = split_named(named, opts.val_split)[1]
     check_finite_named(named)
     return named
 

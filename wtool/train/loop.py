@@ -47,6 +47,7 @@ from wtool.train.data import (
     model_io,
     saved_class_names,
     split_validation,
+    validation_cut,
 )
 from wtool.train.evaluate import ModelSide
 from wtool.train.freezing import LayerNode, apply_freezing, frozen_weights, layer_tree, weight_names
@@ -120,7 +121,10 @@ def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
             val = load_labelled(opts.val_data, x_key=opts.x_key, y_key=opts.y_key, classes=data.class_names,
                                 model=opts.arch or opts.model, images=images)
     elif opts.val_split:
-        data, val = split_validation(data, opts.val_split)
+        if data.folder:  # shuffled with the run's seed, known once the workers agree (_split_folder)
+            validation_cut(len(data), opts.val_split, folder=True)
+        else:
+            data, val = split_validation(data, opts.val_split)
     check_finite(data)
     if val is not None:
         check_finite(val)
@@ -141,6 +145,8 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
         loaded = _load_model(opts)
         data, val = multi_io.load_data(opts, ModelSide.of(loaded))
     seed = _agree_on_seed(opts, dist, meta, data, val)
+    if isinstance(data, LabelledData) and data.folder and opts.val_split and val is None:
+        data, val = split_validation(data, opts.val_split, seed)  # Keras's shuffled split of the files
     m = _prepare_model(opts, data, val, seed, loaded)
     feed = _prepare_feed(opts, dist, m, data, val, seed)
     ckpts = RunCheckpoints(m.model, m.model.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,

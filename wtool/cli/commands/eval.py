@@ -114,6 +114,11 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
               "per input.")
 @click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
               help="CSV label columns of a model output; repeat per output.")
+@click.option("--val-split", "--validation-split", "val_split", type=float, metavar="F",
+              help="Evaluate only the validation part of train --val-split F: the last F of the rows; of a folder, "
+              "the files Keras's image/text_dataset_from_directory(validation_split=F, subset='validation', "
+              "seed=S) gives (needs --seed S).")
+@click.option("--seed", type=int, help="The seed of a folder's --val-split (the one train used, printed by train).")
 @click.option("--arch", type=InputPath, metavar="MODEL", help="Architecture (.keras/.h5) for a weights-only MODEL.")
 @unsafe_option
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Rows per batch (default 256).")
@@ -134,7 +139,7 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
             x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, drop: tuple[str, ...],
             image_size: str | None, color_mode: str | None, max_length: int | None, x_cols: tuple[str, ...],
-            y_cols: tuple[str, ...], arch: str | None, unsafe: bool,
+            y_cols: tuple[str, ...], val_split: float | None, seed: int | None, arch: str | None, unsafe: bool,
             batch_size: int | None, losses: tuple[str, ...], loss_weights: tuple[str, ...], metrics: tuple[str, ...], labels_path: str | None, fail_under: tuple[str, ...],
             fail_above: tuple[str, ...], plot_path: str | None) -> None:
     """Loss and metrics of MODEL on labelled data, with frozen weights (training=False), as model.evaluate gives them.
@@ -152,6 +157,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
       wtool eval model.keras --x test_x.npy --y test_y.npy --labels classes.txt --plot confusion.png --json
       wtool eval two.keras --data test.npz --x-key a=xa --x-key b=xb --y-key value=y1 --y-key kind=y2
       wtool eval sample_models/texts.keras --data sample_models/texts/ --max-length 200
+      wtool eval images-trained.keras --data sample_models/images/ --val-split 0.25 --seed 0
     """
     from wtool.train.evaluate import EvalOptions, check_gates, evaluate, parse_gates
 
@@ -169,7 +175,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
                        x_cols=x_cols, y_cols=y_cols, target=target,
                        drop=tuple(c for item in drop for c in item.split(",") if c.strip()), image_size=image_size,
                        color_mode=color_mode, max_length=max_length, arch=arch, unsafe=unsafe, batch_size=batch_size, loss=losses,
-                       loss_weights=loss_weights, metrics=metrics, labels=labels)
+                       loss_weights=loss_weights, metrics=metrics, labels=labels, val_split=val_split, seed=seed)
     update, bar = _progress(out)
     if bar is not None:
         bar.start()

@@ -282,7 +282,9 @@ def _render(summary: dict[str, Any]) -> Any:
 @click.option("--val-data", "--validation-data", "val_data", type=InputPath,
               help="Validation data, in the same form as --data.")
 @click.option("--val-split", "--validation-split", "val_split", type=float,
-              help="Validate on the last FRACTION of the rows (before shuffling).")
+              help="Validate on the last FRACTION of the rows (before shuffling), as Keras's fit(validation_split); "
+              "of a folder, on the files Keras's image/text_dataset_from_directory(validation_split=FRACTION, "
+              "subset='validation', seed=SEED) gives: shuffled with --seed (or the drawn seed) first.")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Epochs to train (the total, when resuming).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True, help="Shuffle rows every epoch.")
