@@ -261,16 +261,23 @@ def test_set_weights_on_a_sharded_model_keeps_its_split(made, tmp_path):
     assert np.all(_keras_values(made, out)["d2/kernel"] == 1)
 
 
-def test_an_interrupted_write_is_never_read_as_a_mixed_set(made, tmp_path, monkeypatch):
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 4, 5])  # the transit map, the first and last shard, the map
+def test_a_failed_write_over_a_set_puts_the_old_set_back(made, tmp_path, monkeypatch, fail_at):
     import wtool.store.sharded_write as sharded_write
 
     target = _copy_set(made, tmp_path)
+    before = _files(tmp_path)
+    assert sum(n.startswith("s_") for n in before) == 3  # renames: transit map, 3 shards, the map
     real = os.replace
     calls = []
 
     def dying(src, dst):
         calls.append(dst)
-        if len(calls) == 2:
+        if len(calls) == fail_at:
             raise OSError(28, "No space left on device")
         real(src, dst)
 
@@ -279,8 +286,36 @@ def test_an_interrupted_write_is_never_read_as_a_mixed_set(made, tmp_path, monke
     assert res.exit_code != 0 and "Traceback" not in res.stderr
     monkeypatch.undo()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder removed"
+    assert _files(tmp_path) == before  # the same files, byte for byte: the old set, under its own names
+    got = _keras_values(made, target)
+    for path, value in made["keras"].items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
+def test_over_a_set_where_links_are_refused_old_shards_are_copied(made, tmp_path, monkeypatch):
+    import wtool.store.sharded_write as sharded_write
+
+    target = _copy_set(made, tmp_path)
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(sharded_write.os, "link", no_links)
+    res = run_cli("set-weights", target, "--init", "d1/kernel=zeros", "--in-place")
+    assert res.exit_code == 0, res
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["s.weights.json", *(f"s_{i:05}.weights.h5" for i in range(3))])
+    assert np.all(_keras_values(made, target)["d1/kernel"] == 0)
+
+
+def test_a_foreign_shard_beside_a_transit_map_is_still_refused(made, tmp_path):
+    target = _copy_set(made, tmp_path)
+    _edit_map(target, lambda doc: doc["metadata"].__setitem__("wtool_in_transit", ["s_00003.weights.h5"]))
+    shutil.copy(tmp_path / "s_00000.weights.h5", tmp_path / "s_00003.weights.h5")
+    assert run_cli("inspect", target).exit_code == 0  # listed as in transit: let pass
+    shutil.copy(tmp_path / "s_00000.weights.h5", tmp_path / "s_00004.weights.h5")
     res = run_cli("inspect", target)
-    assert res.exit_code == 3 and "is from another write than the map" in res.stderr, res
+    assert res.exit_code == 3 and "s_00004.weights.h5 lies beside the map but no map entry names it" in res.stderr
 
 
 def test_max_shard_size_bad_values(made, tmp_path):

@@ -37,6 +37,10 @@ TOTAL_SIZE_SLACK_BYTES = 4096
 # Written by wtool into the map's metadata and each shard's root attributes (Keras ignores both):
 # a shard whose id differs from the map's is left over from another write (an interrupted one).
 WRITE_ID = "wtool_write_id"
+# Written by wtool into a "transit" map (the old set, while a new one is renamed into place; see
+# wtool.store.sharded_write): the new set's shard names, which lie beside it unnamed until the new
+# map replaces it. Only these are let pass; any other unnamed shard is still refused.
+IN_TRANSIT = "wtool_in_transit"
 
 
 def is_map_name(path: str | os.PathLike[str]) -> bool:
@@ -105,7 +109,9 @@ def read_map(path: Path) -> WeightMap:
         raise InputError(f"{where}: refused: {len(shards):,} shards (limit {MAX_SHARDS:,})")
     for name in shards:
         _check_shard_file(path, name)
-    _check_unnamed_shards(path, shards)
+    transit = meta.get(IN_TRANSIT)
+    _check_unnamed_shards(path, shards, {n for n in transit if isinstance(n, str)} if isinstance(transit, list)
+                          else set())
     write_id = meta.get(WRITE_ID)
     return WeightMap(path, groups, float(total) if total is not None else None, shards,
                      write_id if isinstance(write_id, str) else None)
@@ -151,10 +157,13 @@ def _check_shard_file(map_path: Path, name: str) -> None:
 _SHARD_RE = re.compile(r"_(\d{5,})" + re.escape(SHARD_SUFFIX) + "$")
 
 
-def _check_unnamed_shards(map_path: Path, shards: list[str]) -> None:
-    """A `X_NNNNN.weights.h5` beside `X.weights.json` that no entry names: a stale or foreign shard."""
+def _check_unnamed_shards(map_path: Path, shards: list[str], in_transit: set[str]) -> None:
+    """A `X_NNNNN.weights.h5` beside `X.weights.json` that no entry names: a stale or foreign shard.
+
+    `in_transit`: the names a wtool transit map lists (an interrupted write's new shards), let pass.
+    """
     base = base_name(map_path)
-    named = set(shards)
+    named = set(shards) | in_transit
     try:
         entries = sorted(os.listdir(map_path.parent or "."))
     except OSError:

@@ -5,11 +5,28 @@ way Keras's `ShardedH5IOStore` splits them: a shard takes values until the next 
 pass `max_shard_bytes`; a single value larger than that is refused, as Keras refuses it.
 Without `max_shard_bytes`, a sharded source keeps its own split (shard i stays shard i).
 
-Atomic as a whole: every shard and the map are written to a staging folder beside OUT
-and read back; only then are the shards renamed into place, the map last. The map and
-each shard carry the same write id (`metadata.wtool_write_id`, a root attribute of each
-shard, both ignored by Keras), so a set whose renames a kill interrupted is refused on
-reading ("from another write") instead of being read as a mix of old and new values.
+Atomic as a whole: every shard and the map are written to a staging folder beside OUT and
+read back. With no set at OUT the shards are then renamed into place and the map last. Over an
+existing set (`--in-place`, `-o` onto a map) the shard names collide with the old set's, so:
+1. each old shard a new one will replace gets a second name (a hard link, a copy where links
+   are refused): `X_00000.wtool-old-ID.weights.h5`;
+2. the map at OUT is atomically replaced by the old map naming those second names (a "transit"
+   map: the old model, which Keras and wtool read as before; it lists the new shard names as
+   `metadata.wtool_in_transit`, so wtool does not refuse them as stale shards);
+3. the new shards are renamed onto the standard names, the first shard (which Keras opens
+   before it reads the map) last;
+4. the new map replaces the transit map: this one rename decides old or new;
+5. the old set's files and the second names are removed.
+So after a kill (SIGKILL, power aside) at any moment OUT reads as exactly the old model or
+exactly the new one, and what wtool writes keeps Keras's own shard names. A failure (not a
+kill) before step 4 restores the old map and shards. Leftovers of a killed write (the hidden
+staging folder, second names once step 4 is done) are ignored by readers; the next write of
+the set removes the second names.
+
+The map and each shard carry the same write id (`metadata.wtool_write_id`, a root attribute of
+each shard, both ignored by Keras), so a shard from another write (copied in, or a set
+interrupted by an older wtool) is refused on reading ("from another write") instead of being
+read as a mix of old and new values.
 """
 
 from __future__ import annotations
@@ -17,7 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
@@ -28,10 +47,13 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import IncompatibleError, InternalError, UsageError
-from wtool.store.sharded import MAP_SUFFIX, WRITE_ID, base_name, shard_name
+from wtool.store.sharded import IN_TRANSIT, MAP_SUFFIX, SHARD_SUFFIX, WRITE_ID, base_name, shard_name
 
 KERAS_DEFAULT_SHARD_BYTES = 5 * 1024**3  # ShardedH5IOStore's max_shard_size=5 (GB)
 OPTIMIZER_GROUP = "optimizer"
+# Tests only: SIGKILL this process just before the Nth file operation of a commit (1, 2, ...).
+KILL_HOOK = "WTOOL_TEST_KILL_AT"
+BACKUP_TAG = ".wtool-old-"
 
 
 @dataclass
@@ -108,7 +130,7 @@ def write_weight_set(reader: Any, out: Path, values: Mapping[str, Callable[[], A
         verified = _verify(staging, placement, values, reader)
         if sharded_out:
             _write_map(staging / out.name, placement, sizes, write_id)
-        _commit(staging, out, files, sharded_out)
+        _commit(staging, out, files, sharded_out, write_id)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SetWritten(files if sharded_out else [], sum(sizes.values()), len(values), verified)
@@ -189,28 +211,186 @@ def _write_map(path: Path, placement: dict[str, str], sizes: dict[str, int], wri
     path.write_text(json.dumps(doc, indent=4), encoding="utf-8")
 
 
-def _commit(staging: Path, out: Path, files: list[str], sharded_out: bool) -> None:
-    """fsync, then rename the shards into place and the map (or the single file) last."""
-    old = _old_shards(out) if sharded_out else []
+class _Steps:
+    """Numbers a commit's file operations; `WTOOL_TEST_KILL_AT=N` (tests only) SIGKILLs before the Nth."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(KILL_HOOK, "")
+        self.kill_at = int(raw) if raw.isdigit() else 0
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class _OldSet:
+    """The map at OUT before the write: its bytes (to restore), parsed form and in-folder shard names."""
+
+    raw: bytes
+    doc: dict[str, Any]
+    names: list[str]
+
+
+def _commit(staging: Path, out: Path, files: list[str], sharded_out: bool, write_id: str) -> None:
+    """fsync, then put the new set in place so that OUT is the old set or the new one at every moment."""
+    step = _Steps()
     final = [*files, out.name] if sharded_out else [next(p.name for p in staging.iterdir())]
     for name in final:
         with open(staging / name, "rb+") as fh:
             os.fsync(fh.fileno())
-    for name in files if sharded_out else []:
-        os.replace(staging / name, out.parent / name)
-    os.replace(staging / final[-1], out)
-    for name in old:
-        if name not in files:
-            with_path = out.parent / name
-            if with_path.is_file() and not with_path.is_symlink():
-                with_path.unlink()
+    folder = out.parent if str(out.parent) else Path(".")
+    if not sharded_out:
+        step()
+        os.replace(staging / final[-1], out)
+        _fsync_dir(folder)
+        return
+    old = _read_old_set(out)
+    backups = _enter_transit(staging, out, old, files, write_id, step) if old is not None else {}
+    placed: list[str] = []
+    try:
+        for name in reversed(files):  # the first shard last: Keras opens it before it reads the map
+            step()
+            os.replace(staging / name, folder / name)
+            placed.append(name)
+        _fsync_dir(folder)
+        step()
+        os.replace(staging / out.name, out)  # the one rename that decides old or new
+    except BaseException:
+        if old is not None:
+            _roll_back(staging, out, old, backups, placed)
+        raise
+    _fsync_dir(folder)
+    stale = _stale_backups(folder, base_name(out), set(files))
+    if old is not None:  # a killed write's new shards, which its transit map (now the old map) listed
+        stale += [n for n in _in_transit(old.doc, base_name(out)) if n not in files and n not in old.names]
+    for name in [n for n in (old.names if old else []) if n not in files and n not in stale]:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            step()
+            path.unlink()
+    for name in stale:  # ours: this write's second names, or those of a killed one
+        step()
+        _unlink_all(folder, [name])
+
+
+def _enter_transit(staging: Path, out: Path, old: _OldSet, files: list[str], write_id: str,
+                   step: _Steps) -> dict[str, str]:
+    """Steps 1-2: second names for the old shards the new set replaces; the map at OUT names them."""
+    folder = out.parent if str(out.parent) else Path(".")
+    backups: dict[str, str] = {}
+    try:
+        for name in old.names:
+            if name in files and os.path.lexists(folder / name):
+                backup = f"{name[: -len(SHARD_SUFFIX)]}{BACKUP_TAG}{write_id[:8]}{SHARD_SUFFIX}"
+                step()
+                _link(folder / name, folder / backup)
+                backups[name] = backup
+        doc = json.loads(json.dumps(old.doc))
+        for key, value in doc["weight_map"].items():
+            doc["weight_map"][key] = ([backups.get(n, n) for n in value] if isinstance(value, list)
+                                      else backups.get(value, value))
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        doc["metadata"] = {**meta, IN_TRANSIT: files}
+        transit = staging / f"{out.name}.transit"
+        transit.write_text(json.dumps(doc, indent=4), encoding="utf-8")
+        with open(transit, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _fsync_dir(folder)
+        step()
+        os.replace(transit, out)
+    except BaseException:
+        _unlink_all(folder, backups.values())  # OUT still holds the old map, which does not name them
+        raise
+    return backups
+
+
+def _roll_back(staging: Path, out: Path, old: _OldSet, backups: dict[str, str], placed: list[str]) -> None:
+    """A failed write before the map's rename: the old shards back under their names, then the old map."""
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        for name in placed:
+            if name in backups:
+                tmp = staging / f"{name}.back"
+                _link(folder / backups[name], tmp)
+                os.replace(tmp, folder / name)
+        restore = staging / f"{out.name}.restore"
+        restore.write_bytes(old.raw)
+        os.replace(restore, out)
+    except OSError:
+        return  # the transit map stays at OUT: it reads as the old set
+    _unlink_all(folder, [*backups.values(), *(n for n in placed if n not in old.names)])
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A second name for a file (a symbolic link stays one); a copy where the file system has no links."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _unlink_all(folder: Path, names: Any) -> None:
+    for name in names:
+        try:
+            (folder / name).unlink()
+        except OSError:
+            pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stale_backups(folder: Path, base: str, keep: set[str]) -> list[str]:
+    """Second names left by a write of this set that was killed after its map's rename (step 5 unfinished)."""
+    pattern = re.compile(re.escape(base) + r"_\d{5,}" + re.escape(BACKUP_TAG) + "[0-9a-f]{8}"
+                         + re.escape(SHARD_SUFFIX))
+    try:
+        return sorted(n for n in os.listdir(folder) if pattern.fullmatch(n) and n not in keep)
+    except OSError:
+        return []
+
+
+def _in_transit(doc: dict[str, Any], base: str) -> list[str]:
+    """The shard names a transit map lists as in transit (only `X_NNNNN.weights.h5` names of this set)."""
+    meta = doc.get("metadata")
+    names = meta.get(IN_TRANSIT) if isinstance(meta, dict) else None
+    pattern = re.compile(re.escape(base) + r"_\d{5,}" + re.escape(SHARD_SUFFIX))
+    return [n for n in names if isinstance(n, str) and pattern.fullmatch(n)] if isinstance(names, list) else []
+
+
+def _read_old_set(out: Path) -> _OldSet | None:
+    """The map at OUT, if there is one that parses (no map, or an unreadable one: nothing to keep readable)."""
+    try:
+        raw = out.read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    names = _names_in(doc)
+    return _OldSet(raw, doc, names) if names is not None else None
+
+
+def _names_in(doc: Any) -> list[str] | None:
+    try:
+        return sorted({n for v in doc["weight_map"].values() for n in (v if isinstance(v, list) else [v])
+                       if isinstance(n, str) and "/" not in n and "\\" not in n and n not in (".", "..")})
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _old_shards(out: Path) -> list[str]:
     """The shards an existing map at OUT names (removed after the new set is in place, unless reused)."""
-    try:
-        doc = json.loads(out.read_text(encoding="utf-8"))
-        return sorted({n for v in doc["weight_map"].values() for n in (v if isinstance(v, list) else [v])
-                       if isinstance(n, str) and "/" not in n and "\\" not in n and n not in (".", "..")})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
+    old = _read_old_set(out)
+    return old.names if old else []
