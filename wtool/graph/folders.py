@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from wtool.data.rows import RowSource
-from wtool.errors import IncompatibleError, InputError, UsageError
+from wtool.errors import IncompatibleError, InputError, UsageError, WtoolError
 
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 CHANNELS = {mode: channels for channels, mode in COLOR_MODES.items()}
@@ -79,12 +79,18 @@ def _dataset(folder: str, size: tuple[int, int], mode: str, labels: bool,
             class_names=list(class_names) if class_names else None, color_mode=mode, batch_size=None,
             image_size=size, shuffle=False, verbose=False)
     except ValueError as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if class_names and "class_names" in text:
-            raise IncompatibleError(f"{folder}: its class folders are not the model's classes "
-                                    f"({', '.join(class_names)}): {text[:200]}") from None
-        raise InputError(f"{folder}: {text[:300]}",
-                         "a labelled folder holds one subfolder of images per class: DIR/<class>/*.png") from None
+        raise folder_error(folder, exc, class_names, "images", "DIR/<class>/*.png") from None
+
+
+def folder_error(folder: str, exc: ValueError, class_names: Sequence[str] | None, files: str,
+                 layout: str) -> WtoolError:
+    """Keras's ValueError on a folder (image or text) in one line: class folders other than the model's
+    `class_names` are exit 4, any other complaint about the folder exit 3 with the layout Keras reads."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if class_names and "class_names" in text:
+        return IncompatibleError(f"{folder}: its class folders are not the model's classes "
+                                 f"({', '.join(class_names)}): {text[:200]}")
+    return InputError(f"{folder}: {text[:300]}", f"a labelled folder holds one subfolder of {files} per class: {layout}")
 
 
 def load_labelled_images(folder: str, size: tuple[int, int], mode: str,

@@ -91,12 +91,9 @@ def _dataset(folder: str, labels: bool, class_names: Sequence[str] | None, max_l
         files, _labels, _names = index_directory(os.fspath(path), label_mode, formats=(TEXT_EXTENSION,),
                                                  class_names=names, shuffle=False, verbose=False)
     except ValueError as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if class_names and "class_names" in text:
-            raise IncompatibleError(f"{folder}: its class folders are not the model's classes "
-                                    f"({', '.join(class_names)}): {text[:200]}") from None
-        raise InputError(f"{folder}: {text[:300]}",
-                         "a labelled folder holds one subfolder of text files per class: DIR/<class>/*.txt") from None
+        from wtool.graph.folders import folder_error
+
+        raise folder_error(folder, exc, class_names, "text files", "DIR/<class>/*.txt") from None
     return ds, [os.path.relpath(f, os.fspath(path)) for f in files]
 
 
