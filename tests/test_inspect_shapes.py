@@ -24,7 +24,19 @@ def _models(keras):
     hb = layers.GlobalAveragePooling2D()(layers.Conv2D(3, 1)(b))
     joined = layers.Concatenate(name="cat")([layers.Dense(5)(a), hb])
     two = keras.Model([a, b], [layers.Dense(2, name="p")(joined), layers.Add(name="q")([hb, hb])], name="two")
-    return {"cnn": cnn, "seq": seq, "two": two}
+    # preprocessing layers, as Keras's compute_output_shape gives them (sample_models/texts.keras was `out ?`)
+    text = keras.Sequential([keras.Input((1,), dtype="string", name="text"),
+                             layers.TextVectorization(max_tokens=20, output_sequence_length=6),
+                             layers.Embedding(20, 3), layers.GlobalAveragePooling1D(), layers.Dense(2, name="out")],
+                            name="text")
+    s, n = keras.Input((3,), dtype="string", name="s"), keras.Input((2,), dtype="int64", name="n")
+    coded = [layers.TextVectorization(max_tokens=9, output_mode="multi_hot", pad_to_max_tokens=True)(s),
+             layers.TextVectorization(split=None)(s), layers.StringLookup(vocabulary=["a", "b"])(s),
+             layers.StringLookup(vocabulary=["a"], output_mode="one_hot", max_tokens=4, pad_to_max_tokens=True)(s),
+             layers.IntegerLookup(vocabulary=[1, 2])(n), layers.Hashing(5, output_mode="count")(s),
+             layers.CategoryEncoding(6, output_mode="one_hot")(n), layers.Discretization([0.5])(n)]
+    lookups = keras.Model([s, n], coded, name="lookups")
+    return {"cnn": cnn, "seq": seq, "two": two, "text": text, "lookups": lookups}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +66,20 @@ def test_shapes_equal_keras(saved):
         assert [i["shape"] for i in doc["inputs"]] == [_as_list(t.shape) for t in model.inputs], path
         assert [i["dtype"] for i in doc["inputs"]] == [t.dtype for t in model.inputs], path
         assert [o["shape"] for o in doc["outputs"]] == [_as_list(t.shape) for t in model.outputs], path
+
+
+def test_an_unknown_shape_says_where_it_stopped(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 2), name="x"), keras.layers.Permute((2, 1), name="swap"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, name="out")])
+    model.save(tmp_path / "p.keras")
+    res = run_cli("inspect", tmp_path / "p.keras")
+    assert "outputs         out ? (unknown from layer swap (Permute): wtool does not derive" in res.stdout, res
+    doc = run_cli("inspect", tmp_path / "p.keras", "--json").json()
+    assert doc["outputs"][0]["shape"] is None and doc["outputs"][0]["unknown"].startswith("layer swap (Permute)")
+    res = run_cli("inspect", SAMPLES / "texts.keras")
+    assert "outputs         out (None, 2)" in res.stdout
 
 
 def test_text_output_and_weights_only():

@@ -59,13 +59,34 @@ def _sequential(cfg: dict[str, Any], layers: list[Any]) -> dict[str, list[dict[s
     name = (first.get("config") or {}).get("name", "input") if first.get("class_name") == "InputLayer" else "input"
     inputs = [{"name": name, "shape": shape, "dtype": _dtype(first)}]
     current = shape
+    stopped: str | None = None if shape is not None else "the input's shape is not saved"
     for layer in layers:
         if layer.get("class_name") == "InputLayer":
             continue
+        known = current is not None
         current = layer_output(layer, [current])
+        if known and current is None:
+            stopped = _stopped_at(layer)
     last = layers[-1] if layers else {}
-    return {"inputs": inputs, "outputs": [{"name": (last.get("config") or {}).get("name", "output"),
-                                           "shape": current}]}
+    return {"inputs": inputs, "outputs": [_output((last.get("config") or {}).get("name", "output"), current,
+                                                  stopped)]}
+
+
+def _stopped_at(layer: dict[str, Any]) -> str:
+    """Why shapes after `layer` are unknown: its class has no rule here, or its config leaves it open."""
+    name = layer.get("name") or (layer.get("config") or {}).get("name") or "?"
+    cls = layer.get("class_name")
+    why = "its output shape depends on more than its config" if cls in _RULES or cls in (
+        "Sequential", "Functional", "Model") else "wtool does not derive that class's shape from a config"
+    return f"layer {name} ({cls}): {why}"
+
+
+def _output(name: str, shape: Shape, stopped: str | None) -> dict[str, Any]:
+    """An output entry; an unknown shape says where the derivation stopped (`unknown`)."""
+    entry: dict[str, Any] = {"name": name, "shape": shape}
+    if shape is None:
+        entry["unknown"] = stopped or "not derived"
+    return entry
 
 
 def _endpoints(value: Any) -> list[str]:
@@ -103,18 +124,25 @@ def _functional(cfg: dict[str, Any], layers: list[Any]) -> dict[str, list[dict[s
     # In the config's order, which Keras writes topologically, and without recursion: a deep model
     # (EfficientNetB7 has ~800 layers in a chain) or a hostile config must not exhaust the stack.
     # A layer whose input comes later (a malformed config, a cycle) gets an unknown shape.
+    stopped: dict[str, str] = {}  # layer -> where the shapes before it stopped being known
     for name, layer in by_name.items():
         if layer.get("class_name") == "InputLayer":
             memo[name] = _declared(layer)
+            if memo[name] is None:
+                stopped[name] = f"input {name}: its shape is not saved"
         else:
-            memo[name] = layer_output(layer, [memo.get(n) for n in _inbound(layer)])
+            inbound = _inbound(layer)
+            memo[name] = layer_output(layer, [memo.get(n) for n in inbound])
+            if memo[name] is None:
+                before = [stopped[n] for n in inbound if memo.get(n) is None and n in stopped]
+                stopped[name] = before[0] if before else _stopped_at(layer)
 
     def shape_of(name: str) -> Shape:
         return memo.get(name)
 
     inputs = [{"name": n, "shape": _declared(by_name[n]), "dtype": _dtype(by_name[n])}
               for n in _endpoints(cfg.get("input_layers"))]
-    outputs = [{"name": n, "shape": shape_of(n)} for n in _endpoints(cfg.get("output_layers"))]
+    outputs = [_output(n, shape_of(n), stopped.get(n)) for n in _endpoints(cfg.get("output_layers"))]
     return {"inputs": inputs, "outputs": outputs}
 
 
@@ -218,6 +246,52 @@ def _concatenate(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> 
     return out
 
 
+def _text_vectorization(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> Shape:
+    """Keras's TextVectorization.compute_output_shape: int -> (batch, output_sequence_length); the other
+    modes add a token axis (none with split=None) and encode it as its lookup layer does."""
+    if cfg.get("output_mode", "int") == "int":
+        length = cfg.get("output_sequence_length")
+        return [s[0], None if length is None else int(length)]
+    if cfg.get("split", "whitespace") is None:
+        inner = s + [1] if len(s) <= 1 else s
+    else:
+        inner = s + [None]
+    return _lookup(cfg, inner, ins)
+
+
+def _lookup(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> Shape:
+    """Keras's IndexLookup.compute_output_shape (StringLookup, IntegerLookup, TextVectorization's lookup).
+
+    An encoding's width is max_tokens when padded to it; otherwise it is the vocabulary's size when
+    Keras builds the graph, which the config does not reliably say (unknown)."""
+    mode = cfg.get("output_mode", "int")
+    if mode == "int":
+        return s
+    if not (cfg.get("pad_to_max_tokens") and isinstance(cfg.get("max_tokens"), int)):
+        return None
+    depth = int(cfg["max_tokens"])
+    if mode == "one_hot":
+        return (s[:-1] if len(s) > 1 and s[-1] == 1 else s) + [depth]
+    return s[:-1] + [depth]
+
+
+def _hashing(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> Shape:
+    if cfg.get("output_mode", "int") == "int":
+        return s
+    return s[:-1] + [int(cfg["num_bins"])]
+
+
+def _category_encoding(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> Shape:
+    tokens = int(cfg["num_tokens"])
+    if cfg.get("output_mode", "multi_hot") == "one_hot" and (s[-1] != 1 or len(s) == 1):
+        return s + [tokens]
+    return s[:-1] + [tokens]
+
+
+def _discretization(cfg: dict[str, Any], s: list[int | None], ins: list[Shape]) -> Shape:
+    return s if cfg.get("output_mode", "int") == "int" else None
+
+
 _RULES: dict[str, Callable[[dict[str, Any], list[int | None], list[Shape]], Shape]] = {
     "Dense": _dense, "Flatten": _flatten, "Embedding": _embedding, "Reshape": _reshape,
     "Conv1D": _conv, "Conv2D": _conv, "Conv3D": _conv, "SeparableConv2D": _conv, "SeparableConv1D": _conv,
@@ -227,4 +301,6 @@ _RULES: dict[str, Callable[[dict[str, Any], list[int | None], list[Shape]], Shap
     "GlobalMaxPooling1D": _global_pool, "GlobalMaxPooling2D": _global_pool,
     "LSTM": _rnn, "GRU": _rnn, "SimpleRNN": _rnn, "Bidirectional": _bidirectional,
     "Concatenate": _concatenate,
+    "TextVectorization": _text_vectorization, "StringLookup": _lookup, "IntegerLookup": _lookup,
+    "Hashing": _hashing, "CategoryEncoding": _category_encoding, "Discretization": _discretization,
 }

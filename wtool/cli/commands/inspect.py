@@ -359,7 +359,8 @@ def _io_text(tensors: list[dict[str, Any]], *, with_dtype: bool) -> str:
     for t in tensors:
         shape = "?" if t["shape"] is None else "(" + ", ".join("None" if d is None else str(d) for d in t["shape"]) + \
             ("," if len(t["shape"]) == 1 else "") + ")"
-        parts.append(f"{t['name']} {shape}" + (f" {t['dtype']}" if with_dtype else ""))
+        parts.append(f"{t['name']} {shape}" + (f" {t['dtype']}" if with_dtype else "")
+                     + (f" (unknown from {t['unknown']})" if t["shape"] is None and t.get("unknown") else ""))
     return ", ".join(parts) or "-"
 
 
