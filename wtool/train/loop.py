@@ -142,12 +142,12 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
     loaded = None
     if data is None:  # several inputs or outputs: the arrays are named by the model's inputs and outputs
         multi_io.refuse_distributed(dist.distributed)
-        loaded = _load_model(opts)
+        loaded = load_train_model(opts)
         data, val = multi_io.load_data(opts, ModelSide.of(loaded))
     seed = _agree_on_seed(opts, dist, meta, data, val)
     if isinstance(data, LabelledData) and data.folder and opts.val_split and val is None:
         data, val = split_validation(data, opts.val_split, seed)  # Keras's shuffled split of the files
-    m = _prepare_model(opts, data, val, seed, loaded)
+    m = prepare_model(opts, data, val, seed, loaded)
     feed = _prepare_feed(opts, dist, m, data, val, seed)
     ckpts = RunCheckpoints(m.model, m.model.optimizer, m.train_metrics, opts.early_stopping is not None, dist, ckpt_dir,
                            out_path, opts.keep_checkpoints)
@@ -162,7 +162,7 @@ def _train_in_scope(opts: TrainOptions, reporter: Reporter, dist: distribute.Dis
                val_rows=len(val) if val is not None else 0)
     run.run_epochs()
     restored_best = run.restore_best()
-    _check_frozen_unchanged(m.frozen, snapshot)
+    check_frozen_unchanged(m.frozen, snapshot)
     if m.lora is not None:
         before_save(m.model, m.lora)
     saved = m.model if m.original is None else precision.copy_back(m.model, m.original)
@@ -183,7 +183,7 @@ def _agree_on_seed(opts: TrainOptions, dist: distribute.Distribution, meta: dict
 
 
 @dataclass
-class _Model:
+class PreparedModel:
     """The model and everything that trains it, made inside the strategy's scope."""
 
     model: Any
@@ -203,7 +203,8 @@ class _Model:
     original: Any = None  # --mixed-precision: the model as loaded (float32 policies), written as OUT
 
 
-def _load_model(opts: TrainOptions) -> Any:
+def load_train_model(opts: TrainOptions) -> Any:
+    """MODEL as a Keras model (its --arch, --unsafe), before anything is frozen or compiled."""
     from wtool.graph.model import load_model
 
     return load_model(opts.model, unsafe=opts.unsafe, arch=opts.arch)
@@ -230,11 +231,11 @@ def _objectives(opts: TrainOptions, config: dict[str, Any] | None, model: Any, d
             None)
 
 
-def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: LabelledData | NamedData | None,
-                   seed: int, model: Any = None) -> _Model:
+def prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: LabelledData | NamedData | None,
+                   seed: int, model: Any = None) -> PreparedModel:
     """Load, freeze (or add LoRA adapters), resolve loss and metrics, build the optimizer (continuing the saved
     state), compile."""
-    model = model if model is not None else _load_model(opts)
+    model = model if model is not None else load_train_model(opts)
     check_output_keeps_vocabularies(model, str(resolve_out(opts)))  # a .h5 would drop a TextVectorization's
     original, policy = None, ""
     if opts.mixed_precision:
@@ -273,7 +274,7 @@ def _prepare_model(opts: TrainOptions, data: LabelledData | NamedData, val: Labe
     if original is not None:
         original.compile(optimizer=optimizer, **compile_args)
         notes.append(precision.describe(policy, model.optimizer))
-    return _Model(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
+    return PreparedModel(model, nodes, trainable, frozen, optimizer, loss_obj, loss_name, train_metrics, val_metrics,
                   restored_steps, notes, lora_run, objective, ModelSide.of(model) if objective is not None else None,
                   original)
 
@@ -317,7 +318,7 @@ def _steps_per_call(opts: TrainOptions, x_row: int, batch: int, n: int) -> int:
     return min(k, max(1, n // batch))
 
 
-def _named_feed(opts: TrainOptions, m: _Model, data: NamedData, val: NamedData | None, seed: int) -> _Feed:
+def _named_feed(opts: TrainOptions, m: PreparedModel, data: NamedData, val: NamedData | None, seed: int) -> _Feed:
     """Batches and compiled steps over every input and output array (multi_io)."""
     assert m.side is not None and m.objective is not None
     n = len(data)
@@ -335,7 +336,7 @@ def _named_feed(opts: TrainOptions, m: _Model, data: NamedData, val: NamedData |
     return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
 
 
-def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, data: LabelledData | NamedData,
+def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: PreparedModel, data: LabelledData | NamedData,
                   val: LabelledData | NamedData | None, seed: int) -> _Feed:
     if isinstance(data, NamedData):
         return _named_feed(opts, m, data, val if isinstance(val, NamedData) else None, seed)
@@ -372,7 +373,7 @@ def _prepare_feed(opts: TrainOptions, dist: distribute.Distribution, m: _Model, 
     return _Feed(batches, val_batches, batch, steps_per_epoch, k, jit, fns)
 
 
-def _check_monitor(opts: TrainOptions, m: _Model, val: LabelledData | NamedData | None) -> str:
+def _check_monitor(opts: TrainOptions, m: PreparedModel, val: LabelledData | NamedData | None) -> str:
     monitor = opts.monitor or ("val_loss" if val is not None else "loss")
     if opts.early_stopping is not None and monitor.startswith("val_") and val is None:
         raise UsageError(f"--monitor {monitor} needs validation data", "pass --val-data or --val-split")
@@ -386,7 +387,7 @@ def _check_monitor(opts: TrainOptions, m: _Model, val: LabelledData | NamedData 
 class _Run:
     """The epochs of one run: train, validate, early stopping, checkpoints, signals, progress."""
 
-    def __init__(self, opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution, m: _Model,
+    def __init__(self, opts: TrainOptions, reporter: Reporter, dist: distribute.Distribution, m: PreparedModel,
                  feed: _Feed, ckpts: RunCheckpoints, state: RunState, *, seed: int, monitor: str, rows: int,
                  val_rows: int) -> None:
         self.opts, self.reporter, self.dist, self.m, self.feed = opts, reporter, dist, m, feed
@@ -608,7 +609,8 @@ class _Run:
         }
 
 
-def _check_frozen_unchanged(frozen: list[tuple[str, Any]], snapshot: dict[str, np.ndarray]) -> None:
+def check_frozen_unchanged(frozen: list[tuple[str, Any]], snapshot: dict[str, np.ndarray]) -> None:
+    """A frozen weight that moved during the run is wtool's bug, not the user's: refuse to write OUT."""
     changed = [path for path, w in frozen if np.asarray(w.numpy()).tobytes() != snapshot[path].tobytes()]
     if changed:
         raise InternalError(f"frozen weight {changed[0]} changed during training"

@@ -32,7 +32,7 @@ from wtool.fileio import check_input_file
 from wtool.graph.model import import_keras
 from wtool.train import steps
 from wtool.train.data import LabelledData, check_fits, model_io, saved_class_names
-from wtool.train.loop import _check_frozen_unchanged, _load_model, _prepare_model
+from wtool.train.loop import check_frozen_unchanged, load_train_model, prepare_model
 from wtool.train.objectives import y_dtype
 from wtool.train.optim import describe_optimizer
 from wtool.train.options import TrainOptions, check_options, resolve_out
@@ -203,14 +203,14 @@ class _Stream:
         seed = opts.seed if opts.seed is not None else secrets.randbelow(2**31)
         import_keras().utils.set_random_seed(seed)
         data = LabelledData(first.x, first.y, f"stdin ({first.where})")
-        model = _load_model(opts)
+        model = load_train_model(opts)
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             n_in, n_out = len(model.inputs), len(model.outputs)
             raise IncompatibleError(f"{opts.model} has {n_in} input{'s' * (n_in != 1)} and {n_out} output"
                                     f"{'s' * (n_out != 1)}; "
                                     "--data - trains models with one input and one output for now",
                                     "for several, write the batches to a .npz and use --x-key/--y-key NAME=KEY")
-        m = _prepare_model(opts, data, None, seed, model)  # loss, metrics, optimizer (the saved state), checks
+        m = prepare_model(opts, data, None, seed, model)  # loss, metrics, optimizer (the saved state), checks
         self.m = m
         self.io_ = io_ = model_io(m.model)
         self.x_dtype = io_.input_dtype if io_.input_dtype != "float64" else "float32"
@@ -238,7 +238,7 @@ class _Stream:
             raise type(exc)(f"{exc.message}; {self._kept()}", exc.hint) from None
         if self.counts.window[1]:
             self._line()
-        _check_frozen_unchanged(m.frozen, snapshot)
+        check_frozen_unchanged(m.frozen, snapshot)
         self._save()
         return self._summary(seed, jit, t_start)
 
