@@ -153,28 +153,28 @@ def test_bad_line_mid_stream_keeps_the_last_save(wtool, tmp_path, reference):
     _assert_same(out, reference[1])  # batch 3 was incomplete when the bad line came: not trained, not saved
 
 
+def _refused(wtool, out: Path, stream: bytes, *extra: str, code: int, message: str, model: Path = XOR) -> None:
+    """`train MODEL --data - -o OUT` on `stream` exits `code` saying `message`, and leaves no OUT."""
+    res = wtool("train", model, "--data", "-", "-o", out, *extra, input=stream)
+    assert res.exit_code == code, res
+    assert message in res.stderr
+    assert not out.exists()
+
+
 def test_shape_mismatch_mid_stream_writes_nothing_without_saves(wtool, tmp_path):
     out = tmp_path / "o.keras"
-    stream = _jsonl(_batches([8])) + b'{"x": [1, 2, 3], "y": [0]}\n'
-    res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", input=stream)
-    assert res.exit_code == 4, res
-    assert f"error: stdin: line 9: x has shape (3,); the first row's has (2,); {out} was not written" in res.stderr
-    assert not out.exists()
+    _refused(wtool, out, _jsonl(_batches([8])) + b'{"x": [1, 2, 3], "y": [0]}\n', "--batch-size", "4", code=4,
+             message=f"error: stdin: line 9: x has shape (3,); the first row's has (2,); {out} was not written")
     # an .npy batch that does not fit the model: exit 4, named by its place in the stream
     stream = _npy(_batches([4])) + _npy([(np.zeros((2, 3), "float32"), np.zeros((2, 1), "float32"))])
-    res = wtool("train", XOR, "--data", "-", "-o", out, input=stream)
-    assert res.exit_code == 4, res
-    assert "error: stdin: batch 2 (arrays 3-4): model expects (None, 2)" in res.stderr
-    assert not out.exists()
+    _refused(wtool, out, stream, code=4, message="error: stdin: batch 2 (arrays 3-4): model expects (None, 2)")
 
 
 def test_nan_mid_stream_names_the_line(wtool, tmp_path):
     out = tmp_path / "o.keras"
     stream = _jsonl(_batches([4])) + b'{"x": [0.5, 0.5], "y": [1.0]}\n{"x": [NaN, 0.5], "y": [1.0]}\n'
-    res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", input=stream)
-    assert res.exit_code == 3, res
-    assert f"error: stdin: line 6: x holds NaN or Inf; {out} was not written" in res.stderr
-    assert not out.exists()
+    _refused(wtool, out, stream, "--batch-size", "4", code=3,
+             message=f"error: stdin: line 6: x holds NaN or Inf; {out} was not written")
     # labels of 1e30 make mse Inf in float32: exit 6, as for files, after the good batch was trained and saved
     stream = _jsonl(_batches([4, 4])) + b'{"x": [0.5, 0.5], "y": [1e30]}\n'
     res = wtool("train", XOR, "--data", "-", "-o", out, "--batch-size", "4", "--save-every", "1", input=stream)
@@ -185,11 +185,8 @@ def test_nan_mid_stream_names_the_line(wtool, tmp_path):
 
 
 def test_a_two_input_model_is_refused(wtool, tmp_path):
-    res = wtool("train", SAMPLES / "two_inputs.keras", "--data", "-", "-o", tmp_path / "o.keras",
-                input=_jsonl(_batches([2])))
-    assert res.exit_code == 4, res
-    assert "has 2 inputs and 2 outputs; --data - trains models with one input and one output" in res.stderr
-    assert not (tmp_path / "o.keras").exists()
+    _refused(wtool, tmp_path / "o.keras", _jsonl(_batches([2])), model=SAMPLES / "two_inputs.keras", code=4,
+             message="has 2 inputs and 2 outputs; --data - trains models with one input and one output")
 
 
 def test_sigterm_while_waiting_writes_every_finished_batch(tmp_path, reference):
