@@ -303,3 +303,36 @@ def test_model_with_a_list_of_one_input_runs_without_keras_warnings(wtool, tmp_p
     assert res.exit_code == 0, res
     assert res.json()["metrics"]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert not [w for w in recwarn if "structure of `inputs`" in str(w.message)]
+
+
+def test_plot_draws_every_classifier_output(wtool, tmp_path):
+    """Two classifier outputs (and a regression one, not drawn): one panel each in the picture, named and
+    with its own counts (the SVG keeps its words as text)."""
+    import re
+
+    keras = _keras()
+    keras.utils.set_random_seed(3)
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, [keras.layers.Dense(2, activation="softmax", name="left")(x),
+                            keras.layers.Dense(1, name="level")(x),
+                            keras.layers.Dense(3, activation="softmax", name="right")(x)])
+    model.compile(loss={"left": "sparse_categorical_crossentropy", "level": "mse",
+                        "right": "sparse_categorical_crossentropy"})
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3)).astype("float32"), a=rng.integers(0, 2, 40),
+             v=rng.normal(size=(40, 1)).astype("float32"), b=rng.integers(0, 3, 40))
+    target = tmp_path / "cm.svg"
+    doc = _eval(wtool, tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--x-key", "x", "--y-key", "left=a",
+                "--y-key", "level=v", "--y-key", "right=b", "--plot", target)
+    assert doc["plot"] == str(target) and [c["output"] for c in doc["classification"]] == ["left", "right"]
+    words = re.findall(r"<text[^>]*>([^<]*)</text>", target.read_text())
+    for c in doc["classification"]:
+        assert f"{c['output']}: accuracy {c['accuracy']:.4f}" in words
+    counts = sorted(int(w) for w in words if w.isdigit())
+    cells = sorted(v for c in doc["classification"] for row in c["confusion_matrix"] for v in row)
+    assert all(counts.count(v) >= cells.count(v) for v in set(cells))  # 4 + 9 cells written (ticks may add digits)
+    png = tmp_path / "cm.png"
+    _eval(wtool, tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--x-key", "x", "--y-key", "left=a",
+          "--y-key", "level=v", "--y-key", "right=b", "--plot", png)
+    assert _png_size(png) == (800, 600)

@@ -39,8 +39,11 @@ def _matplotlib() -> Any:
 
 
 def _save(figure: Any, canvas_class: Any, path: str) -> None:
+    import matplotlib
+
     canvas_class(figure)
-    with atomic_output(path) as tmp:
+    # an SVG keeps its words as text (searchable, editable), not as outlines
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_output(path) as tmp:
         figure.savefig(tmp, dpi=DPI, format=Path(path).suffix.lower().lstrip("."))
 
 
@@ -71,27 +74,37 @@ def plot_curves(path: str, history: list[dict[str, Any]]) -> None:
     _save(figure, canvas, path)
 
 
-def plot_confusion(path: str, classification: dict[str, Any]) -> None:
-    """A confusion matrix as a heat map: rows the true class, columns the predicted one."""
+def plot_confusion(path: str, classifications: list[dict[str, Any]]) -> None:
+    """Each classifier output's confusion matrix as a heat map, one panel per output in one picture
+    (rows the true class, columns the predicted one)."""
+    import math
+
     import numpy as np
 
     _, figure_class, canvas = _matplotlib()
-    matrix = np.asarray(classification["confusion_matrix"])
-    classes = classification["classes"]
     figure = figure_class(figsize=FIG_INCHES)
-    axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(matrix, cmap="Blues", interpolation="nearest")
-    figure.colorbar(image, ax=axes)
-    n = len(classes)
-    if n <= MAX_ANNOTATED_CLASSES:
-        axes.set_xticks(range(n), labels=classes, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center")
-        axes.set_yticks(range(n), labels=classes)
-        middle = matrix.max() / 2 if matrix.size else 0
-        for (row, col), count in np.ndenumerate(matrix):
-            axes.text(col, row, str(count), ha="center", va="center", fontsize="small",
-                      color="white" if count > middle else "black")
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(f"{classification['output']}: accuracy {classification['accuracy']:.4f}")
+    cols = min(len(classifications), 3)
+    rows = math.ceil(len(classifications) / cols)
+    small = len(classifications) > 1
+    for i, classification in enumerate(classifications):
+        matrix = np.asarray(classification["confusion_matrix"])
+        classes = classification["classes"]
+        axes = figure.add_subplot(rows, cols, i + 1)
+        image = axes.imshow(matrix, cmap="Blues", interpolation="nearest")
+        figure.colorbar(image, ax=axes, shrink=0.5 if small else 1.0)
+        n = len(classes)
+        if n <= MAX_ANNOTATED_CLASSES // (cols if small else 1):
+            rotate = n > (4 if small else 8)
+            axes.set_xticks(range(n), labels=classes, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                            fontsize="small" if small else None)
+            axes.set_yticks(range(n), labels=classes, fontsize="small" if small else None)
+            middle = matrix.max() / 2 if matrix.size else 0
+            for (row, col), count in np.ndenumerate(matrix):
+                axes.text(col, row, str(count), ha="center", va="center", fontsize="x-small" if small else "small",
+                          color="white" if count > middle else "black")
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+        axes.set_title(f"{classification['output']}: accuracy {classification['accuracy']:.4f}",
+                       fontsize="medium" if small else None)
     figure.tight_layout()
     _save(figure, canvas, path)

@@ -134,7 +134,8 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.option("--fail-above", multiple=True, metavar="METRIC=VALUE",
               help="Exit 1 when METRIC is above VALUE (repeatable; loss-like metrics, better when lower).")
 @click.option("--plot", "plot_path", type=OutputPath, metavar="FILE.png",
-              help="Draw the confusion matrix to FILE (.png, .svg, .pdf; needs matplotlib: wtool[plot]).")
+              help="Draw the confusion matrix to FILE (.png, .svg, .pdf; needs matplotlib: wtool[plot]); one panel per "
+              "classifier output.")
 @common_options
 def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...], y_files: tuple[str, ...],
             x_keys: tuple[str, ...], y_keys: tuple[str, ...], target: str | None, drop: tuple[str, ...],
@@ -194,7 +195,7 @@ def command(out: Output, model: str, data: str | None, x_files: tuple[str, ...],
         else:
             from wtool.cli.plot import plot_confusion
 
-            plot_confusion(plot_path, document["classification"][0])
+            plot_confusion(plot_path, document["classification"])  # one panel per classifier output
             document["plot"] = plot_path
     out.result(document, _render(document))
     if not document["passed"]:
