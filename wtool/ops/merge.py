@@ -12,10 +12,13 @@ Modes (one per run):
 
 The output is a copy of the first model (its format, architecture and optimizer state),
 with the merged weights written through `wtool.store.write`. A merged value is computed
-only when the writer asks for it (`LazyMerge.__array__`), one weight at a time and block
-by block (1M elements of each input), so memory holds one result weight rather than
-whole models; the writer's read-back check compares the written bytes with the CRC-32 and
-first and last rows the value kept of itself (`store_write.WrittenSummary`), not computing it again. Integer and boolean weights
+only when the writer asks for it, one weight at a time. A float weight that every input
+stores as plain bytes (what Keras writes) is streamed: read raw in small blocks, combined
+in float32 (float64 for float64 weights) and written straight to OUT with its distances
+summed in the same pass (`wtool.ops.merge_stream`, which states the precision). Any other
+weight is computed whole in float64 through h5py (`merge_weight`). Either way the writer's
+read-back check compares the written bytes with the CRC-32 and first and last rows the
+value kept of itself (`store_write.WrittenSummary`), not computing it again. Integer and boolean weights
 (step counters, quantized values) are merged only when identical in every input.
 BatchNorm moving statistics are averaged like any other weight, or re-estimated on data
 with `recompute_bn` (`wtool.ops.bn_stats`, which needs TensorFlow): the merge is staged in
@@ -131,14 +134,33 @@ def merge_weight(files: Sequence[Any], base: Any, path: str, mode: str, coeffici
 
 
 class LazyMerge:
-    """A merged weight computed when the writer converts it to an array (and dropped after)."""
+    """A merged weight computed when the writer asks for it (and dropped after).
 
-    def __init__(self, shape: tuple[int, ...], compute: Any, record: WeightMerge) -> None:
+    With a `StreamedMerge` (the inputs' bytes are plainly stored), the writer calls
+    `stream_to` and the weight goes block by block from the inputs to OUT; otherwise it
+    converts the value to an array (`__array__`, `merge_weight`).
+    """
+
+    def __init__(self, shape: tuple[int, ...], compute: Any, record: WeightMerge,
+                 streamed: Any = None) -> None:
         self.shape = shape
+        self.dtype = np.dtype(record.dtype)
         self._compute = compute
         self._record = record
+        self._streamed = streamed
 
     summary: Any = None  # store_write.WrittenSummary of what was handed out, for the read-back check
+
+    @property
+    def streams(self) -> bool:
+        return self._streamed is not None
+
+    def stream_to(self, fd: int, offset: int, pwrite: Any) -> None:
+        """Write the merged bytes at `offset` of `fd` (the writer's `pwrite`), keeping the summary."""
+        crc, first, last, distances = self._streamed.write_to(fd, offset, pwrite)
+        self._record.distances = distances
+        nbytes = math.prod(self.shape) * self.dtype.itemsize
+        self.summary = store_write.WrittenSummary(nbytes, crc, first, last)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         result, distances = self._compute()
@@ -225,9 +247,14 @@ def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], t
         return _merge_ema(models[0], out, reset_optimizer, unsafe)
     from contextlib import ExitStack
 
+    from wtool.ops import merge_stream
+
     with ExitStack() as stack:
         files = [stack.enter_context(open_checked(p)) for p in models]
         base = stack.enter_context(open_checked(task_base)) if task_base else None
+        workspace = merge_stream.Workspace()
+        stack.callback(workspace.close)
+        images: dict[Any, Any] = {}
         first = files[0]
         _check_same(first, [*files[1:], *([base] if base is not None else [])], [*models[1:],
                                                                                   *([task_base] if task_base else [])])
@@ -247,7 +274,9 @@ def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], t
             def compute(path: str = w.path) -> tuple[np.ndarray, list[float]]:
                 return merge_weight(files, base, path, mode, coeffs)
 
-            lazy = LazyMerge(tuple(w.shape), compute, record)
+            lazy = LazyMerge(tuple(w.shape), compute, record,
+                             _streamed(files, base, w.path, tuple(w.shape), w.dtype, mode, coeffs, workspace,
+                                       images))
             writes.append(store_write.WeightWrite(w.h5_name, value=lazy))  # type: ignore[arg-type]
         if layers and not any(r.status == "merged" for r in report.weights):
             raise IncompatibleError(f"--layers {', '.join(layers)}: selects no float weight to merge")
@@ -261,6 +290,23 @@ def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], t
         report.notes.append(f"optimizer state of {models[0]} kept: its moments belong to that model "
                             "(use --reset-optimizer to drop it)")
     return report
+
+
+def _streamed(files: Sequence[Any], base: Any, path: str, shape: tuple[int, ...], dtype: str, mode: str,
+              coeffs: list[float], workspace: Any, images: dict[Any, Any]) -> Any:
+    """A StreamedMerge when every input holds the weight as plain bytes, else None (the h5py path)."""
+    from wtool.ops import merge_stream
+
+    if not merge_stream.StreamedMerge.supported(shape):
+        return None
+    raws = [merge_stream.raw_weight(f, path, images) for f in files]
+    raw_base = merge_stream.raw_weight(base, path, images) if base is not None else None
+    if any(r is None for r in raws) or (base is not None and raw_base is None):
+        return None
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if any(r.nbytes != nbytes for r in [*raws, *([raw_base] if raw_base is not None else [])]):
+        return None
+    return merge_stream.StreamedMerge(shape, np.dtype(dtype), raws, raw_base, mode, coeffs, workspace)
 
 
 def _merge_recomputing_bn(models: Sequence[str], out: str, bn: BnRecompute, mode: str, coeffs: list[float],

@@ -36,6 +36,7 @@ ASSETS_PREFIX = "assets/"
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 CHUNK = 1 << 20
+STORED_CHUNK = 4 << 20
 _EOCD_SIG = b"PK\x05\x06"
 _ZIP64_LOCATOR_SIG = b"PK\x06\x07"
 _ZIP64_EOCD_SIG = b"PK\x06\x06"
@@ -167,6 +168,10 @@ def _check_no_overlap(infos: list[zipfile.ZipInfo], fh: IO[bytes], path: str, si
 def stream_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: int,
                   sink: Callable[[bytes], None] | None = None, hint: str | None = None) -> int:
     """Read one member to its end in chunks, never past `cap` bytes; zipfile checks the CRC at the end."""
+    if sink is None:
+        stored = _stream_stored(zf, info, path, cap, hint)
+        if stored is not None:
+            return stored
     total = 0
     try:
         with zf.open(info) as member:
@@ -190,6 +195,47 @@ def stream_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: in
     except (EOFError, OSError, ValueError, NotImplementedError, struct.error, RuntimeError) as exc:
         raise InputError(f"{path}: member {shown(info.filename)} cannot be read ({type(exc).__name__})") from None
     return total
+
+
+def _stream_stored(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: int, hint: str | None) -> int | None:
+    """A stored member's CRC, read with preadv into one reused buffer (twice as fast as zipfile's reads,
+    which allocate every chunk: this is most of opening a large .keras file). None: take zipfile's way.
+
+    zipfile still opens the member first, so its local-header checks (name, flags) apply as before.
+    """
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or info.file_size != info.compress_size:
+        return None
+    try:
+        fd = zf.fp.fileno()  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return None
+    n = info.file_size
+    if n > cap:
+        raise InputError(f"{path}: member {shown(info.filename)} decompresses to more than "
+                         f"{fmt_bytes(cap)} (limit)", hint or MAX_BYTES_HINT)
+    try:
+        with zf.open(info):
+            pass
+        head = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+        if len(head) < _LOCAL_HEADER.size or head[:4] != ZIP_MAGIC:
+            raise zipfile.BadZipFile("bad local header")
+        fields = _LOCAL_HEADER.unpack(head)
+        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        buf = memoryview(bytearray(min(n, STORED_CHUNK) or 1))
+        crc = done = 0
+        while done < n:
+            got = os.preadv(fd, [buf[:min(len(buf), n - done)]], start + done)
+            if got <= 0:
+                raise EOFError
+            crc = zlib.crc32(buf[:got], crc)
+            done += got
+    except zipfile.BadZipFile:
+        raise InputError(f"{path}: member {shown(info.filename)}: corrupt member (damaged archive)") from None
+    except (EOFError, OSError, ValueError, NotImplementedError, struct.error, RuntimeError) as exc:
+        raise InputError(f"{path}: member {shown(info.filename)} cannot be read ({type(exc).__name__})") from None
+    if crc != info.CRC:
+        raise InputError(f"{path}: member {shown(info.filename)}: CRC mismatch (damaged archive)")
+    return n
 
 
 def open_zip(fh: IO[bytes], path: str, limits: Limits) -> tuple[zipfile.ZipFile, int]:
