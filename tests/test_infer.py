@@ -569,3 +569,62 @@ def test_misaligned_batches_are_copied_not_shared():
     assert aligned.ctypes.data % 64 == 0
     np.testing.assert_array_equal(frozen.predict_batch([odd])[0], frozen.predict_batch([aligned])[0])
     np.testing.assert_allclose(frozen.predict_batch([odd])[0], numpy_mlp(x.astype(np.float64)), atol=1e-5)
+
+
+PRECHECK_PROBE = """
+import json, sys
+import wtool.cli
+found = []
+for args in json.loads(sys.argv[1]):
+    try:
+        code = wtool.cli.cli.main(args, prog_name="wtool", standalone_mode=False) or 0
+    except SystemExit as exc:
+        code = exc.code
+    except Exception as exc:
+        code = getattr(exc, "exit_code", repr(exc))
+    found.append(code)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+sys.stderr.write("\\nPROBE " + json.dumps({"codes": found, "loaded": loaded}) + "\\n")
+"""
+
+
+def test_bad_text_inputs_fail_before_tensorflow_loads(tmp_path):
+    """Issue 13: a CSV / TSV / JSON-lines input whose first row does not fit the saved input shape (or
+    dtype) is exit 4 before TensorFlow is imported, as .npy/.npz were: one fresh interpreter runs every
+    case and has imported neither tensorflow nor keras at the end. Only the header and first row are read."""
+    import subprocess
+    import sys
+
+    (tmp_path / "wide.csv").write_text("a,b,c\n0,1,1\n1,0,1\n")
+    (tmp_path / "wide.tsv").write_text("0\t1\t1\n1\t0\t1\n")
+    (tmp_path / "deep.jsonl").write_text('{"x": [[0, 1]]}\n{"x": [[1, 0]]}\n')
+    (tmp_path / "labelled.csv").write_text("a,b,c,y\n0,1,1,0\n" + "not,even,numbers,here\n" * 3)
+    (tmp_path / "two.csv").write_text("t,u\nfine film,good\n")
+    xor, texts = str(SAMPLES / "xor.keras"), str(SAMPLES / "texts.keras")
+    cases = [
+        ["infer", xor, str(tmp_path / "wide.csv")],
+        ["infer", xor, str(tmp_path / "wide.tsv")],
+        ["infer", xor, str(tmp_path / "deep.jsonl")],
+        ["infer", xor, str(tmp_path / "labelled.csv"), "--target", "y"],  # 3 columns left: still too wide
+        ["infer", xor, str(tmp_path / "wide.csv"), "--columns", "a,nope"],  # a bad option: exit 2, early too
+        ["infer", texts, str(tmp_path / "two.csv")],  # a string model: (None, 1) against rows of 2 strings
+    ]
+    import os
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # this tree
+    proc = subprocess.run([sys.executable, "-c", PRECHECK_PROBE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    line = [x for x in proc.stderr.splitlines() if x.startswith("PROBE ")]
+    assert line, proc.stderr[-2000:]
+    result = json.loads(line[-1][len("PROBE "):])
+    assert result["codes"] == [4, 4, 4, 4, 2, 4], proc.stderr
+    assert result["loaded"] == [], result["loaded"][:5]
+    assert proc.stderr.count("model expects (None, 2); input rows have shape (3,)") == 3
+    assert "model expects (None, 2); input rows have shape (1, 2) in" in proc.stderr
+    assert "no column 'nope'" in proc.stderr
+    # in-process, the same file with the right columns runs: the look at the first row changed nothing
+    res = run_cli("infer", xor, tmp_path / "wide.csv", "--columns", "a,b", "-o", tmp_path / "p.csv")
+    assert res.exit_code == 0, res
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3  # a header and both rows

@@ -336,12 +336,15 @@ class _LineSource(RowSource):
     fh: IO[str]
     first_data_line: int  # 1-based line number of the first data row
 
-    def _count_rows(self) -> int:
+    def _count_rows(self, limit: int | None = None) -> int:
+        """Data rows (at most `limit`: a header-only look counts to 1, to tell an empty file)."""
         self.fh.seek(0)
         count = 0
         for lineno, line in enumerate(self.fh, 1):
             if lineno >= self.first_data_line and line.strip():
                 count += 1
+                if limit is not None and count >= limit:
+                    break
         return count
 
     def _line_batches(self, batch_size: int, start: int, stop: int) -> Iterator[list[tuple[int, str]]]:
@@ -394,7 +397,7 @@ class CsvSource(_LineSource):
 
     def __init__(self, fh: IO[str], name: str, columns: str | Sequence[str] | None = None,
                  header: bool | None = None, delimiter: str = ",", drop: Sequence[str] = (),
-                 target: str | None = None, text: bool = False) -> None:
+                 target: str | None = None, text: bool = False, head_only: bool = False) -> None:
         self.fh = fh
         self.name = name
         self.format = "tsv" if delimiter == "\t" else "csv"
@@ -419,7 +422,7 @@ class CsvSource(_LineSource):
         if drop or target is not None:
             self.usecols = self._without(drop, target)
         self.row_shape = (len(self.usecols) if self.usecols is not None else self.n_columns,)
-        self.n_rows = self._count_rows()
+        self.n_rows = self._count_rows(1 if head_only else None)
         if self.n_rows == 0:
             raise InputError(f"{name}: empty input (a header row but no data rows)")
 
@@ -538,7 +541,8 @@ class JsonlSource(_LineSource):
     With `text`, rows hold strings instead (for string-input models).
     """
 
-    def __init__(self, fh: IO[str], name: str, key: str | None = None, text: bool = False) -> None:
+    def __init__(self, fh: IO[str], name: str, key: str | None = None, text: bool = False,
+                 head_only: bool = False) -> None:
         self.fh = fh
         self.name = name
         self.format = "jsonl"
@@ -556,7 +560,7 @@ class JsonlSource(_LineSource):
         if first is None:
             raise InputError(f"{name}: empty input (no rows)")
         self.row_shape = tuple(first.shape)
-        self.n_rows = self._count_rows()
+        self.n_rows = 1 if head_only else self._count_rows()
 
     def _parse(self, lineno: int, line: str, first: bool = False) -> np.ndarray:
         try:
@@ -662,7 +666,8 @@ def format_of(path: str | os.PathLike[str], table: Mapping[str, str] = INPUT_FOR
 
 def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str | Sequence[str] | None = None,
               *, fmt: str | None = None, header: bool | None = None, stdin: BinaryIO | None = None,
-              drop: Sequence[str] = (), target: str | None = None, strings: bool = False) -> RowSource:
+              drop: Sequence[str] = (), target: str | None = None, strings: bool = False,
+              head_only: bool = False) -> RowSource:
     """Open `path` (or `-` for stdin) as a RowSource. `key` picks an .npz array or a JSON field.
 
     `fmt` overrides the format guessed from the extension (or sniffed from stdin's first bytes);
@@ -670,6 +675,8 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
     `header` forces a CSV header row on or off (default: detected from the first row);
     `drop` leaves CSV columns out, and `target` the label column when the file has one.
     `strings` reads strings, not numbers (the rows of a string-input model).
+    `head_only`: a CSV or JSON-lines file is read only up to its first data row (its row shape, for a
+    check before the model loads); `n_rows` is then 1, not the count.
     """
     text = os.fspath(path)
     if fmt is not None and fmt not in FORMAT_NAMES:
@@ -706,9 +713,9 @@ def open_rows(path: str | os.PathLike[str], key: str | None = None, columns: str
             source = _open_npz(name, fh, key, strings)
         elif fmt in ("csv", "tsv"):
             source = CsvSource(_text(fh), name, columns, header, "\t" if fmt == "tsv" else ",", drop, target,
-                               strings)
+                               strings, head_only)
         elif fmt == "jsonl":
-            source = JsonlSource(_text(fh), name, key, strings)
+            source = JsonlSource(_text(fh), name, key, strings, head_only)
         else:
             source = _open_json(_text(fh), name, key, strings)
     except UnicodeDecodeError:

@@ -698,9 +698,10 @@ def parse_input_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[str, str], *,
                 key: str | None = None, columns: str | None = None, fmt: str | None = None,
                 header: bool | None = None, stdin: Any = None, drop: Sequence[str] = (),
-                target: str | None = None, images: ImageOptions | None = None) -> list[RowSource]:
+                target: str | None = None, images: ImageOptions | None = None,
+                head_only: bool = False) -> list[RowSource]:
     """One RowSource per model input (`specs`: the model's inputs), in the model's input order (a folder:
-    its images, via Keras)."""
+    its images, via Keras). `head_only`: CSV / JSON lines read to their first row only (open_rows)."""
     if positional is not None and positional != "-" and Path(positional).is_dir():
         if len(specs) != 1:
             raise UsageError(f"{positional}: a folder of images or texts feeds a model with one input")
@@ -730,7 +731,7 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
         plain = takes_strings(specs[0]) and key is None and columns is None and not drop and target is None
         member, cols = _by_name(path, specs[0], fmt, plain, npz=False) or (key, columns)
         return [open_rows(path, member, cols, fmt=fmt, header=header, stdin=stdin, drop=drop, target=target,
-                          strings=takes_strings(specs[0]))]
+                          strings=takes_strings(specs[0]), head_only=head_only)]
     # Several model inputs: --input NAME=FILE each, or one .npz holding an array per input name.
     paths: dict[str, str] = dict(named)
     if positional is not None:
@@ -751,7 +752,7 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
             path = paths[spec.name]
             member, cols = _by_name(path, spec, fmt, plain) or (key, columns)
             sources.append(open_rows(path, member, cols, fmt=fmt, header=header, stdin=stdin, drop=drop,
-                                     target=target, strings=takes_strings(spec)))
+                                     target=target, strings=takes_strings(spec), head_only=head_only))
     except BaseException:
         for s in sources:
             s.close()
@@ -759,23 +760,33 @@ def open_inputs(specs: Sequence[InputSpec], positional: str | None, named: dict[
     return sources
 
 
-def precheck_inputs(saved: Sequence[tuple[str, tuple[int | None, ...], str]], positional: str | None,
-                    named: dict[str, str], *, key: str | None = None, fmt: str | None = None) -> None:
-    """Array inputs checked against the input shapes the file records, before TensorFlow loads.
+# Inputs whose row shape costs next to nothing to learn: an array header, a CSV header and first row,
+# a first JSON line. (A .json document is parsed whole, stdin cannot be read twice, a folder is Keras's.)
+PRECHECK_FORMATS = ("npy", "npz", "csv", "tsv", "jsonl")
 
-    Only .npy/.npz files: their header gives the row shape at no cost (a CSV would be read twice,
-    stdin cannot be). Anything this cannot settle is left to the checks after loading.
+
+def precheck_inputs(saved: Sequence[tuple[str, tuple[int | None, ...], str]], positional: str | None,
+                    named: dict[str, str], *, key: str | None = None, fmt: str | None = None,
+                    columns: str | None = None, header: bool | None = None, drop: Sequence[str] = (),
+                    target: str | None = None) -> None:
+    """Inputs checked against the input shapes and dtypes the file records, before TensorFlow loads.
+
+    Only PRECHECK_FORMATS, opened as the run will open them (--columns, --drop, --target, --header)
+    but read no further than their first row, so a bad input fails in a fraction of a second.
+    Anything this cannot settle (row counts, every later row) is left to the checks after loading.
     """
     paths = [positional] if positional is not None else []
     paths += list(named.values())
-    if not paths or any(p == "-" or (fmt or Path(p).suffix.lower().lstrip(".")) not in ("npy", "npz")
+    if not paths or any(p == "-" or Path(p).is_dir() or (fmt or format_of(p)) not in PRECHECK_FORMATS
                         for p in paths):
         return
     specs = [InputSpec(name, tuple(shape), dtype) for name, shape, dtype in saved]
-    sources = open_inputs(specs, positional, named, key=key, fmt=fmt)
+    sources = open_inputs(specs, positional, named, key=key, fmt=fmt, columns=columns, header=header, drop=drop,
+                          target=target, head_only=True)
     try:
         for spec, src in zip(specs, sources, strict=True):
             fit_rows(spec, src.row_shape, src.name, len(specs))
+            _check_strings(spec, src)
     finally:
         for src in sources:
             src.close()

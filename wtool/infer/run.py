@@ -115,7 +115,8 @@ def run_infer(opts: InferOptions, to_stdout: SinkFactory, progress: ProgressFact
 
     saved = saved_inputs(opts.model) if opts.arch is None else None
     if saved is not None:  # a bad input fails in a fraction of a second, TensorFlow never loaded
-        infer.precheck_inputs(saved, opts.input_path, named, key=opts.input_key, fmt=opts.input_format)
+        infer.precheck_inputs(saved, opts.input_path, named, key=opts.input_key, fmt=opts.input_format,
+                              columns=opts.columns, header=opts.header, drop=opts.drop, target=opts.target)
     frozen = infer.load_frozen(opts.model, unsafe=opts.unsafe, arch=opts.arch)
     before = frozen.fingerprint()
     sources = infer.open_inputs(frozen.inputs, opts.input_path, named, key=opts.input_key, columns=opts.columns,
