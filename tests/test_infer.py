@@ -628,3 +628,28 @@ def test_bad_text_inputs_fail_before_tensorflow_loads(tmp_path):
     res = run_cli("infer", xor, tmp_path / "wide.csv", "--columns", "a,b", "-o", tmp_path / "p.csv")
     assert res.exit_code == 0, res
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 3  # a header and both rows
+
+
+def test_a_labels_file_is_read_whole_or_refused(tmp_path):
+    """--labels past 16 MiB was cut short silently (names dropped or split); now it is read whole, and a
+    file over the labels limit is one exit-3 line."""
+    from wtool.safety import limits
+
+    padded = tmp_path / "xor.txt"
+    padded.write_text("off" + " " * (17 << 20) + "\non\n")  # the second name starts past 16 MiB
+    xor_p = numpy_xor(sample("xor").astype(np.float64))[:, 0]
+    res = ok(SAMPLES / "xor.keras", SAMPLES / "xor.npz", "--threshold", "0.3", "--labels", padded)
+    assert [r["label"] for r in jsonl(res.stdout)] == [["off", "on"][int(p >= 0.3)] for p in xor_p]
+    big_json = tmp_path / "xor.json"
+    big_json.write_text('["off",' + " " * (17 << 20) + '"on"]')
+    res = ok(SAMPLES / "xor.keras", SAMPLES / "xor.npz", "--threshold", "0.3", "--labels", big_json)
+    assert {r["label"] for r in jsonl(res.stdout)} == {"off", "on"}
+    with limits.override(max_labels_bytes=1 << 20):
+        for command in (["infer", SAMPLES / "xor.keras", SAMPLES / "xor.npz", "--threshold", "0.5"],
+                        ["eval", SAMPLES / "mlp.keras", "--data", SAMPLES / "mlp.npz"]):
+            res = run_cli(*command, "--labels", padded, "-o" if command[0] == "infer" else "--json",
+                          *([tmp_path / "p.csv"] if command[0] == "infer" else []))
+            assert res.exit_code == 3, res
+            want = f"error: {padded}: a labels file of 17.0 MiB; wtool reads at most 1 MiB of class names"
+            assert res.stderr.splitlines()[0] == want, res.stderr
+    assert not (tmp_path / "p.csv").exists()

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 from wtool.errors import InputError
 from wtool.fileio import open_input
+from wtool.safety import limits
 
 __all__ = ["load_labels"]
 
 
 def load_labels(path: str) -> tuple[str, ...]:
-    """Class names: one per line of a text file, or a JSON list (or {"0": name, ...}) in a .json file."""
+    """Class names: one per line of a text file, or a JSON list (or {"0": name, ...}) in a .json file.
+
+    Read whole (never cut short, which would drop or split names); a file over the labels limit is
+    refused (exit 3) rather than read into memory."""
+    cap = limits.current().max_labels_bytes
     with open_input(path) as fh:
-        raw = fh.read(16 << 20)
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(cap + 1) if size <= cap else b""
+    if size > cap or len(raw) > cap:  # (a file that grew while it was read is refused too)
+        raise InputError(f"{path}: a labels file of {limits.fmt_bytes(max(size, len(raw)))}; wtool reads at most "
+                         f"{limits.fmt_bytes(cap)} of class names",
+                         "give one class name per line (or a JSON list), as many as the model has classes")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

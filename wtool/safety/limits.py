@@ -37,6 +37,7 @@ MAX_BYTES = 16 * GiB
 MAX_METADATA_BYTES = 1 * MiB  # metadata.json inside a .keras archive
 MAX_ARCHIVE_MEMBERS = 10_000  # entries in a .keras or .npz zip (central directory)
 MAX_ARRAY_DIMS = 32  # dimensions of one array
+MAX_LABELS_BYTES = 256 * MiB  # a --labels file (class names), read whole: millions of names
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Limits:
     max_metadata_bytes: int = MAX_METADATA_BYTES
     max_archive_members: int = MAX_ARCHIVE_MEMBERS
     max_array_dims: int = MAX_ARRAY_DIMS
+    max_labels_bytes: int = MAX_LABELS_BYTES
 
 
 DEFAULT = Limits()
