@@ -8,15 +8,16 @@ Without `max_shard_bytes`, a sharded source keeps its own split (shard i stays s
 Atomic as a whole: every shard and the map are written to a staging folder beside OUT and
 read back. With no set at OUT the shards are then renamed into place and the map last. Over an
 existing set (`--in-place`, `-o` onto a map) the shard names collide with the old set's, so:
-1. each old shard a new one will replace gets a second name (a hard link, a copy where links
+1. each old shard under a standard name gets a second name (a hard link, a copy where links
    are refused): `X_00000.wtool-old-ID.weights.h5`;
 2. the map at OUT is atomically replaced by the old map naming those second names (a "transit"
-   map: the old model, which Keras and wtool read as before; it lists the new shard names as
+   map: the old model, which Keras and wtool read as before; it lists the standard names as
    `metadata.wtool_in_transit`, so wtool does not refuse them as stale shards);
-3. the new shards are renamed onto the standard names, the first shard (which Keras opens
-   before it reads the map) last;
+3. old shards the new set has no counterpart for leave their standard names (an unnamed
+   `X_NNNNN.weights.h5` beside the new map would be refused); the new shards are renamed onto
+   the standard names, the first shard (which Keras opens before it reads the map) last;
 4. the new map replaces the transit map: this one rename decides old or new;
-5. the old set's files and the second names are removed.
+5. the second names (and any other file only the old map named) are removed.
 So after a kill (SIGKILL, power aside) at any moment OUT reads as exactly the old model or
 exactly the new one, and what wtool writes keeps Keras's own shard names. A failure (not a
 kill) before step 4 restores the old map and shards. Leftovers of a killed write (the hidden
@@ -249,24 +250,29 @@ def _commit(staging: Path, out: Path, files: list[str], sharded_out: bool, write
         return
     old = _read_old_set(out)
     backups = _enter_transit(staging, out, old, files, write_id, step) if old is not None else {}
-    placed: list[str] = []
+    moved: list[str] = []  # standard names no longer holding the old shard
     try:
+        for name in backups:  # old shards the new set has no counterpart for: unnamed beside the new map
+            if name not in files:
+                step()
+                (folder / name).unlink()
+                moved.append(name)
         for name in reversed(files):  # the first shard last: Keras opens it before it reads the map
             step()
             os.replace(staging / name, folder / name)
-            placed.append(name)
+            moved.append(name)
         _fsync_dir(folder)
         step()
         os.replace(staging / out.name, out)  # the one rename that decides old or new
     except BaseException:
         if old is not None:
-            _roll_back(staging, out, old, backups, placed)
+            _roll_back(staging, out, old, backups, moved, files)
         raise
     _fsync_dir(folder)
     stale = _stale_backups(folder, base_name(out), set(files))
     if old is not None:  # a killed write's new shards, which its transit map (now the old map) listed
         stale += [n for n in _in_transit(old.doc, base_name(out)) if n not in files and n not in old.names]
-    for name in [n for n in (old.names if old else []) if n not in files and n not in stale]:
+    for name in [n for n in (old.names if old else []) if n not in files and n not in stale and n not in backups]:
         path = folder / name
         if path.is_file() and not path.is_symlink():
             step()
@@ -278,12 +284,16 @@ def _commit(staging: Path, out: Path, files: list[str], sharded_out: bool, write
 
 def _enter_transit(staging: Path, out: Path, old: _OldSet, files: list[str], write_id: str,
                    step: _Steps) -> dict[str, str]:
-    """Steps 1-2: second names for the old shards the new set replaces; the map at OUT names them."""
+    """Steps 1-2: second names for the old shards under standard names; the map at OUT names them.
+
+    Both those the new set replaces and those it has no counterpart for (removed before the new
+    map lands, since an unnamed `X_NNNNN.weights.h5` beside a map is refused)."""
     folder = out.parent if str(out.parent) else Path(".")
+    standard = _shard_pattern(base_name(out))
     backups: dict[str, str] = {}
     try:
         for name in old.names:
-            if name in files and os.path.lexists(folder / name):
+            if (name in files or standard.fullmatch(name)) and os.path.lexists(folder / name):
                 backup = f"{name[: -len(SHARD_SUFFIX)]}{BACKUP_TAG}{write_id[:8]}{SHARD_SUFFIX}"
                 step()
                 _link(folder / name, folder / backup)
@@ -293,7 +303,7 @@ def _enter_transit(staging: Path, out: Path, old: _OldSet, files: list[str], wri
             doc["weight_map"][key] = ([backups.get(n, n) for n in value] if isinstance(value, list)
                                       else backups.get(value, value))
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        doc["metadata"] = {**meta, IN_TRANSIT: files}
+        doc["metadata"] = {**meta, IN_TRANSIT: sorted({*files, *backups})}
         transit = staging / f"{out.name}.transit"
         transit.write_text(json.dumps(doc, indent=4), encoding="utf-8")
         with open(transit, "rb+") as fh:
@@ -307,11 +317,12 @@ def _enter_transit(staging: Path, out: Path, old: _OldSet, files: list[str], wri
     return backups
 
 
-def _roll_back(staging: Path, out: Path, old: _OldSet, backups: dict[str, str], placed: list[str]) -> None:
+def _roll_back(staging: Path, out: Path, old: _OldSet, backups: dict[str, str], moved: list[str],
+               files: list[str]) -> None:
     """A failed write before the map's rename: the old shards back under their names, then the old map."""
     folder = out.parent if str(out.parent) else Path(".")
     try:
-        for name in placed:
+        for name in moved:
             if name in backups:
                 tmp = staging / f"{name}.back"
                 _link(folder / backups[name], tmp)
@@ -321,7 +332,7 @@ def _roll_back(staging: Path, out: Path, old: _OldSet, backups: dict[str, str], 
         os.replace(restore, out)
     except OSError:
         return  # the transit map stays at OUT: it reads as the old set
-    _unlink_all(folder, [*backups.values(), *(n for n in placed if n not in old.names)])
+    _unlink_all(folder, [*backups.values(), *(n for n in moved if n in files and n not in old.names)])
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -363,11 +374,16 @@ def _stale_backups(folder: Path, base: str, keep: set[str]) -> list[str]:
         return []
 
 
+def _shard_pattern(base: str) -> re.Pattern[str]:
+    """Keras's own shard names for base `X`: `X_00000.weights.h5`, ..."""
+    return re.compile(re.escape(base) + r"_\d{5,}" + re.escape(SHARD_SUFFIX))
+
+
 def _in_transit(doc: dict[str, Any], base: str) -> list[str]:
     """The shard names a transit map lists as in transit (only `X_NNNNN.weights.h5` names of this set)."""
     meta = doc.get("metadata")
     names = meta.get(IN_TRANSIT) if isinstance(meta, dict) else None
-    pattern = re.compile(re.escape(base) + r"_\d{5,}" + re.escape(SHARD_SUFFIX))
+    pattern = _shard_pattern(base)
     return [n for n in names if isinstance(n, str) and pattern.fullmatch(n)] if isinstance(names, list) else []
 
 
