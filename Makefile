@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# keras-hub for the tests of graph commands on presets (tests/test_preset.py; they skip without it). Its
+# tensorflow-text dependency is left out (--no-deps): nothing wtool runs needs it, and it is 200 MB pinned
+# to one TensorFlow minor. These pins are the pure packages `import keras_hub` needs (kagglehub and
+# huggingface_hub are optional to it and only download). keras-hub needs Python 3.11+ and keras>=3.15.
+HUB_PINS := keras-hub==0.32.0 regex==2026.11.19 tokenizers==0.23.3 sentencepiece==0.2.3
+HUB_STAMP := $(VENV)/.hub-installed-0.32.0
 
 .PHONY: install compile demo test test-fast lint bench bench-2g samples clean
 
@@ -12,12 +18,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(HUB_STAMP): $(STAMP)
+	@if $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+		$(PY) -m pip install --quiet --no-deps $(HUB_PINS); \
+	else echo "keras-hub needs Python 3.11+: the preset graph tests will skip"; fi
+	touch $(HUB_STAMP)
+
 # Byte-compile wtool once: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every start
 # would otherwise recompile ~13k lines, a third of `wtool inspect`'s time.
-compile: $(STAMP)
+compile: $(STAMP) $(HUB_STAMP)
 	@$(PY) -m compileall -q wtool
 
-install: $(STAMP)
+install: $(STAMP) $(HUB_STAMP)
 
 demo: compile
 	@bash scripts/demo.sh $(VENV)/bin/wtool
@@ -25,7 +37,7 @@ demo: compile
 test: compile
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(HUB_STAMP)
 	$(PY) -m pytest -q -m "not tf and not slow"
 
 lint: $(STAMP)

@@ -298,10 +298,32 @@ def test_a_preset_config_naming_a_class_outside_keras_and_keras_hub_is_refused(w
     assert wtool("inspect", evil, "--check").exit_code == 5
 
 
+def test_a_task_json_naming_a_class_outside_keras_and_keras_hub_is_refused(wtool, presets, tmp_path):
+    evil = tmp_path / "evil"  # graph commands build the task from task.json: it is checked as config.json is
+    shutil.copytree(presets["preset"], evil)
+    task = json.loads((evil / "task.json").read_text())
+    head = next(layer for layer in task["config"]["layers"] if layer["class_name"] == "Dense")
+    head["module"] = "evil.heads"
+    (evil / "task.json").write_text(json.dumps(task))
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 6), dtype="float32"))
+    res = wtool("infer", evil, x, "-o", tmp_path / "y.npy")
+    assert res.exit_code == 5 and "evil.heads" in res.stderr and "task.json" in res.stderr, res
+    assert "Traceback" not in res.stderr and not (tmp_path / "y.npy").exists()
+    text = wtool("inspect", evil).stdout
+    assert "needs code" in text and "task.json" in text and "evil.heads" in text
+    res = wtool("inspect", evil, "--check")
+    assert res.exit_code == 5 and "evil.heads" in res.stdout + res.stderr, res
+
+
+HUB_MISSING = "keras-hub is not installed (pip install 'wtool[hub]'; `make install` adds it to the test venv)"
+
+
 @pytest.fixture(scope="module")
 def hub_preset(tmp_path_factory) -> dict[str, Path]:
-    """A real preset written by keras-hub's save_to_preset (a tiny ViT backbone), and keras-hub's own outputs."""
-    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is not installed (pip install 'wtool[hub]')")
+    """Real presets written by keras-hub's save_to_preset (a tiny ViT backbone, and a ViT image classifier with
+    its preprocessor), and keras-hub's own outputs for them, loaded back from the folders by keras-hub."""
+    keras_hub = pytest.importorskip("keras_hub", reason=HUB_MISSING)
     import keras
 
     out = tmp_path_factory.mktemp("hub")
@@ -309,11 +331,29 @@ def hub_preset(tmp_path_factory) -> dict[str, Path]:
     backbone = keras_hub.models.ViTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2,
                                             hidden_dim=8, mlp_dim=16)
     backbone.save_to_preset(out / "vit")
+    converter = keras_hub.layers.ViTImageConverter(image_size=(8, 8), scale=1 / 255.0)
+    classifier = keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=3,
+        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter))
+    rng = np.random.default_rng(2)
+    for var in classifier.weights:  # the head is not left at its zero or random-init values
+        if "vi_t_backbone" not in var.path:
+            var.assign(rng.normal(size=var.shape).astype("float32"))
+    classifier.save_to_preset(out / "classifier")
     x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
     np.save(out / "x.npy", x)
     np.save(out / "y.npy", keras_hub.models.Backbone.from_preset(str(out / "vit")).predict(x, verbose=0))
+    images = rng.uniform(0, 255, size=(3, 8, 8, 3)).astype("float32")
+    np.save(out / "images.npy", images)
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(out / "classifier"))  # the class from task.json
+    assert type(loaded) is keras_hub.models.ViTImageClassifier
+    np.testing.assert_allclose(loaded(images, training=False), classifier(images, training=False), atol=1e-6)
+    np.save(out / "logits.npy", np.asarray(loaded(images, training=False)))
+    np.save(out / "scaled.npy", np.asarray(loaded.preprocessor(images)))
+    np.save(out / "predicted.npy", loaded.predict(images, verbose=0))  # predict runs the preprocessor first
     np.savez(out / "d.npz", x=np.repeat(x, 4, axis=0), y=np.zeros((12, 5, 8), "float32"))
-    return {"vit": out / "vit", "x": out / "x.npy", "y": out / "y.npy", "d": out / "d.npz"}
+    return {"vit": out / "vit", "classifier": out / "classifier", "x": out / "x.npy", "y": out / "y.npy",
+            "d": out / "d.npz", **{k: out / f"{k}.npy" for k in ("images", "logits", "scaled", "predicted")}}
 
 
 def test_infer_and_train_on_a_keras_hub_preset_through_keras_hub(wtool, hub_preset, tmp_path):
@@ -327,3 +367,21 @@ def test_infer_and_train_on_a_keras_hub_preset_through_keras_hub(wtool, hub_pres
     res = wtool("inspect", hub_preset["vit"])  # the store reads what keras-hub wrote; its classes are not code
     assert res.exit_code == 0 and "ViTBackbone" in res.stdout and "needs code" not in res.stdout, res
     assert wtool("inspect", hub_preset["vit"], "--check").exit_code == 0
+
+
+def test_infer_on_a_task_preset_builds_the_task_with_its_head_as_keras_hub_does(wtool, hub_preset, tmp_path):
+    folder = hub_preset["classifier"]
+    assert (folder / "task.json").exists() and (folder / "task.weights.h5").exists()
+    res = wtool("infer", folder, hub_preset["images"], "-o", tmp_path / "y.npy")
+    assert res.exit_code == 0, res
+    logits = np.load(tmp_path / "y.npy")
+    assert logits.shape == (3, 3)  # the classifier's head, not the backbone's (3, 5, 8) sequence
+    np.testing.assert_allclose(logits, np.load(hub_preset["logits"]), atol=1e-5, rtol=0)
+    assert "preprocessor (ViTImageClassifierPreprocessor) is not run" in res.stderr
+    # as task(x): arrays go to the network as given; fed what the preprocessor gives, infer is task.predict
+    res = wtool("infer", folder, hub_preset["scaled"], "-o", tmp_path / "p.npy")
+    assert res.exit_code == 0, res
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.load(hub_preset["predicted"]), atol=1e-5, rtol=0)
+    assert not np.allclose(np.load(hub_preset["predicted"]), np.load(hub_preset["logits"]), atol=1e-3)
+    res = wtool("inspect", folder, "--check")
+    assert res.exit_code == 0 and "needs code" not in wtool("inspect", folder).stdout, res

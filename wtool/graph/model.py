@@ -248,9 +248,9 @@ def needs_code(mf: ModelFile) -> list[str]:
     if mf.config is None:
         return []
     if getattr(mf, "preset", None) is not None:  # keras-hub builds it (wtool.graph.hub): its classes are not code
-        from wtool.safety.config_check import code_findings
+        from wtool.graph.hub import preset_code_findings
 
-        return group_reasons([Problem("code", f.layer, f.why) for f in code_findings(mf.config, allow_hub=True)])
+        return group_reasons([Problem("code", f.layer, f.why) for f in preset_code_findings(mf.path, mf.config)])
     try:
         t = translate(mf.config, mf.keras_version, getattr(mf, "backend", None))
     except (TranslationError, KeyError, TypeError, ValueError, AttributeError):
@@ -376,9 +376,9 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, arch: str 
         with _open_store(folder) as mf:  # a folder that is not even readable (links, no weights) says so first
             preset, config = getattr(mf, "preset", None), mf.config
         if preset is not None:  # a keras-hub preset: keras-hub builds it (the wtool[hub] extra)
-            from wtool.graph.hub import load_preset_backbone
+            from wtool.graph.hub import load_preset_model
 
-            return load_preset_backbone(folder, config, unsafe)
+            return load_preset_model(folder, config, unsafe)
         raise IncompatibleError(f"{folder}: an unzipped .keras folder: graph "
                                 "commands take a .keras file", f"wtool convert {folder} model.keras makes one")
     p = check_input_file(path)
