@@ -121,7 +121,7 @@ def _load_data(opts: TrainOptions) -> tuple[LabelledData, LabelledData | None]:
             val = load_labelled(opts.val_data, x_key=opts.x_key, y_key=opts.y_key, classes=data.class_names,
                                 model=opts.arch or opts.model, images=images)
     elif opts.val_split:
-        if data.folder:  # shuffled with the run's seed, known once the workers agree (_split_folder)
+        if data.folder:  # shuffled with the run's seed, known once the workers agree (below)
             validation_cut(len(data), opts.val_split, folder=True)
         else:
             data, val = split_validation(data, opts.val_split)
