@@ -138,3 +138,11 @@ def test_cli_streams_plain_weights_and_reads_chunked_ones_through_h5py(tmp_path,
         a.visititems(check)
     assert checked
     assert all(math.isfinite(d) for w in res.json()["weights"] for d in w["distances"])
+
+
+def test_crc_backend_is_zlibs_crc32():
+    from wtool import crc
+
+    data = np.random.default_rng(0).integers(0, 256, 100_003, dtype=np.uint8)
+    assert crc.crc32(data) == zlib.crc32(data)
+    assert crc.crc32(memoryview(data)[7:], 12345) == zlib.crc32(memoryview(data)[7:], 12345)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from wtool.crc import crc32
 from wtool.errors import InputError
 
 # Elements per block: 1 MB of float32 per input, so a three-way merge's buffers stay in cache.
@@ -217,7 +217,7 @@ class StreamedMerge:
             else:
                 stored = result = acc
             pwrite(fd, stored, offset + start * item)
-            crc = zlib.crc32(stored.view(np.uint8), crc)
+            crc = crc32(stored.view(np.uint8), crc)
             if start < len(first):
                 k = min(len(first) - start, m)
                 first[start:start + k] = stored[:k]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from wtool.crc import crc32
 from wtool.errors import InputError, UnsafeError
 from wtool.fileio import open_input
 from wtool.safety import limits as _limits
@@ -227,7 +228,7 @@ def _stream_stored(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, cap: i
             got = os.preadv(fd, [buf[:min(len(buf), n - done)]], start + done)
             if got <= 0:
                 raise EOFError
-            crc = zlib.crc32(buf[:got], crc)
+            crc = crc32(buf[:got], crc)
             done += got
     except zipfile.BadZipFile:
         raise InputError(f"{path}: member {shown(info.filename)}: corrupt member (damaged archive)") from None

@@ -32,7 +32,6 @@ import shutil
 import struct
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from wtool.crc import crc32
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import atomic_output
 from wtool.safety import guards as safety
@@ -151,7 +151,7 @@ class _Reader:
 
     def crc32(self, fd: int, offset: int, n: int, crc: int = 0) -> int:
         for part in self.chunks(fd, offset, n):
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
         return crc
 
     def same(self, fd_a: int, off_a: int, fd_b: int, off_b: int, n: int) -> bool:
@@ -1027,7 +1027,7 @@ class WrittenSummary:
     def of(cls, arr: np.ndarray) -> WrittenSummary:
         flat = np.ascontiguousarray(arr)
         rows = (flat[:1], flat[-1:]) if flat.ndim else (flat, flat)
-        return cls(flat.nbytes, zlib.crc32(flat.reshape(-1).view(np.uint8).data), rows[0].copy(), rows[1].copy())
+        return cls(flat.nbytes, crc32(flat.reshape(-1).view(np.uint8).data), rows[0].copy(), rows[1].copy())
 
 
 def _verify_summary(ds: h5py.Dataset, out_fd: int, offset: int, summary: WrittenSummary, reader: _Reader) -> bool:
