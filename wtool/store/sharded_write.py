@@ -339,7 +339,7 @@ def _link(src: Path, dst: Path) -> None:
     """A second name for a file (a symbolic link stays one); a copy where the file system has no links."""
     try:
         os.link(src, dst, follow_symlinks=False)
-    except OSError:
+    except (OSError, NotImplementedError):  # NotImplementedError: no follow_symlinks=False here
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
