@@ -86,6 +86,39 @@ def loss_options(*, loss: str, loss_weight: str, metric: str) -> Callable[[Calla
     return decorate
 
 
+def folder_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--image-size, --color-mode and --max-length: how a folder of images or text files is read (train, eval,
+    infer)."""
+    func = click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N "
+                        "characters of each file (Keras's max_length; default: all).")(func)
+    func = click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
+                        help="A folder of images: channels to decode (default: from the model's input shape).")(func)
+    return click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: "
+                        "the model's input shape).")(func)
+
+
+def column_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--x-cols and --y-cols: a CSV's columns per model input and output (train, eval)."""
+    func = click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
+                        help="CSV label columns of a model output; repeat per output.")(func)
+    return click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
+                        help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); "
+                        "repeat per input.")(func)
+
+
+def array_options(*, x: str, y: str, x_key: str, y_key: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--x / --y (.npy files) and --x-key / --y-key (.npz arrays), NAME= per input or output, as `x_files`,
+    `y_files`, `x_keys` and `y_keys`; the help texts are the command's (train's also speak of --data -)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY", help=y_key)(func)
+        func = click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY", help=x_key)(func)
+        func = click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy", help=y)(func)
+        return click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy", help=x)(func)
+
+    return decorate
+
+
 class _PathText(click.Path):
     """click's Path minus the existence checks (wtool's own give exit 3), refusing an empty string."""
 

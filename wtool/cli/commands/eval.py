@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options, loss_options, unsafe_option
+from wtool.cli.commands.common import (
+    InputPath,
+    OutputPath,
+    array_options,
+    column_options,
+    common_options,
+    folder_options,
+    loss_options,
+    unsafe_option,
+)
 from wtool.cli.render import Output, cell, fmt_float, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover - rich stays out of `wtool --help`
@@ -92,28 +101,16 @@ def _render_classification(console: Console, c: dict[str, Any], table_class: Any
 @click.argument("model", type=InputPath)
 @click.option("--data", type=InputPath, help="Labelled data: .npz (arrays x, y), .csv (with --target), or a folder "
               "with one subfolder per class of images, or of text files (.txt) for a model that takes strings.")
-@click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
-              help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
-@click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
-              help="Labels as .npy (memory-mapped). Several outputs: NAME=FILE per output (repeat).")
-@click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.")
-@click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output order.")
+@array_options(x="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).",
+               y="Labels as .npy (memory-mapped). Several outputs: NAME=FILE per output (repeat).",
+               x_key="Feature array of a .npz (default x). Several inputs: NAME=KEY per input, or KEY in input order.",
+               y_key="Label array of a .npz (default y). Several outputs: NAME=KEY per output, or KEY in output "
+               "order.")
 @click.option("--target", help="Label column of a .csv (header name or 0-based index; numbers, or the string "
               "labels the model was trained on); the rest are features.")
 @click.option("--drop", multiple=True, metavar="COLUMNS", help="CSV columns that are not features (as in train).")
-@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
-              "input shape).")
-@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
-              help="A folder of images: channels to decode (default: from the model's input shape).")
-@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
-              "of each file (Keras's max_length; default: all).")
-@click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
-              help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
-              "per input.")
-@click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
-              help="CSV label columns of a model output; repeat per output.")
+@folder_options
+@column_options
 @click.option("--val-split", "--validation-split", "val_split", type=float, metavar="F",
               help="Evaluate only the validation part of train --val-split F: the last F of the rows; of a folder, "
               "the files Keras's image/text_dataset_from_directory(validation_split=F, subset='validation', "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wtool.cli.commands.common import InputPath, OutputPath, common_options, unsafe_option
+from wtool.cli.commands.common import InputPath, OutputPath, common_options, folder_options, unsafe_option
 from wtool.cli.render import Output, cell, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover - numpy stays out of `wtool --help`
@@ -98,12 +98,7 @@ def _progress_shown(out: Output, total: int) -> Iterator[Callable[[int], None] |
 @click.option("--target", metavar="COLUMN", help="The label column of a training CSV: left out when the file has it.")
 @click.option("--drop", multiple=True, metavar="COLUMNS",
               help="CSV columns to leave out (names or 0-based numbers, comma-separated; repeatable), as in train.")
-@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
-              "input shape).")
-@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
-              help="A folder of images: channels to decode (default: from the model's input shape).")
-@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
-              "of each file (Keras's max_length; default: all).")
+@folder_options
 @click.option("--header/--no-header", default=None, help="Whether the CSV has a header row (default: detected).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Rows per batch (default 1024, fewer for large rows).")

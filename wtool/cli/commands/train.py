@@ -13,7 +13,10 @@ from wtool.cli.commands.common import (
     DirPath,
     InputPath,
     OutputPath,
+    array_options,
+    column_options,
     common_options,
+    folder_options,
     loss_options,
     unsafe_option,
 )
@@ -250,32 +253,19 @@ def _render(summary: dict[str, Any]) -> Any:
               "with one subfolder per class of images (DIR/<class>/*.png|jpg) or, for a model that takes strings, "
               "of text files (DIR/<class>/*.txt), or - for batches on stdin as they arrive (JSON lines or .npy x, y "
               "arrays; README 'Training from a stream').")
-@click.option("--x", "x_files", multiple=True, metavar="[NAME=]FILE.npy",
-              help="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).")
-@click.option("--y", "y_files", multiple=True, metavar="[NAME=]FILE.npy",
-              help="Labels as .npy (memory-mapped); with --x. Several outputs: NAME=FILE per output (repeat).")
-@click.option("--x-key", "x_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Feature array of a .npz (default x; with --data -, the JSON lines field). Several inputs: NAME=KEY "
-              "per input, or KEY in input order.")
-@click.option("--y-key", "y_keys", multiple=True, metavar="[NAME=]KEY",
-              help="Label array of a .npz (default y; with --data -, the JSON lines field). Several outputs: NAME=KEY "
-              "per output, or KEY in output order.")
-@click.option("--x-cols", "x_cols", multiple=True, metavar="[NAME=]COLS",
-              help="CSV feature columns of a model input (names or 0-based indexes, ranges like 0-783); repeat "
-              "per input.")
-@click.option("--y-cols", "y_cols", multiple=True, metavar="[NAME=]COLS",
-              help="CSV label columns of a model output; repeat per output.")
+@array_options(x="Features as .npy (memory-mapped); with --y. Several inputs: NAME=FILE per input (repeat).",
+               y="Labels as .npy (memory-mapped); with --x. Several outputs: NAME=FILE per output (repeat).",
+               x_key="Feature array of a .npz (default x; with --data -, the JSON lines field). Several inputs: "
+               "NAME=KEY per input, or KEY in input order.",
+               y_key="Label array of a .npz (default y; with --data -, the JSON lines field). Several outputs: "
+               "NAME=KEY per output, or KEY in output order.")
+@column_options
 @click.option("--target", help="Label column of a .csv (header name or 0-based index; numbers, or strings such as "
               "cat/dog, which are encoded and saved with the model); the rest are features.")
 @click.option("--drop", multiple=True, metavar="COLUMNS",
               help="CSV columns that are not features, e.g. an id (names or 0-based numbers, comma-separated; "
                    "repeatable).")
-@click.option("--image-size", metavar="HxW", help="A folder of images: resize to HEIGHTxWIDTH (default: the model's "
-              "input shape).")
-@click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]),
-              help="A folder of images: channels to decode (default: from the model's input shape).")
-@click.option("--max-length", type=int, metavar="N", help="A folder of text files: keep the first N characters "
-              "of each file (Keras's max_length; default: all).")
+@folder_options
 @click.option("--mixed-precision", type=click.Choice(["bfloat16", "float16"]),
               help="Compute in 16 bits with float32 weights (Keras's mixed_bfloat16 / mixed_float16 policy; float16 "
               "with loss scaling). OUT keeps float32 weights and the model's own dtype policy.")
