@@ -8,7 +8,7 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wtool.errors import IncompatibleError, InputError, UsageError
 from wtool.train import distribute
@@ -50,14 +50,19 @@ def fmt_resume(opts: TrainOptions, ckpt_dir: Path) -> str:
     return f"wtool train {opts.model} ... --checkpoint-dir {ckpt_dir} --resume"
 
 
+_Guarded = TypeVar("_Guarded", bound="SignalGuard")
+
+
 class SignalGuard:
     """SIGINT/SIGTERM set a flag the loop checks between calls; a second SIGINT aborts at once."""
+
+    unnamed = "a signal on another worker"  # what name() says when the signal came to another process
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> SignalGuard:
+    def __enter__(self: _Guarded) -> _Guarded:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -73,7 +78,7 @@ class SignalGuard:
             signal.signal(sig, old)
 
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "a signal on another worker"
+        return signal.Signals(self.signum).name if self.signum is not None else self.unnamed
 
 
 class RunCheckpoints:

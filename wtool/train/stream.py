@@ -16,8 +16,6 @@ write OUT with every finished batch (exit 130).
 from __future__ import annotations
 
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -31,6 +29,7 @@ from wtool.errors import DivergedError, IncompatibleError, InputError, Interrupt
 from wtool.fileio import check_input_file
 from wtool.graph.model import import_keras
 from wtool.train import steps
+from wtool.train.checkpoints import SignalGuard
 from wtool.train.data import LabelledData, check_fits, model_io, saved_class_names
 from wtool.train.loop import check_frozen_unchanged, load_train_model, prepare_model
 from wtool.train.objectives import y_dtype
@@ -149,23 +148,14 @@ class _Stop(Exception):
     """A signal arrived while waiting for input."""
 
 
-class _Guard:
+class _Guard(SignalGuard):
     """SIGINT/SIGTERM: while a read is blocked, stop at once; during a step or a save, stop after it."""
 
+    unnamed = "a signal"
+
     def __init__(self) -> None:
-        self.signum: int | None = None
+        super().__init__()
         self.reading = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Guard:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
@@ -182,9 +172,6 @@ class _Guard:
             return next(batches, None)
         finally:
             self.reading = False
-
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "a signal"
 
 
 class _Stream:
