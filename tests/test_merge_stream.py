@@ -141,7 +141,7 @@ def test_cli_streams_plain_weights_and_reads_chunked_ones_through_h5py(tmp_path,
 
 
 def test_crc_backend_is_zlibs_crc32():
-    from wtool import crc
+    from wtool.safety import crc
 
     data = np.random.default_rng(0).integers(0, 256, 100_003, dtype=np.uint8)
     assert crc.crc32(data) == zlib.crc32(data)

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from wtool.errors import IncompatibleError, UsageError
+from wtool.ops import merge_stream
+from wtool.ops.merge_stream import linear_coefficients, slerp_coefficients
 from wtool.ops.planning import check_output, glob_hits, open_checked, shape_text
 from wtool.store import write as store_write
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
@@ -70,26 +72,6 @@ class MergeReport:
                 "counts": {s: sum(1 for w in self.weights if w.status == s)
                            for s in ("merged", "kept", "identical", "recomputed")},
                 "optimizer": self.optimizer, "batch_norm": self.batch_norm, "notes": self.notes}
-
-
-def linear_coefficients(mode: str, coefficients: Sequence[float], n: int) -> tuple[list[float], float]:
-    """(k_i, k_base): every mode but slerp is OUT = sum(k_i x_i) + k_base BASE."""
-    if mode in ("mean", "weights"):
-        total = float(sum(coefficients))
-        return [c / total for c in coefficients], 0.0
-    if mode == "task":  # BASE + sum(s_i (x_i - BASE))
-        return list(coefficients), 1.0 - float(sum(coefficients))
-    raise UsageError(f"no linear coefficients for {mode!r}")  # pragma: no cover
-
-
-def slerp_coefficients(t: float, dot: float, norm_a: float, norm_b: float, eps: float = 1e-6) -> list[float]:
-    """Spherical interpolation as a linear combination of a and b; linear when nearly parallel or zero."""
-    if norm_a < eps or norm_b < eps:
-        return [1 - t, t]
-    omega = math.acos(float(np.clip(dot / (norm_a * norm_b), -1.0, 1.0)))
-    if abs(math.sin(omega)) < eps:
-        return [1 - t, t]
-    return [math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)]
 
 
 def merge_weight(files: Sequence[Any], base: Any, path: str, mode: str, coefficients: Sequence[float],
@@ -247,8 +229,6 @@ def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], t
         return _merge_ema(models[0], out, reset_optimizer, unsafe)
     from contextlib import ExitStack
 
-    from wtool.ops import merge_stream
-
     with ExitStack() as stack:
         files = [stack.enter_context(open_checked(p)) for p in models]
         base = stack.enter_context(open_checked(task_base)) if task_base else None
@@ -295,8 +275,6 @@ def _merge_to(models: Sequence[str], out: str, mode: str, coeffs: list[float], t
 def _streamed(files: Sequence[Any], base: Any, path: str, shape: tuple[int, ...], dtype: str, mode: str,
               coeffs: list[float], workspace: Any, images: dict[Any, Any]) -> Any:
     """A StreamedMerge when every input holds the weight as plain bytes, else None (the h5py path)."""
-    from wtool.ops import merge_stream
-
     if not merge_stream.StreamedMerge.supported(shape):
         return None
     raws = [merge_stream.raw_weight(f, path, images) for f in files]

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from wtool.crc import crc32
-from wtool.errors import InputError
+from wtool.errors import InputError, UsageError
+from wtool.safety.crc import crc32
 
 # Elements per block: 1 MB of float32 per input, so a three-way merge's buffers stay in cache.
 BLOCK = 1 << 18
@@ -42,6 +42,26 @@ MAX_ROW = 1 << 24
 RAW_FORMATS = ("keras", "h5", "weights.h5")
 # Up to this many terms k_i x_i are added in order (error <= n u sum|k_i x_i|); more, with Kahan's compensation.
 PLAIN_TERMS = 4
+
+
+def linear_coefficients(mode: str, coefficients: Sequence[float], n: int) -> tuple[list[float], float]:
+    """(k_i, k_base): every mode but slerp is OUT = sum(k_i x_i) + k_base BASE."""
+    if mode in ("mean", "weights"):
+        total = float(sum(coefficients))
+        return [c / total for c in coefficients], 0.0
+    if mode == "task":  # BASE + sum(s_i (x_i - BASE))
+        return list(coefficients), 1.0 - float(sum(coefficients))
+    raise UsageError(f"no linear coefficients for {mode!r}")  # pragma: no cover
+
+
+def slerp_coefficients(t: float, dot: float, norm_a: float, norm_b: float, eps: float = 1e-6) -> list[float]:
+    """Spherical interpolation as a linear combination of a and b; linear when nearly parallel or zero."""
+    if norm_a < eps or norm_b < eps:
+        return [1 - t, t]
+    omega = math.acos(float(np.clip(dot / (norm_a * norm_b), -1.0, 1.0)))
+    if abs(math.sin(omega)) < eps:
+        return [1 - t, t]
+    return [math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)]
 
 
 @dataclass(frozen=True)
@@ -152,8 +172,6 @@ class StreamedMerge:
             yield start, m, blocks
 
     def _linear(self) -> tuple[list[float], float]:
-        from wtool.ops.merge import linear_coefficients, slerp_coefficients
-
         if self.mode != "slerp":
             return linear_coefficients(self.mode, self.coefficients, len(self.inputs))
         dot = sq_a = sq_b = 0.0

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from wtool.crc import crc32
 from wtool.errors import InputError, UnsafeError
 from wtool.fileio import open_input
 from wtool.safety import limits as _limits
+from wtool.safety.crc import crc32
 from wtool.safety.limits import Limits, fmt_bytes, shown
 
 CONFIG_MEMBER = "config.json"

@@ -40,10 +40,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from wtool.crc import crc32
 from wtool.errors import IncompatibleError, InputError, InternalError, UsageError, WtoolError
 from wtool.fileio import atomic_output
 from wtool.safety import guards as safety
+from wtool.safety.crc import crc32
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
