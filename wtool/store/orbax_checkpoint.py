@@ -25,8 +25,7 @@ import numpy as np
 
 from wtool.errors import InputError
 from wtool.safety import guards as safety
-from wtool.store.tf_checkpoint import _layers_of
-from wtool.store.types import WeightInfo, WeightsOnlyFile
+from wtool.store.types import WeightInfo, WeightsOnlyFile, layers_from_paths
 
 ITEM_METADATA = "_METADATA"  # a pytree item folder
 STEP_METADATA = "_CHECKPOINT_METADATA"  # a step folder
@@ -196,7 +195,7 @@ class OrbaxCheckpointFile(WeightsOnlyFile):
             others = [s for s in self.steps if s != self.step]
             self.warnings.append(f"Orbax step {self.step}" + (f" (steps in the run: {', '.join(map(str, self.steps))};"
                                  f" give {self.item.parent.parent / str(others[0])} for another)" if others else ""))
-        self.layers = _layers_of(self.weights)
+        self.layers = layers_from_paths(self.weights)
 
     def _sequential_name(self) -> str | None:
         """The model's name when Keras's OrbaxCheckpoint saved a Sequential's config beside the pytree (the

@@ -27,7 +27,7 @@ from wtool.fileio import atomic_output, check_input_file
 from wtool.safety import guards as safety
 from wtool.safety import limits
 from wtool.store.chunks import DEFAULT_MAX_ELEMENTS, iter_blocks
-from wtool.store.types import LayerInfo, WeightInfo, WeightsOnlyFile
+from wtool.store.types import WeightInfo, WeightsOnlyFile, layers_from_paths
 
 SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -159,7 +159,6 @@ class SafetensorsFile(WeightsOnlyFile):
         self.file_size = path.stat().st_size + sum(s.stat().st_size for s in shards if s != path)
         self._where: dict[str, Path] = {}
         self.weights: list[WeightInfo] = []
-        layers: dict[str, LayerInfo] = {}
         for shard in shards:
             entries, meta, _ = read_header(shard)
             if shard == path:
@@ -169,16 +168,9 @@ class SafetensorsFile(WeightsOnlyFile):
                     raise InputError(f"{path}: tensor {key[:80]!r} is in two shards")
                 self._where[key] = shard
                 layer, var = layer_of(key)
-                w = WeightInfo(key, layer, var, tuple(entry["shape"]), DTYPES[entry["dtype"]], True, key)
-                self.weights.append(w)
-                parts = layer.split("/")
-                for depth in range(len(parts)):  # enclosing layers first, as nested models list them
-                    prefix = "/".join(parts[: depth + 1])
-                    layers.setdefault(prefix, LayerInfo(prefix, parts[depth], None, depth, True))
-                info = layers[layer]
-                info.weights.append(key)
-                info.params += w.params
-        self.layers = list(layers.values())
+                self.weights.append(WeightInfo(key, layer, var, tuple(entry["shape"]), DTYPES[entry["dtype"]], True,
+                                               key))
+        self.layers = layers_from_paths(self.weights)
         safety.check_total_bytes(sum(w.nbytes for w in self.weights), str(path))
         self._by_path = {w.path: w for w in self.weights}
         self._open: dict[Path, Any] = {}

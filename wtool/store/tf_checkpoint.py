@@ -26,7 +26,7 @@ import wtool.store.tf_bundle as bundle
 from wtool.errors import InputError
 from wtool.fileio import check_input_file
 from wtool.safety import guards as safety
-from wtool.store.types import LayerInfo, WeightInfo, WeightsOnlyFile
+from wtool.store.types import WeightInfo, WeightsOnlyFile, layers_from_paths
 
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 META_KEY = "meta/.ATTRIBUTES/VARIABLE_VALUE"  # wtool train's run metadata
@@ -293,7 +293,7 @@ class TFCheckpointFile(WeightsOnlyFile):
             + ([f"{others} other value(s) (save counter, run state)"] if others > 0 else [])
         if unlisted:
             self.warnings.append(f"not listed, not model weights: {' and '.join(unlisted)}")
-        self.layers = _layers_of(self.weights)
+        self.layers = layers_from_paths(self.weights)
 
     def _meta(self, where: str) -> Any:
         """`wtool train`'s run metadata (a JSON string under `meta`), or None."""
@@ -333,20 +333,6 @@ class TFCheckpointFile(WeightsOnlyFile):
 
     def __repr__(self) -> str:
         return f"<TFCheckpointFile {self.path} weights={len(self.weights)}>"
-
-
-def _layers_of(weights: list[WeightInfo]) -> list[LayerInfo]:
-    """Layers from the weight paths, enclosing ones first (as nested models list them)."""
-    layers: dict[str, LayerInfo] = {}
-    for w in weights:
-        parts = w.layer.split("/")
-        for depth in range(len(parts)):
-            prefix = "/".join(parts[: depth + 1])
-            layers.setdefault(prefix, LayerInfo(prefix, parts[depth], None, depth, True))
-        info = layers[w.layer]
-        info.weights.append(w.path)
-        info.params += w.params
-    return list(layers.values())
 
 
 def open_tf_checkpoint(path: str | os.PathLike[str]) -> TFCheckpointFile:

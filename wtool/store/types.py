@@ -64,6 +64,21 @@ class LayerInfo:
     group: str | None = None  # its HDF5 group in a Keras 3 weights file ("/layers/string_lookup"): assets sit there too
 
 
+def layers_from_paths(weights: list[WeightInfo]) -> list[LayerInfo]:
+    """Layers from the weight paths alone (class unknown, trainable), enclosing ones first as nested models
+    list them: for sources that store no layer list (TF / Orbax checkpoints, safetensors)."""
+    layers: dict[str, LayerInfo] = {}
+    for w in weights:
+        parts = w.layer.split("/")
+        for depth in range(len(parts)):
+            prefix = "/".join(parts[: depth + 1])
+            layers.setdefault(prefix, LayerInfo(prefix, parts[depth], None, depth, True))
+        info = layers[w.layer]
+        info.weights.append(w.path)
+        info.params += w.params
+    return list(layers.values())
+
+
 class WeightTotals:
     """Totals every opened weights source reports alike (model file, checkpoint, preset, safetensors)."""
 
