@@ -203,3 +203,17 @@ def test_inspect_safetensors_does_not_import_tensorflow(exported):
             f"cli(['inspect', {str(exported)!r}, '--stats', '-q'], standalone_mode=False)\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules and 'torch' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+
+@pytest.mark.tf
+def test_infer_argmax_on_a_safetensors_file_with_arch(tmp_path):
+    """A weights-only MODEL saves no class names: --argmax looks at --arch, and gives what the .keras file gives
+    (was an internal error: no attribute class_names)."""
+    weights = tmp_path / "mlp.safetensors"
+    assert run_cli("inspect", SAMPLES / "mlp.keras", "--export", weights).exit_code == 0
+    got = run_cli("infer", weights, SAMPLES / "mlp.npz", "--arch", SAMPLES / "mlp.keras", "--argmax", "-q")
+    want = run_cli("infer", SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", "--argmax", "-q")
+    assert got.exit_code == 0 and want.exit_code == 0, (got, want)
+    rows = int(np.load(SAMPLES / "mlp.npz")["x"].shape[0])
+    assert got.stdout == want.stdout and len(got.stdout.split()) == rows

@@ -136,10 +136,6 @@ class PresetModelFile(WeightsOnlyFile):
     def h5(self) -> Any:
         return self.backbone.h5
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return None
-
     def close(self) -> None:
         if self.task is not None:
             self.task.close()

@@ -148,6 +148,7 @@ class WeightsOnlyFile(WeightsFile):
     model_class: str | None = None
     in_place = False
     h5: Any = None
+    class_names: list[str] | None = None  # none saved (train and infer then look at --arch, or go without)
 
     def read(self, path: str) -> np.ndarray:
         raise NotImplementedError
