@@ -277,9 +277,10 @@ def _streamed(files: Sequence[Any], base: Any, path: str, shape: tuple[int, ...]
     """A StreamedMerge when every input holds the weight as plain bytes, else None (the h5py path)."""
     if not merge_stream.StreamedMerge.supported(shape):
         return None
-    raws = [merge_stream.raw_weight(f, path, images) for f in files]
+    found = [merge_stream.raw_weight(f, path, images) for f in files]
+    raws = [r for r in found if r is not None]
     raw_base = merge_stream.raw_weight(base, path, images) if base is not None else None
-    if any(r is None for r in raws) or (base is not None and raw_base is None):
+    if len(raws) != len(found) or (base is not None and raw_base is None):
         return None
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if any(r.nbytes != nbytes for r in [*raws, *([raw_base] if raw_base is not None else [])]):

@@ -145,10 +145,13 @@ def _sum_sq(a: np.ndarray) -> float:
 
 
 def _read_into(fd: int, buf: np.ndarray, offset: int, where: Path) -> None:
-    view = memoryview(buf).cast("B")
+    view = buf.view(np.uint8).data
     done = 0
     while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            got = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise InputError(f"{where}: cannot read the weights ({exc.strerror or exc})") from None
         if got <= 0:
             raise InputError(f"{where}: unexpected end of file while reading weights (truncated?)",
                              "the file may be incomplete: download or save it again")
@@ -166,7 +169,7 @@ class StreamedMerge:
 
     @staticmethod
     def supported(shape: tuple[int, ...]) -> bool:
-        return len(shape) >= 1 and math.prod(shape[1:]) <= MAX_ROW
+        return len(shape) >= 1 and math.prod(shape) > 0 and math.prod(shape[1:]) <= MAX_ROW
 
     def _blocks(self, sources: Sequence[RawWeight]):  # type: ignore[no-untyped-def]
         """Yield (start, count, [block of each source in the working dtype])."""
