@@ -153,10 +153,11 @@ def _kill_once(forker: Forker, command: str, source: Path, workdir: Path, seed: 
     deadline = start + 3 * full + 30
     how = ""
     if seed % 4 == 1:
-        # Inside the write: from the temporary file's appearance, spread over as long as the uninterrupted
-        # run's write lasted (a write under load lasts longer, so these land before the rename). A fixed
-        # 0-0.4 s used to land mostly after the rename of a small file, in a fresh interpreter's shutdown.
-        delay = rng.uniform(0, 1) * write
+        # Inside the write: from the temporary file's appearance, spread over the first 80% of as long as
+        # the uninterrupted run's write lasted (four runs side by side write slower than that one alone, so
+        # these land before the rename). A fixed 0-0.4 s used to land mostly after the rename of a small
+        # file, in a fresh interpreter's shutdown.
+        delay = rng.uniform(0, 0.8) * write
         while _status(pid) is None and time.monotonic() < deadline:
             if _temporary(workdir):
                 time.sleep(delay)
