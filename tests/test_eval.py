@@ -336,3 +336,19 @@ def test_plot_draws_every_classifier_output(wtool, tmp_path):
     _eval(wtool, tmp_path / "m.keras", "--data", tmp_path / "d.npz", "--x-key", "x", "--y-key", "left=a",
           "--y-key", "level=v", "--y-key", "right=b", "--plot", png)
     assert _png_size(png) == (800, 600)
+
+
+def test_val_split_on_arrays_is_the_rows_fit_validates_on(wtool, classifier):
+    """--val-split F on arrays: the last rows that Keras's fit(validation_split=F) holds out, counted as Keras
+    counts them (203 rows, F=0.35: fit trains on floor(131.95) = 131 rows and validates on 72, not round(71.05))."""
+    from keras.src.trainers.data_adapters.array_slicing import train_validation_split
+
+    keras = _keras()
+    with np.load(classifier["dir"] / "test.npz") as z:
+        x, y = z["x"], z["y"]
+    _, (kx, ky) = train_validation_split((x, y), validation_split=0.35)
+    assert len(kx) == 72
+    want = keras.saving.load_model(classifier["path"]).evaluate(kx, ky, verbose=0, return_dict=True)
+    doc = _eval(wtool, classifier["path"], "--data", classifier["dir"] / "test.npz", "--val-split", "0.35")
+    assert doc["rows"] == 72
+    assert doc["metrics"]["loss"] == pytest.approx(want["loss"], rel=1e-5)

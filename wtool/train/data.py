@@ -307,10 +307,11 @@ def split_validation(data: LabelledData, fraction: float,
 def validation_cut(n: int, fraction: float, folder: bool = False) -> int:
     """The first validation row of `n` for --val-split `fraction` (checked to leave rows on both sides).
 
-    A folder counts int(fraction * n) validation files, as Keras's get_training_or_validation_split."""
+    A folder counts int(fraction * n) validation files, as Keras's get_training_or_validation_split;
+    arrays train on the first floor(n * (1 - fraction)) rows, as Keras 3's `fit(validation_split=...)` does."""
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (not {fraction})")
-    n_val = int(fraction * n) if folder else int(round(n * fraction))
+    n_val = int(fraction * n) if folder else n - int(math.floor(n * (1.0 - fraction)))
     if n_val < 1 or n_val >= n:
         what = "files" if folder else "rows"
         raise UsageError(f"--val-split {fraction} of {n} {what} leaves {n - n_val} to train and {n_val} to validate",
