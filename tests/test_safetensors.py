@@ -217,3 +217,18 @@ def test_infer_argmax_on_a_safetensors_file_with_arch(tmp_path):
     assert got.exit_code == 0 and want.exit_code == 0, (got, want)
     rows = int(np.load(SAMPLES / "mlp.npz")["x"].shape[0])
     assert got.stdout == want.stdout and len(got.stdout.split()) == rows
+
+
+@pytest.mark.tf
+def test_train_a_safetensors_file_with_arch_equals_training_the_keras_file(tmp_path):
+    """train WEIGHTS --arch M: the graph and compile config from M, the start from WEIGHTS (no optimizer state in
+    a weights-only file), the same run as training M itself (was exit 3: 'cannot read the saved training state')."""
+    weights = tmp_path / "mlp.safetensors"
+    assert run_cli("inspect", SAMPLES / "mlp.keras", "--export", weights).exit_code == 0
+    common = ["--data", SAMPLES / "mlp.npz", "--epochs", "1", "--seed", "1", "--json"]
+    got = run_cli("train", weights, "--arch", SAMPLES / "mlp.keras", *common, "-o", tmp_path / "a.keras")
+    want = run_cli("train", SAMPLES / "mlp.keras", "--reset-optimizer", *common, "-o", tmp_path / "b.keras")
+    assert got.exit_code == 0 and want.exit_code == 0, (got, want)
+    drop_time = [[{k: v for k, v in row.items() if k != "seconds"} for row in res.json()["history"]] for res in (got, want)]
+    assert drop_time[0] == drop_time[1]
+    assert run_cli("diff", tmp_path / "a.keras", tmp_path / "b.keras").exit_code == 0

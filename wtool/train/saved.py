@@ -90,6 +90,8 @@ def read_saved_training(path: str, arch: str | None = None) -> SavedTraining:
         return SavedTraining(None, None)
     p = check_input_file(path)
     name = p.name.lower()
+    if not zipfile.is_zipfile(p) and not _is_hdf5(p):  # safetensors, TF / Orbax checkpoint: weights only
+        return SavedTraining(read_saved_training(arch).compile_config if arch is not None else None, None)
     compile_config: dict[str, Any] | None = None
     state: SavedOptimizerState | None = None
     try:
@@ -120,6 +122,15 @@ def read_saved_training(path: str, arch: str | None = None) -> SavedTraining:
     return SavedTraining(compile_config, state)
 
 
+
+
+def _is_hdf5(path: Path) -> bool:
+    """HDF5's signature at offset 0 (wtool writes and reads no user-block files)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def _slot_key(var: Any) -> str:
