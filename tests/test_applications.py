@@ -8,9 +8,10 @@ under its path, `inspect --check` is ok, `infer` equals `model(x, training=False
 `diff` finds the two files equal and `transfer` of the `.h5` into a zeroed copy gives back the
 weights. Each file is built and saved once and read by as few commands as possible; what Keras
 knows (counts, weight digests, outputs) is kept on disk, not in memory. The light tier (one model
-per family, ~20 s each) runs always; the slow tier (four more, as cheap) is marked `slow` and runs
-in `make test` too; the heavy tier (the rest: minutes each, over the suite's time budget) is
-marked `slow` and runs only with WTOOL_TEST_HEAVY=1.
+per family, ~20 s each) runs always; the slow tier (the two families the light tier lacks and
+every variant under ~40 s) is marked `slow` and runs in `make test` too; the heavy tier (the
+twelve costliest, 49-240 s each, over the suite's time budget) is marked `slow` and runs only
+with WTOOL_TEST_HEAVY=1.
 """
 
 from __future__ import annotations
@@ -34,23 +35,23 @@ pytestmark = [pytest.mark.tf]
 # keras.applications constructor -> tier. Every model takes a 32x32 input with weights=None,
 # except the Inception family (75) and Xception (71). LIGHT: one per family, every run. SLOW:
 # marked `slow` but run by `make test` (CI): the two families the light tier lacks (NASNet,
-# InceptionResNetV2) and the cheapest variants it does not have. HEAVY: the rest, opt-in
-# (WTOOL_TEST_HEAVY=1): 14-240 s each on one loaded core (ConvNeXtLarge 240, XLarge 168, ResNet152
-# 137, NASNetLarge 88; 27.5 min for the slow and heavy tiers together, all 155 checks passing,
-# 2026-12-04), more than the suite's 15-minute budget holds. Each is a deeper or wider copy of a
+# InceptionResNetV2) and every variant that costs under ~40 s of one loaded core. HEAVY: the
+# rest, opt-in (WTOOL_TEST_HEAVY=1): 49-240 s each on one loaded core (ConvNeXtLarge 240, XLarge
+# 168, ResNet152 137, NASNetLarge 88; 27.5 min for the slow and heavy tiers together, all 155
+# checks passing, 2026-12-04), more than the suite's 15-minute budget holds. Each is a deeper or wider copy of a
 # family member CI runs (same builder, same layer types and wiring), not a pattern of its own.
 LIGHT, SLOW, HEAVY = "light", "slow", "heavy"
 APPLICATIONS: dict[str, str] = {
     "ConvNeXtTiny": LIGHT, "ConvNeXtSmall": HEAVY, "ConvNeXtBase": HEAVY, "ConvNeXtLarge": HEAVY,
-    "ConvNeXtXLarge": HEAVY, "DenseNet121": LIGHT, "DenseNet169": HEAVY, "DenseNet201": HEAVY,
-    "EfficientNetB0": LIGHT, "EfficientNetB1": HEAVY, "EfficientNetB2": HEAVY, "EfficientNetB3": HEAVY,
-    "EfficientNetB4": HEAVY, "EfficientNetB5": HEAVY, "EfficientNetB6": HEAVY, "EfficientNetB7": HEAVY,
-    "EfficientNetV2B0": LIGHT, "EfficientNetV2B1": HEAVY, "EfficientNetV2B2": HEAVY,
-    "EfficientNetV2B3": HEAVY, "EfficientNetV2S": HEAVY, "EfficientNetV2M": HEAVY, "EfficientNetV2L": HEAVY,
+    "ConvNeXtXLarge": HEAVY, "DenseNet121": LIGHT, "DenseNet169": SLOW, "DenseNet201": SLOW,
+    "EfficientNetB0": LIGHT, "EfficientNetB1": SLOW, "EfficientNetB2": SLOW, "EfficientNetB3": SLOW,
+    "EfficientNetB4": SLOW, "EfficientNetB5": SLOW, "EfficientNetB6": SLOW, "EfficientNetB7": HEAVY,
+    "EfficientNetV2B0": LIGHT, "EfficientNetV2B1": SLOW, "EfficientNetV2B2": SLOW,
+    "EfficientNetV2B3": SLOW, "EfficientNetV2S": SLOW, "EfficientNetV2M": HEAVY, "EfficientNetV2L": HEAVY,
     "InceptionV3": LIGHT, "InceptionResNetV2": SLOW, "Xception": SLOW, "MobileNet": LIGHT,
     "MobileNetV2": LIGHT, "MobileNetV3Small": LIGHT, "MobileNetV3Large": SLOW, "NASNetMobile": SLOW,
     "NASNetLarge": HEAVY, "ResNet50": LIGHT, "ResNet101": HEAVY, "ResNet152": HEAVY, "ResNet50V2": SLOW,
-    "ResNet101V2": HEAVY, "ResNet152V2": HEAVY, "VGG16": SLOW, "VGG19": HEAVY,
+    "ResNet101V2": HEAVY, "ResNet152V2": HEAVY, "VGG16": SLOW, "VGG19": SLOW,
 }
 HEAVY_ENV = "WTOOL_TEST_HEAVY"
 INPUT_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
