@@ -88,10 +88,10 @@ def read_saved_training(path: str, arch: str | None = None) -> SavedTraining:
 
     if Path(path).is_dir() and not Path(path).is_symlink():  # a keras-hub preset: keras-hub saves neither
         return SavedTraining(None, None)
+    if _weights_only(path):  # e.g. .safetensors: no training state saved; the compile config is --arch's
+        return SavedTraining(read_saved_training(arch).compile_config if arch is not None else None, None)
     p = check_input_file(path)
     name = p.name.lower()
-    if not zipfile.is_zipfile(p) and not _is_hdf5(p):  # safetensors, TF / Orbax checkpoint: weights only
-        return SavedTraining(read_saved_training(arch).compile_config if arch is not None else None, None)
     compile_config: dict[str, Any] | None = None
     state: SavedOptimizerState | None = None
     try:
@@ -124,13 +124,13 @@ def read_saved_training(path: str, arch: str | None = None) -> SavedTraining:
 
 
 
-def _is_hdf5(path: Path) -> bool:
-    """HDF5's signature at offset 0 (wtool writes and reads no user-block files)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == b"\x89HDF\r\n\x1a\n"
-    except OSError:
-        return False
+def _weights_only(path: str) -> bool:
+    """Whether the store reads `path` as weights without a model around them (no training state saved)."""
+    from wtool.store import open_model
+    from wtool.store.types import WeightsOnlyFile
+
+    with open_model(path) as mf:
+        return isinstance(mf, WeightsOnlyFile)
 
 
 def _slot_key(var: Any) -> str:
